@@ -1,0 +1,9 @@
+//! clipfilter: CLIP zero-shot matching of video frames against text prompts.
+//!
+//! See `ARCHITECTURE.md` for the map of modules.
+
+pub mod error;
+pub mod preprocess;
+pub mod runtime;
+
+pub use error::{Error, Result};
