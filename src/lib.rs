@@ -2,8 +2,14 @@
 //!
 //! See `ARCHITECTURE.md` for the map of modules.
 
+pub mod encoder;
 pub mod error;
+pub mod labels;
+pub mod matcher;
+pub mod model;
 pub mod preprocess;
 pub mod runtime;
+pub mod text;
+pub mod zeroshot;
 
 pub use error::{Error, Result};
