@@ -3,6 +3,7 @@
 //! See `ARCHITECTURE.md` for the map of modules.
 
 pub mod encoder;
+pub mod engine;
 pub mod error;
 pub mod labels;
 pub mod matcher;
@@ -10,6 +11,7 @@ pub mod model;
 pub mod preprocess;
 pub mod runtime;
 pub mod text;
+pub mod worker;
 pub mod zeroshot;
 
 pub use error::{Error, Result};

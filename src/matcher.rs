@@ -48,7 +48,10 @@ pub struct Matcher {
 impl Matcher {
     /// A matcher for `labels`, with nothing active.
     pub fn new(labels: &CompiledLabels) -> Self {
-        Matcher { states: vec![LabelState::default(); labels.labels.len()], names: labels.labels.iter().map(|l| l.name.clone()).collect() }
+        Matcher {
+            states: vec![LabelState::default(); labels.labels.len()],
+            names: labels.labels.iter().map(|l| l.name.clone()).collect(),
+        }
     }
 
     /// Feeds one sample's scores; returns the labels that started or ended.
@@ -58,12 +61,24 @@ impl Matcher {
             let hit = label.passes(scores.cosine[i], scores.probability[i]);
             if hit != state.active {
                 state.streak += 1;
-                let needed = if state.active { label.leave } else { label.enter };
+                let needed = if state.active {
+                    label.leave
+                } else {
+                    label.enter
+                };
                 if state.streak >= needed {
                     state.active = hit;
                     state.streak = 0;
-                    let transition = if hit { Transition::Start } else { Transition::End };
-                    changes.push(Change { index: Some(i), label: label.name.clone(), transition });
+                    let transition = if hit {
+                        Transition::Start
+                    } else {
+                        Transition::End
+                    };
+                    changes.push(Change {
+                        index: Some(i),
+                        label: label.name.clone(),
+                        transition,
+                    });
                 }
             } else {
                 state.streak = 0;
@@ -79,7 +94,11 @@ impl Matcher {
 
     /// Names of the active labels.
     pub fn active_labels(&self) -> impl Iterator<Item = &str> {
-        self.names.iter().zip(&self.states).filter(|(_, s)| s.active).map(|(n, _)| n.as_str())
+        self.names
+            .iter()
+            .zip(&self.states)
+            .filter(|(_, s)| s.active)
+            .map(|(n, _)| n.as_str())
     }
 
     /// The action to apply now: the strongest among active labels (drop > blank > pixelate).
@@ -105,7 +124,11 @@ impl Matcher {
         let mut changes = Vec::new();
         for (i, state) in self.states.iter_mut().enumerate() {
             if state.active {
-                changes.push(Change { index: Some(i), label: self.names[i].clone(), transition: Transition::End });
+                changes.push(Change {
+                    index: Some(i),
+                    label: self.names[i].clone(),
+                    transition: Transition::End,
+                });
             }
             *state = LabelState::default();
         }
@@ -120,7 +143,11 @@ impl Matcher {
         for (name, state) in self.names.iter().zip(&self.states) {
             match new.index_of(name) {
                 Some(j) => states[j] = *state,
-                None if state.active => changes.push(Change { index: None, label: name.clone(), transition: Transition::End }),
+                None if state.active => changes.push(Change {
+                    index: None,
+                    label: name.clone(),
+                    transition: Transition::End,
+                }),
                 None => {}
             }
         }
@@ -152,18 +179,27 @@ mod tests {
     }
 
     fn sample(cos: f32) -> Scores {
-        Scores { cosine: vec![cos, 0.9], probability: vec![0.5, 0.5] }
+        Scores {
+            cosine: vec![cos, 0.9],
+            probability: vec![0.5, 0.5],
+        }
     }
 
     #[test]
     fn flicker_gives_one_episode() {
         let set = labels(2, 3);
         let mut m = Matcher::new(&set);
-        let seq = [0.6, 0.2, 0.6, 0.6, 0.2, 0.6, 0.2, 0.2, 0.6, 0.2, 0.2, 0.2, 0.2];
+        let seq = [
+            0.6, 0.2, 0.6, 0.6, 0.2, 0.6, 0.2, 0.2, 0.6, 0.2, 0.2, 0.2, 0.2,
+        ];
         let changes: Vec<(usize, Transition)> = seq
             .iter()
             .enumerate()
-            .flat_map(|(i, c)| m.update(&set, &sample(*c)).into_iter().map(move |ch| (i, ch.transition)))
+            .flat_map(|(i, c)| {
+                m.update(&set, &sample(*c))
+                    .into_iter()
+                    .map(move |ch| (i, ch.transition))
+            })
             .collect();
         assert_eq!(changes, vec![(3, Transition::Start), (11, Transition::End)]);
         assert_eq!(m.action(&set), Action::None);
@@ -179,7 +215,14 @@ mod tests {
         let mut renamed = set.clone();
         renamed.labels[0].name = "fire".into();
         let ended = m.rebind(&renamed);
-        assert_eq!(ended, vec![Change { index: None, label: "smoke".into(), transition: Transition::End }]);
+        assert_eq!(
+            ended,
+            vec![Change {
+                index: None,
+                label: "smoke".into(),
+                transition: Transition::End
+            }]
+        );
         assert!(m.rebind(&set).is_empty());
         assert_eq!(m.end_all().len(), 0);
     }

@@ -31,7 +31,10 @@ pub struct ClipTokenizer {
 
 impl std::fmt::Debug for ClipTokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClipTokenizer").field("path", &self.path).field("context_length", &self.context_length).finish()
+        f.debug_struct("ClipTokenizer")
+            .field("path", &self.path)
+            .field("context_length", &self.context_length)
+            .finish()
     }
 }
 
@@ -39,14 +42,25 @@ impl ClipTokenizer {
     /// Loads `tokenizer.json`. `pad_token` names the padding token (tokenizer_config.json);
     /// CLIP pads with the end token when it is not given.
     pub fn from_file(path: &Path, context_length: usize, pad_token: Option<&str>) -> Result<Self> {
-        let err = |message: String| Error::Tokenizer { path: path.to_path_buf(), message };
+        let err = |message: String| Error::Tokenizer {
+            path: path.to_path_buf(),
+            message,
+        };
         if !path.is_file() {
             return Err(err("file not found".into()));
         }
         let mut inner = tokenizers::Tokenizer::from_file(path).map_err(|e| err(e.to_string()))?;
-        inner.with_truncation(None).map_err(|e| err(e.to_string()))?;
+        inner
+            .with_truncation(None)
+            .map_err(|e| err(e.to_string()))?;
         inner.with_padding(None);
-        let id = |t: &str| inner.token_to_id(t).ok_or_else(|| err(format!("the vocabulary has no `{t}` token; is this a CLIP tokenizer?")));
+        let id = |t: &str| {
+            inner.token_to_id(t).ok_or_else(|| {
+                err(format!(
+                    "the vocabulary has no `{t}` token; is this a CLIP tokenizer?"
+                ))
+            })
+        };
         let bos = id(START_OF_TEXT)?;
         let eos = id(END_OF_TEXT)?;
         let pad = match pad_token {
@@ -56,7 +70,14 @@ impl ClipTokenizer {
         if context_length < 2 {
             return Err(err(format!("context length {context_length} is too small")));
         }
-        Ok(ClipTokenizer { inner, path: path.to_path_buf(), bos, eos, pad, context_length })
+        Ok(ClipTokenizer {
+            inner,
+            path: path.to_path_buf(),
+            bos,
+            eos,
+            pad,
+            context_length,
+        })
     }
 
     /// Start, end and padding token ids.
@@ -76,7 +97,10 @@ impl ClipTokenizer {
         let enc = self
             .inner
             .encode(cleaned.as_str(), false)
-            .map_err(|e| Error::Tokenizer { path: self.path.clone(), message: format!("`{text}`: {e}") })?;
+            .map_err(|e| Error::Tokenizer {
+                path: self.path.clone(),
+                message: format!("`{text}`: {e}"),
+            })?;
         let mut ids = Vec::with_capacity(enc.get_ids().len() + 2);
         ids.push(self.bos);
         ids.extend_from_slice(enc.get_ids());

@@ -36,16 +36,36 @@ impl ImageEncoder {
             None => None,
         }
         .ok_or_else(|| {
-            Error::model(dir, format!("{}: expected one input `pixel_values` (inputs: {})", path.display(), names(session.inputs())))
+            Error::model(
+                dir,
+                format!(
+                    "{}: expected one input `pixel_values` (inputs: {})",
+                    path.display(),
+                    names(session.inputs())
+                ),
+            )
         })?;
-        if !matches!(input.ty, TensorElementType::Float32 | TensorElementType::Float16) || input.shape.len() != 4 {
+        if !matches!(
+            input.ty,
+            TensorElementType::Float32 | TensorElementType::Float16
+        ) || input.shape.len() != 4
+        {
             return Err(Error::model(
                 dir,
-                format!("{}: input `{}` must be a float tensor [batch, 3, H, W], found {:?} {:?}", path.display(), input.name, input.ty, input.shape),
+                format!(
+                    "{}: input `{}` must be a float tensor [batch, 3, H, W], found {:?} {:?}",
+                    path.display(),
+                    input.name,
+                    input.ty,
+                    input.shape
+                ),
             ));
         }
         let (h, w) = (input.shape[2], input.shape[3]);
-        if (h > 0 && h != i64::from(size.0)) || (w > 0 && w != i64::from(size.1)) || (input.shape[1] > 0 && input.shape[1] != 3) {
+        if (h > 0 && h != i64::from(size.0))
+            || (w > 0 && w != i64::from(size.1))
+            || (input.shape[1] > 0 && input.shape[1] != 3)
+        {
             return Err(Error::model(
                 dir,
                 format!(
@@ -59,8 +79,22 @@ impl ImageEncoder {
             ));
         }
         let output = find_output(&session, "image_embeds", path)?;
-        let dim = output.shape.last().copied().filter(|d| *d > 0).map(|d| d as usize);
-        Ok(ImageEncoder { session, input, output, path: path.to_path_buf(), provider, size, dim, half_input: Vec::new() })
+        let dim = output
+            .shape
+            .last()
+            .copied()
+            .filter(|d| *d > 0)
+            .map(|d| d as usize);
+        Ok(ImageEncoder {
+            session,
+            input,
+            output,
+            path: path.to_path_buf(),
+            provider,
+            size,
+            dim,
+            half_input: Vec::new(),
+        })
     }
 
     /// The provider running this tower.
@@ -93,16 +127,22 @@ impl ImageEncoder {
         if pixels.len() != batch * self.image_len() {
             return Err(Error::invalid(
                 "image batch",
-                format!("{} floats for {batch} images of {}", pixels.len(), self.image_len()),
+                format!(
+                    "{} floats for {batch} images of {}",
+                    pixels.len(),
+                    self.image_len()
+                ),
             ));
         }
-        let _span = tracing::debug_span!("image_encode", batch, provider = %self.provider).entered();
+        let _span =
+            tracing::debug_span!("image_encode", batch, provider = %self.provider).entered();
         let shape = [batch, 3, self.size.0 as usize, self.size.1 as usize];
         let context = || format!("running {}", self.path.display());
         let input_value = match self.input.ty {
             TensorElementType::Float16 => {
                 self.half_input.clear();
-                self.half_input.extend(pixels.iter().map(|x| f16::from_f32(*x)));
+                self.half_input
+                    .extend(pixels.iter().map(|x| f16::from_f32(*x)));
                 TensorRef::from_array_view((shape, &self.half_input[..])).map(|t| t.into_dyn())
             }
             _ => TensorRef::from_array_view((shape, pixels)).map(|t| t.into_dyn()),
@@ -116,12 +156,16 @@ impl ImageEncoder {
         out.clear();
         let dims: Vec<i64> = match self.output.ty {
             TensorElementType::Float16 => {
-                let (s, data) = value.try_extract_tensor::<f16>().map_err(|e| Error::onnx(format!("output of {}", self.path.display()), e))?;
+                let (s, data) = value
+                    .try_extract_tensor::<f16>()
+                    .map_err(|e| Error::onnx(format!("output of {}", self.path.display()), e))?;
                 out.extend(data.iter().map(|x| x.to_f32()));
                 s.iter().copied().collect()
             }
             _ => {
-                let (s, data) = value.try_extract_tensor::<f32>().map_err(|e| Error::onnx(format!("output of {}", self.path.display()), e))?;
+                let (s, data) = value
+                    .try_extract_tensor::<f32>()
+                    .map_err(|e| Error::onnx(format!("output of {}", self.path.display()), e))?;
                 out.extend_from_slice(data);
                 s.iter().copied().collect()
             }
@@ -129,7 +173,11 @@ impl ImageEncoder {
         if dims.len() != 2 || dims[0] as usize != batch {
             return Err(Error::model(
                 self.path.parent().unwrap_or(&self.path),
-                format!("{}: output `{}` has shape {dims:?}, expected [{batch}, D]", self.path.display(), self.output.name),
+                format!(
+                    "{}: output `{}` has shape {dims:?}, expected [{batch}, D]",
+                    self.path.display(),
+                    self.output.name
+                ),
             ));
         }
         self.dim = Some(dims[1] as usize);

@@ -43,7 +43,12 @@ impl Provider {
 
     /// Parses a comma-separated, ordered list such as `tensorrt,cuda,cpu`.
     pub fn parse_list(s: &str) -> Result<Vec<Provider>> {
-        let list: Vec<Provider> = s.split(',').map(str::trim).filter(|p| !p.is_empty()).map(str::parse).collect::<Result<_>>()?;
+        let list: Vec<Provider> = s
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(str::parse)
+            .collect::<Result<_>>()?;
         if list.is_empty() {
             return Err(Error::invalid("execution providers", "the list is empty"));
         }
@@ -65,7 +70,10 @@ impl FromStr for Provider {
             "tensorrt" | "trt" => Ok(Provider::TensorRt),
             "cuda" => Ok(Provider::Cuda),
             "cpu" => Ok(Provider::Cpu),
-            other => Err(Error::invalid("execution provider", format!("`{other}`: expected tensorrt, cuda or cpu"))),
+            other => Err(Error::invalid(
+                "execution provider",
+                format!("`{other}`: expected tensorrt, cuda or cpu"),
+            )),
         }
     }
 }
@@ -107,7 +115,9 @@ fn ort_error<R>(context: &str, e: ort::Error<R>) -> Error {
 fn dispatch(provider: Provider, cfg: &SessionConfig) -> Option<ep::ExecutionProviderDispatch> {
     match provider {
         Provider::TensorRt => {
-            let mut trt = ep::TensorRT::default().with_device_id(cfg.device_id).with_fp16(cfg.tensorrt_fp16);
+            let mut trt = ep::TensorRT::default()
+                .with_device_id(cfg.device_id)
+                .with_fp16(cfg.tensorrt_fp16);
             if let Some(dir) = &cfg.tensorrt_cache {
                 trt = trt
                     .with_engine_cache(true)
@@ -117,7 +127,12 @@ fn dispatch(provider: Provider, cfg: &SessionConfig) -> Option<ep::ExecutionProv
             }
             Some(trt.build().error_on_failure())
         }
-        Provider::Cuda => Some(ep::CUDA::default().with_device_id(cfg.device_id).build().error_on_failure()),
+        Provider::Cuda => Some(
+            ep::CUDA::default()
+                .with_device_id(cfg.device_id)
+                .build()
+                .error_on_failure(),
+        ),
         Provider::Cpu => None,
     }
 }
@@ -132,12 +147,18 @@ fn compiled_in(provider: Provider) -> bool {
 
 /// Creates a session for `path`, registering the configured providers in order. Returns the
 /// session and the provider that runs it (the first one that registered).
-pub(crate) fn build_session(path: &Path, cfg: &SessionConfig, what: &str) -> Result<(Session, Provider)> {
+pub(crate) fn build_session(
+    path: &Path,
+    cfg: &SessionConfig,
+    what: &str,
+) -> Result<(Session, Provider)> {
     let env = crate::runtime::environment()?;
     let context = || format!("{what} {}", path.display());
     let mut builder = Session::builder(env).map_err(|e| ort_error(&context(), e))?;
     if cfg.intra_threads > 0 {
-        builder = builder.with_intra_threads(cfg.intra_threads).map_err(|e| ort_error(&context(), e))?;
+        builder = builder
+            .with_intra_threads(cfg.intra_threads)
+            .map_err(|e| ort_error(&context(), e))?;
     }
     let mut active = None;
     for (i, &provider) in cfg.providers.iter().enumerate() {
@@ -167,7 +188,10 @@ pub(crate) fn build_session(path: &Path, cfg: &SessionConfig, what: &str) -> Res
         };
         if let Some(message) = failure {
             if cfg.require_provider && i == 0 {
-                return Err(Error::Provider { provider: provider.name().into(), message });
+                return Err(Error::Provider {
+                    provider: provider.name().into(),
+                    message,
+                });
             }
             tracing::error!(%provider, model = %path.display(), %message, "execution provider requested but unavailable; trying the next one");
         }
@@ -187,9 +211,14 @@ pub(crate) fn build_session(path: &Path, cfg: &SessionConfig, what: &str) -> Res
     };
     let file = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
     if !file.is_file() {
-        return Err(Error::invalid("model file", format!("{} is not a file", path.display())));
+        return Err(Error::invalid(
+            "model file",
+            format!("{} is not a file", path.display()),
+        ));
     }
-    let session = builder.commit_from_file(path).map_err(|e| ort_error(&format!("loading {}", context()), e))?;
+    let session = builder
+        .commit_from_file(path)
+        .map_err(|e| ort_error(&format!("loading {}", context()), e))?;
     tracing::info!(model = %path.display(), provider = %active, "{what} ready");
     Ok((session, active))
 }
@@ -204,7 +233,11 @@ pub(crate) struct Port {
 pub(crate) fn port(outlet: &ort::value::Outlet) -> Option<Port> {
     let ty = outlet.dtype().tensor_type()?;
     let shape = outlet.dtype().tensor_shape()?.iter().copied().collect();
-    Some(Port { name: outlet.name().to_string(), ty, shape })
+    Some(Port {
+        name: outlet.name().to_string(),
+        ty,
+        shape,
+    })
 }
 
 /// Finds the output called `preferred`, or the only 2-D float output.
@@ -218,13 +251,21 @@ pub(crate) fn find_output(session: &Session, preferred: &str, path: &Path) -> Re
         (Some(p), None) => Ok(p),
         _ => Err(Error::model(
             path.parent().unwrap_or(path),
-            format!("{}: no output named `{preferred}` (outputs: {})", path.display(), names(session.outputs())),
+            format!(
+                "{}: no output named `{preferred}` (outputs: {})",
+                path.display(),
+                names(session.outputs())
+            ),
         )),
     }
 }
 
 pub(crate) fn names(outlets: &[ort::value::Outlet]) -> String {
-    outlets.iter().map(|o| o.name().to_string()).collect::<Vec<_>>().join(", ")
+    outlets
+        .iter()
+        .map(|o| o.name().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// L2-normalises `v` in place (a zero vector stays zero).

@@ -15,7 +15,12 @@ pub struct LabelDefaults {
 
 impl Default for LabelDefaults {
     fn default() -> Self {
-        LabelDefaults { threshold: Threshold::Probability(0.5), action: Action::None, enter: 1, leave: 1 }
+        LabelDefaults {
+            threshold: Threshold::Probability(0.5),
+            action: Action::None,
+            enter: 1,
+            leave: 1,
+        }
     }
 }
 
@@ -78,7 +83,10 @@ impl CompiledLabels {
                 leave: l.leave.unwrap_or(defaults.leave),
             })
             .collect();
-        Ok(CompiledLabels { labels, classes: ClassEmbeddings::new(rows, logit_scale)? })
+        Ok(CompiledLabels {
+            labels,
+            classes: ClassEmbeddings::new(rows, logit_scale)?,
+        })
     }
 
     /// Scores a normalised image embedding.

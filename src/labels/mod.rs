@@ -93,7 +93,10 @@ impl FromStr for Action {
             "drop" => Ok(Action::Drop),
             "blank" => Ok(Action::Blank),
             "pixelate" => Ok(Action::Pixelate),
-            other => Err(Error::invalid("action", format!("`{other}`: expected none, drop, blank or pixelate"))),
+            other => Err(Error::invalid(
+                "action",
+                format!("`{other}`: expected none, drop, blank or pixelate"),
+            )),
         }
     }
 }
@@ -117,7 +120,10 @@ pub struct Label {
 impl Label {
     /// Every text to embed for this label.
     pub fn texts(&self) -> Vec<String> {
-        self.prompts.iter().flat_map(|p| self.templates.expand(p)).collect()
+        self.prompts
+            .iter()
+            .flat_map(|p| self.templates.expand(p))
+            .collect()
     }
 }
 
@@ -177,7 +183,12 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn err<T>(&self, span: Option<std::ops::Range<usize>>, field: String, message: impl Into<String>) -> Result<T> {
+    fn err<T>(
+        &self,
+        span: Option<std::ops::Range<usize>>,
+        field: String,
+        message: impl Into<String>,
+    ) -> Result<T> {
         let location = match span {
             Some(s) => Location::from_offset(self.text, s.start, Some(field)),
             None => Location::field(field),
@@ -199,20 +210,37 @@ impl Ctx<'_> {
         })
     }
 
-    fn threshold(&self, prob: &Option<Spanned<f32>>, cos: &Option<Spanned<f32>>, at: &str) -> Result<Option<Threshold>> {
+    fn threshold(
+        &self,
+        prob: &Option<Spanned<f32>>,
+        cos: &Option<Spanned<f32>>,
+        at: &str,
+    ) -> Result<Option<Threshold>> {
         match (prob, cos) {
-            (Some(p), Some(_)) => self.err(Some(p.span()), format!("{at}min_probability"), "give min_probability or min_cosine, not both"),
+            (Some(p), Some(_)) => self.err(
+                Some(p.span()),
+                format!("{at}min_probability"),
+                "give min_probability or min_cosine, not both",
+            ),
             (Some(p), None) => {
                 let v = *p.get_ref();
                 if !(v > 0.0 && v <= 1.0) {
-                    return self.err(Some(p.span()), format!("{at}min_probability"), format!("{v} is outside (0, 1]"));
+                    return self.err(
+                        Some(p.span()),
+                        format!("{at}min_probability"),
+                        format!("{v} is outside (0, 1]"),
+                    );
                 }
                 Ok(Some(Threshold::Probability(v)))
             }
             (None, Some(c)) => {
                 let v = *c.get_ref();
                 if !(-1.0..=1.0).contains(&v) {
-                    return self.err(Some(c.span()), format!("{at}min_cosine"), format!("{v} is outside [-1, 1]"));
+                    return self.err(
+                        Some(c.span()),
+                        format!("{at}min_cosine"),
+                        format!("{v} is outside [-1, 1]"),
+                    );
                 }
                 Ok(Some(Threshold::Cosine(v)))
             }
@@ -225,7 +253,11 @@ impl Ctx<'_> {
             None => Ok(None),
             Some(a) => match a.get_ref().parse::<Action>() {
                 Ok(v) => Ok(Some(v)),
-                Err(_) => self.err(Some(a.span()), field, format!("`{}`: expected none, drop, blank or pixelate", a.get_ref())),
+                Err(_) => self.err(
+                    Some(a.span()),
+                    field,
+                    format!("`{}`: expected none, drop, blank or pixelate", a.get_ref()),
+                ),
             },
         }
     }
@@ -249,7 +281,10 @@ impl LabelSet {
     /// Parses and validates label-set TOML; `path` names it in errors.
     pub fn from_toml_str(text: &str, path: &Path) -> Result<Self> {
         let raw: RawLabelSet = toml::from_str(text).map_err(|e| {
-            let loc = e.span().map(|s| Location::from_offset(text, s.start, None)).unwrap_or_default();
+            let loc = e
+                .span()
+                .map(|s| Location::from_offset(text, s.start, None))
+                .unwrap_or_default();
             Error::config(path, loc, e.message().trim().to_string())
         })?;
         let cx = Ctx { text, path };
@@ -264,22 +299,40 @@ impl LabelSet {
         let default_leave = cx.count(&d.leave, "defaults.leave".into())?;
 
         if raw.label.is_empty() {
-            return cx.err(None, "label".into(), "the label set is empty: add at least one [[label]] table");
+            return cx.err(
+                None,
+                "label".into(),
+                "the label set is empty: add at least one [[label]] table",
+            );
         }
         let mut labels: Vec<Label> = Vec::with_capacity(raw.label.len());
         for (i, l) in raw.label.iter().enumerate() {
             let at = format!("label[{i}].");
             let name = l.name.get_ref().trim().to_string();
             if name.is_empty() {
-                return cx.err(Some(l.name.span()), format!("{at}name"), "must not be empty");
+                return cx.err(
+                    Some(l.name.span()),
+                    format!("{at}name"),
+                    "must not be empty",
+                );
             }
             if labels.iter().any(|o| o.name == name) {
-                return cx.err(Some(l.name.span()), format!("{at}name"), format!("duplicate label name `{name}`"));
+                return cx.err(
+                    Some(l.name.span()),
+                    format!("{at}name"),
+                    format!("duplicate label name `{name}`"),
+                );
             }
             let prompts = match &l.prompts {
-                Some(p) if p.get_ref().is_empty() => return cx.err(Some(p.span()), format!("{at}prompts"), "must not be empty"),
+                Some(p) if p.get_ref().is_empty() => {
+                    return cx.err(Some(p.span()), format!("{at}prompts"), "must not be empty");
+                }
                 Some(p) if p.get_ref().iter().any(|s| s.trim().is_empty()) => {
-                    return cx.err(Some(p.span()), format!("{at}prompts"), "prompts must not be blank");
+                    return cx.err(
+                        Some(p.span()),
+                        format!("{at}prompts"),
+                        "prompts must not be blank",
+                    );
                 }
                 Some(p) => p.get_ref().clone(),
                 None => vec![name.clone()],
@@ -291,26 +344,50 @@ impl LabelSet {
             let threshold = cx.threshold(&l.min_probability, &l.min_cosine, &at)?;
             let action = cx.action(&l.action, format!("{at}action"))?;
             if l.negative {
-                if let Some(a) = l.action.as_ref().filter(|_| !matches!(action, Some(Action::None))) {
-                    return cx.err(Some(a.span()), format!("{at}action"), "a negative label never fires, so it cannot have an action");
+                if let Some(a) = l
+                    .action
+                    .as_ref()
+                    .filter(|_| !matches!(action, Some(Action::None)))
+                {
+                    return cx.err(
+                        Some(a.span()),
+                        format!("{at}action"),
+                        "a negative label never fires, so it cannot have an action",
+                    );
                 }
                 if let Some(t) = l.min_probability.as_ref().or(l.min_cosine.as_ref()) {
-                    return cx.err(Some(t.span()), format!("{at}threshold"), "a negative label never fires, so it takes no threshold");
+                    return cx.err(
+                        Some(t.span()),
+                        format!("{at}threshold"),
+                        "a negative label never fires, so it takes no threshold",
+                    );
                 }
             }
             labels.push(Label {
                 name,
                 prompts,
                 templates,
-                threshold: if l.negative { None } else { threshold.or(default_threshold) },
-                action: if l.negative { Some(Action::None) } else { action.or(default_action) },
+                threshold: if l.negative {
+                    None
+                } else {
+                    threshold.or(default_threshold)
+                },
+                action: if l.negative {
+                    Some(Action::None)
+                } else {
+                    action.or(default_action)
+                },
                 negative: l.negative,
                 enter: cx.count(&l.enter, format!("{at}enter"))?.or(default_enter),
                 leave: cx.count(&l.leave, format!("{at}leave"))?.or(default_leave),
             });
         }
-        let set = LabelSet { labels, source: Some(path.to_path_buf()) };
-        set.check_softmax().map_err(|message| Error::config(path, Location::field("label"), message))?;
+        let set = LabelSet {
+            labels,
+            source: Some(path.to_path_buf()),
+        };
+        set.check_softmax()
+            .map_err(|message| Error::config(path, Location::field("label"), message))?;
         Ok(set)
     }
 
@@ -334,9 +411,15 @@ impl LabelSet {
             });
         }
         if labels.is_empty() {
-            return Err(Error::invalid("prompts", "no prompts given: the label set is empty"));
+            return Err(Error::invalid(
+                "prompts",
+                "no prompts given: the label set is empty",
+            ));
         }
-        Ok(LabelSet { labels, source: None })
+        Ok(LabelSet {
+            labels,
+            source: None,
+        })
     }
 
     /// Probability thresholds need something to compete with.
@@ -344,21 +427,30 @@ impl LabelSet {
         if self.labels.iter().all(|l| l.negative) {
             return Err("every label is negative: nothing can match".into());
         }
-        if self.labels.len() < 2 {
-            if let Some(l) = self.labels.iter().find(|l| matches!(l.threshold, Some(Threshold::Probability(_)))) {
-                return Err(format!(
-                    "label `{}` uses min_probability, but with a single label its probability is always 1: add negative labels or use min_cosine",
-                    l.name
-                ));
-            }
+        if self.labels.len() < 2
+            && let Some(l) = self
+                .labels
+                .iter()
+                .find(|l| matches!(l.threshold, Some(Threshold::Probability(_))))
+        {
+            return Err(format!(
+                "label `{}` uses min_probability, but with a single label its probability is always 1: add negative labels or use min_cosine",
+                l.name
+            ));
         }
         Ok(())
     }
 
     /// Checks the set against the caller's default threshold (labels without their own).
     pub fn check_default_threshold(&self, default: Threshold) -> Result<()> {
-        if self.labels.len() < 2 && matches!(default, Threshold::Probability(_)) && self.labels.iter().any(|l| l.threshold.is_none()) {
-            let what = self.source.as_ref().map_or_else(|| "prompts".to_string(), |p| p.display().to_string());
+        if self.labels.len() < 2
+            && matches!(default, Threshold::Probability(_))
+            && self.labels.iter().any(|l| l.threshold.is_none())
+        {
+            let what = self
+                .source
+                .as_ref()
+                .map_or_else(|| "prompts".to_string(), |p| p.display().to_string());
             return Err(Error::invalid(
                 what,
                 "a single label with a probability threshold always matches (its probability is 1): add more labels or negative labels, or use a cosine threshold",
@@ -411,19 +503,31 @@ templates = ["a photo of {}.", "{}"]
 
     #[test]
     fn errors_name_line_and_field() {
-        let err = parse("[[label]]\nname = \"a\"\nmin_cosine = 0.2\n\n[[label]]\nname = \"a\"\n").unwrap_err();
-        assert_eq!(err.to_string(), "set.toml: line 6, column 8, field `label[1].name`: duplicate label name `a`");
+        let err = parse("[[label]]\nname = \"a\"\nmin_cosine = 0.2\n\n[[label]]\nname = \"a\"\n")
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "set.toml: line 6, column 8, field `label[1].name`: duplicate label name `a`"
+        );
         let err = parse("[[label]]\nname = \"a\"\ntemplates = \"imagenet81\"\n").unwrap_err();
-        assert!(err.to_string().contains("line 3") && err.to_string().contains("unknown template set"), "{err}");
+        assert!(
+            err.to_string().contains("line 3") && err.to_string().contains("unknown template set"),
+            "{err}"
+        );
         let err = parse("[[label]]\nname = \"a\"\ncolour = 1\n").unwrap_err();
-        assert!(err.to_string().contains("line 3") && err.to_string().contains("colour"), "{err}");
+        assert!(
+            err.to_string().contains("line 3") && err.to_string().contains("colour"),
+            "{err}"
+        );
         let err = parse("").unwrap_err();
         assert!(err.to_string().contains("empty"), "{err}");
         let err = parse("[[label]]\nname = \"a\"\nmin_probability = 0.5\n").unwrap_err();
         assert!(err.to_string().contains("always 1"), "{err}");
-        let err = parse("[[label]]\nname = \"a\"\nmin_probability = 1.5\nmin_cosine = 0.2").unwrap_err();
+        let err =
+            parse("[[label]]\nname = \"a\"\nmin_probability = 1.5\nmin_cosine = 0.2").unwrap_err();
         assert!(err.to_string().contains("not both"), "{err}");
-        let err = parse("[[label]]\nname = \"a\"\nnegative = true\naction = \"drop\"\n").unwrap_err();
+        let err =
+            parse("[[label]]\nname = \"a\"\nnegative = true\naction = \"drop\"\n").unwrap_err();
         assert!(err.to_string().contains("never fires"), "{err}");
         let err = parse("[[label]]\nname = \"a\"\nmin_cosine = 0.2\nenter = 0\n").unwrap_err();
         assert!(err.to_string().contains("at least 1"), "{err}");
@@ -433,12 +537,16 @@ templates = ["a photo of {}.", "{}"]
 
     #[test]
     fn inline_prompts() {
-        let set = LabelSet::from_prompts(&["red".into(), " green ".into()], Templates::None).unwrap();
+        let set =
+            LabelSet::from_prompts(&["red".into(), " green ".into()], Templates::None).unwrap();
         assert_eq!(set.labels[1].name, "green");
         assert!(LabelSet::from_prompts(&[], Templates::None).is_err());
         assert!(LabelSet::from_prompts(&["a".into(), "a".into()], Templates::None).is_err());
         let one = LabelSet::from_prompts(&["smoke".into()], Templates::None).unwrap();
-        assert!(one.check_default_threshold(Threshold::Probability(0.5)).is_err());
+        assert!(
+            one.check_default_threshold(Threshold::Probability(0.5))
+                .is_err()
+        );
         assert!(one.check_default_threshold(Threshold::Cosine(0.25)).is_ok());
     }
 }

@@ -68,7 +68,10 @@ impl FromStr for Variant {
             "fp32" => Ok(Variant::Fp32),
             "fp16" => Ok(Variant::Fp16),
             "quantized" | "int8" => Ok(Variant::Quantized),
-            other => Err(Error::invalid("model variant", format!("`{other}`: expected fp32, fp16 or quantized"))),
+            other => Err(Error::invalid(
+                "model variant",
+                format!("`{other}`: expected fp32, fp16 or quantized"),
+            )),
         }
     }
 }
@@ -119,13 +122,18 @@ pub struct ModelDir {
 
 fn find_onnx(dir: &Path, stem: &str, variant: Variant) -> Option<PathBuf> {
     let name = format!("{stem}{}.onnx", variant.suffix());
-    [dir.join("onnx").join(&name), dir.join(&name)].into_iter().find(|p| p.is_file())
+    [dir.join("onnx").join(&name), dir.join(&name)]
+        .into_iter()
+        .find(|p| p.is_file())
 }
 
 fn available_variants(dir: &Path) -> Vec<&'static str> {
     [Variant::Fp32, Variant::Fp16, Variant::Quantized]
         .into_iter()
-        .filter(|v| find_onnx(dir, "vision_model", *v).is_some() && find_onnx(dir, "text_model", *v).is_some())
+        .filter(|v| {
+            find_onnx(dir, "vision_model", *v).is_some()
+                && find_onnx(dir, "text_model", *v).is_some()
+        })
         .map(Variant::name)
         .collect()
 }
@@ -133,7 +141,15 @@ fn available_variants(dir: &Path) -> Vec<&'static str> {
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     serde_json::from_str(&text).map_err(|e| {
-        Error::config(path, Location { line: Some(e.line()), column: Some(e.column()), field: None }, e.to_string())
+        Error::config(
+            path,
+            Location {
+                line: Some(e.line()),
+                column: Some(e.column()),
+                field: None,
+            },
+            e.to_string(),
+        )
     })
 }
 
@@ -142,17 +158,25 @@ impl ModelDir {
     pub fn open(dir: impl AsRef<Path>, variant: Variant) -> Result<Self> {
         let dir = dir.as_ref();
         if !dir.exists() {
-            return Err(Error::model(dir, "no such folder (fetch one with `clipfilterd model fetch`)"));
+            return Err(Error::model(
+                dir,
+                "no such folder (fetch one with `clipfilterd model fetch`)",
+            ));
         }
         if !dir.is_dir() {
             return Err(Error::model(dir, "not a folder"));
         }
         let require = |name: &str| -> Result<PathBuf> {
             let p = dir.join(name);
-            if p.is_file() { Ok(p) } else { Err(Error::model(dir, format!("{name} is missing"))) }
+            if p.is_file() {
+                Ok(p)
+            } else {
+                Err(Error::model(dir, format!("{name} is missing")))
+            }
         };
-        let onnx = |stem: &str| -> Result<PathBuf> {
-            find_onnx(dir, stem, variant).ok_or_else(|| {
+        let onnx =
+            |stem: &str| -> Result<PathBuf> {
+                find_onnx(dir, stem, variant).ok_or_else(|| {
                 let have = available_variants(dir);
                 Error::model(
                     dir,
@@ -163,39 +187,59 @@ impl ModelDir {
                     ),
                 )
             })
-        };
+            };
         let vision_onnx = onnx("vision_model")?;
         let text_onnx = onnx("text_model")?;
         let tokenizer_json = require("tokenizer.json")?;
         let preprocess = PreprocessConfig::from_json_file(&require("preprocessor_config.json")?)?;
 
         let config_path = dir.join("config.json");
-        let config: RawConfig = if config_path.is_file() { read_json(&config_path)? } else { RawConfig::default() };
-        if let Some(t) = &config.model_type {
-            if !t.contains("clip") && !t.contains("siglip") {
-                tracing::warn!(model = %dir.display(), model_type = %t, "config.json names a model type that is not CLIP");
-            }
+        let config: RawConfig = if config_path.is_file() {
+            read_json(&config_path)?
+        } else {
+            RawConfig::default()
+        };
+        if let Some(t) = &config.model_type
+            && !t.contains("clip")
+            && !t.contains("siglip")
+        {
+            tracing::warn!(model = %dir.display(), model_type = %t, "config.json names a model type that is not CLIP");
         }
         let tok_cfg_path = dir.join("tokenizer_config.json");
-        let tok_cfg: RawTokenizerConfig =
-            if tok_cfg_path.is_file() { read_json(&tok_cfg_path)? } else { RawTokenizerConfig::default() };
+        let tok_cfg: RawTokenizerConfig = if tok_cfg_path.is_file() {
+            read_json(&tok_cfg_path)?
+        } else {
+            RawTokenizerConfig::default()
+        };
         let context_length = config
             .text_config
             .as_ref()
             .and_then(|t| t.max_position_embeddings)
-            .or_else(|| tok_cfg.model_max_length.filter(|n| *n >= 2.0 && *n < 100_000.0).map(|n| n as usize))
+            .or_else(|| {
+                tok_cfg
+                    .model_max_length
+                    .filter(|n| *n >= 2.0 && *n < 100_000.0)
+                    .map(|n| n as usize)
+            })
             .unwrap_or(77);
         let pad_token = match tok_cfg.pad_token {
             Some(serde_json::Value::String(s)) => Some(s),
-            Some(serde_json::Value::Object(o)) => o.get("content").and_then(|c| c.as_str()).map(str::to_string),
+            Some(serde_json::Value::Object(o)) => o
+                .get("content")
+                .and_then(|c| c.as_str())
+                .map(str::to_string),
             _ => None,
         };
 
         let overrides_path = dir.join("clipfilter.toml");
         let overrides: ModelOverrides = if overrides_path.is_file() {
-            let text = std::fs::read_to_string(&overrides_path).map_err(|e| Error::io(&overrides_path, e))?;
+            let text = std::fs::read_to_string(&overrides_path)
+                .map_err(|e| Error::io(&overrides_path, e))?;
             toml::from_str(&text).map_err(|e| {
-                let loc = e.span().map(|s| Location::from_offset(&text, s.start, None)).unwrap_or_default();
+                let loc = e
+                    .span()
+                    .map(|s| Location::from_offset(&text, s.start, None))
+                    .unwrap_or_default();
                 Error::config(&overrides_path, loc, e.message().to_string())
             })?
         } else {
@@ -203,7 +247,11 @@ impl ModelDir {
         };
         let logit_scale = overrides.logit_scale.unwrap_or(DEFAULT_LOGIT_SCALE);
         if !(logit_scale.is_finite() && logit_scale > 0.0) {
-            return Err(Error::config(&overrides_path, Location::field("logit_scale"), "must be a positive number"));
+            return Err(Error::config(
+                &overrides_path,
+                Location::field("logit_scale"),
+                "must be a positive number",
+            ));
         }
         Ok(ModelDir {
             dir: dir.to_path_buf(),

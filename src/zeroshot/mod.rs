@@ -35,7 +35,10 @@ impl Templates {
             return Err(Error::invalid("templates", "the list is empty"));
         }
         if let Some(t) = list.iter().find(|t| !t.contains("{}")) {
-            return Err(Error::invalid("templates", format!("`{t}` has no `{{}}` placeholder for the prompt")));
+            return Err(Error::invalid(
+                "templates",
+                format!("`{t}` has no `{{}}` placeholder for the prompt"),
+            ));
         }
         Ok(Templates::Custom(list))
     }
@@ -64,7 +67,10 @@ impl FromStr for Templates {
             "imagenet80" => Ok(Templates::Imagenet80),
             other => Err(Error::invalid(
                 "template set",
-                format!("unknown template set `{other}`: expected one of {}", Templates::NAMES.join(", ")),
+                format!(
+                    "unknown template set `{other}`: expected one of {}",
+                    Templates::NAMES.join(", ")
+                ),
             )),
         }
     }
@@ -110,9 +116,16 @@ impl ClassEmbeddings {
             return Err(Error::invalid("label set", "no labels to score against"));
         }
         if rows.iter().any(|r| r.len() != dim) {
-            return Err(Error::invalid("label set", "class embeddings differ in width"));
+            return Err(Error::invalid(
+                "label set",
+                "class embeddings differ in width",
+            ));
         }
-        Ok(ClassEmbeddings { dim, rows: rows.concat(), logit_scale })
+        Ok(ClassEmbeddings {
+            dim,
+            rows: rows.concat(),
+            logit_scale,
+        })
     }
 
     /// Embedding width.
@@ -140,14 +153,29 @@ impl ClassEmbeddings {
         if image.len() != self.dim {
             return Err(Error::invalid(
                 "image embedding",
-                format!("width {} differs from the text embeddings' {}: the two towers do not belong together", image.len(), self.dim),
+                format!(
+                    "width {} differs from the text embeddings' {}: the two towers do not belong together",
+                    image.len(),
+                    self.dim
+                ),
             ));
         }
         out.cosine.clear();
-        out.cosine.extend(self.rows.chunks_exact(self.dim).map(|row| row.iter().zip(image).map(|(a, b)| a * b).sum::<f32>()));
+        out.cosine.extend(
+            self.rows
+                .chunks_exact(self.dim)
+                .map(|row| row.iter().zip(image).map(|(a, b)| a * b).sum::<f32>()),
+        );
         out.probability.clear();
-        let max = out.cosine.iter().fold(f32::NEG_INFINITY, |m, c| m.max(self.logit_scale * c));
-        out.probability.extend(out.cosine.iter().map(|c| (self.logit_scale * c - max).exp()));
+        let max = out
+            .cosine
+            .iter()
+            .fold(f32::NEG_INFINITY, |m, c| m.max(self.logit_scale * c));
+        out.probability.extend(
+            out.cosine
+                .iter()
+                .map(|c| (self.logit_scale * c - max).exp()),
+        );
         let total: f32 = out.probability.iter().sum();
         out.probability.iter_mut().for_each(|p| *p /= total);
         Ok(())
@@ -168,10 +196,24 @@ mod tests {
     #[test]
     fn template_counts_and_expansion() {
         assert_eq!(templates::IMAGENET80.len(), 80);
-        assert!(templates::IMAGENET80.iter().chain(&templates::ENSEMBLE7).all(|t| t.matches("{}").count() == 1));
+        assert!(
+            templates::IMAGENET80
+                .iter()
+                .chain(&templates::ENSEMBLE7)
+                .all(|t| t.matches("{}").count() == 1)
+        );
         assert_eq!(Templates::Single.expand("cat"), vec!["a photo of a cat."]);
-        assert_eq!(Templates::Ensemble7.expand("van")[4], "a van in a video game.");
-        assert!("imagenet81".parse::<Templates>().unwrap_err().to_string().contains("ensemble7"));
+        assert_eq!(
+            Templates::Ensemble7.expand("van")[4],
+            "a van in a video game."
+        );
+        assert!(
+            "imagenet81"
+                .parse::<Templates>()
+                .unwrap_err()
+                .to_string()
+                .contains("ensemble7")
+        );
         assert!(Templates::custom(vec!["no placeholder".into()]).is_err());
     }
 
