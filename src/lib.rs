@@ -2,6 +2,7 @@
 //!
 //! See `ARCHITECTURE.md` for the map of modules.
 
+pub mod cli;
 pub mod encoder;
 pub mod engine;
 pub mod error;
