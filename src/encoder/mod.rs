@@ -218,7 +218,13 @@ pub(crate) fn build_session(
     }
     let session = builder
         .commit_from_file(path)
-        .map_err(|e| ort_error(&format!("loading {}", context()), e))?;
+        // A file that ONNX Runtime cannot load is a bad model, not a runtime failure.
+        .map_err(|e| {
+            Error::model(
+                path.parent().unwrap_or(path),
+                format!("{} cannot be loaded: {}", path.display(), e.message()),
+            )
+        })?;
     tracing::info!(model = %path.display(), provider = %active, "{what} ready");
     Ok((session, active))
 }

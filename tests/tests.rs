@@ -1,0 +1,5 @@
+//! The integration tests: one binary, themed modules.
+
+mod util;
+
+mod engine;
