@@ -198,6 +198,20 @@ def write_vocab_and_merges(folder: Path):
     return {t: i for i, t in enumerate(vocab)}
 
 
+def save_tokenizer_files(fast, folder: Path):
+    """tokenizer.json (compact, like the transformers.js exports: 1.7 MB instead of 3.6 MB),
+    tokenizer_config.json and special_tokens_map.json of a CLIPTokenizerFast into folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        fast.save_pretrained(tmp, legacy_format=False)
+        cfg = json.loads((Path(tmp) / "tokenizer_config.json").read_text(encoding="utf-8"))
+        cfg.pop("from_slow", None)  # an init flag, not a property of the saved tokenizer
+        (folder / "tokenizer_config.json").write_text(
+            json.dumps(cfg, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+        shutil.copyfile(Path(tmp) / "special_tokens_map.json", folder / "special_tokens_map.json")
+    fast.backend_tokenizer.save(str(folder / "tokenizer.json"), pretty=False)
+
+
 class Tokenizers:
     """The three reference tokenizers: OpenAI's (open_clip SimpleTokenizer), transformers' slow
     CLIPTokenizer (with ftfy) and the converted fast one whose tokenizer.json we ship."""
@@ -213,13 +227,7 @@ class Tokenizers:
             raise RuntimeError("transformers' CLIPTokenizer did not pick up ftfy")
         slow.save_pretrained(str(slow_dir))
         fast = CLIPTokenizerFast.from_pretrained(str(slow_dir), from_slow=True)
-        fast.save_pretrained(str(fast_dir), legacy_format=False)
-        cfg_path = fast_dir / "tokenizer_config.json"
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-        cfg.pop("from_slow", None)  # an init flag, not a property of the saved tokenizer
-        # compact tokenizer.json (like the transformers.js exports): 2.2 MB instead of 3.6 MB
-        fast.backend_tokenizer.save(str(fast_dir / "tokenizer.json"), pretty=False)
-        cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+        save_tokenizer_files(fast, fast_dir)
         self.fast_dir = fast_dir
         # reload from the saved tokenizer.json: exactly what users and the Rust side get
         self.slow = slow
@@ -401,6 +409,9 @@ def torch_export(module, args, path: Path, input_names, output_names, dynamic_ax
     import torch
     path.parent.mkdir(parents=True, exist_ok=True)
     module.eval()
+    # nn.MultiheadAttention (OpenCLIP) takes a fused "fast path" in eval mode that has no ONNX export
+    if hasattr(torch.backends, "mha"):
+        torch.backends.mha.set_fastpath_enabled(False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -429,13 +440,34 @@ def quantize_int8(src: Path, dst: Path):
                      per_channel=False, reduce_range=False, extra_options={"MatMulConstBOnly": True})
 
 
+def ort_loads_in_subprocess(path: Path) -> tuple[bool, str]:
+    """Can onnxruntime (CPU, default ORT_ENABLE_ALL) create a session? Run in a child process because
+    some graphs crash onnxruntime with a segfault rather than an error."""
+    import subprocess
+    code = ("import sys, onnxruntime as ort; so = ort.SessionOptions(); so.log_severity_level = 3; "
+            "ort.InferenceSession(sys.argv[1], so, providers=['CPUExecutionProvider'])")
+    r = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True)
+    return r.returncode == 0, (r.stderr.strip().splitlines() or [f"exit code {r.returncode}"])[-1]
+
+
 def convert_fp16(src: Path, dst: Path):
-    """fp16 weights and activations, float32 graph inputs/outputs (keep_io_types)."""
+    """fp16 weights and activations, float32 graph inputs/outputs (keep_io_types), with onnxruntime's
+    float16 converter and its default op block list. onnxruntime 1.31.1 (CPU, ORT_ENABLE_ALL) segfaults
+    while creating a session for some fp16 graphs (seen with OpenCLIP exports: NchwcTransformer together
+    with ConstantSharing, around fp16 Transpose); then Transpose is kept in float32 (Cast around it)."""
     import onnx
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-    m = onnx.load(str(src))
-    m16 = convert_float_to_float16(m, keep_io_types=True)
-    onnx.save(m16, str(dst))
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+    for extra in ([], ["Transpose"]):
+        m16 = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True,
+                                       op_block_list=list(DEFAULT_OP_BLOCK_LIST) + extra)
+        onnx.save(m16, str(dst))
+        ok, err = ort_loads_in_subprocess(dst)
+        if ok:
+            if extra:
+                log(f"  {dst.name}: kept {extra} in float32 (onnxruntime crashed on the plain fp16 graph)")
+            return
+        log(f"  {dst.name}: onnxruntime cannot load the fp16 graph with {extra or 'the default'} block list: {err}")
+    raise RuntimeError(f"no fp16 conversion of {src} that onnxruntime can load")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -486,8 +518,9 @@ def build_tiny_model(spec, period: int):
     torch.manual_seed(spec["seed"])
     cfg = CLIPConfig(
         text_config=dict(vocab_size=VOCAB_SIZE, max_position_embeddings=CONTEXT_LENGTH,
-                         bos_token_id=SOT, eos_token_id=EOT, pad_token_id=EOT, **spec["text"]),
-        vision_config=dict(**spec["vision"]),
+                         bos_token_id=SOT, eos_token_id=EOT, pad_token_id=EOT,
+                         projection_dim=spec["projection_dim"], **spec["text"]),
+        vision_config=dict(projection_dim=spec["projection_dim"], **spec["vision"]),
         projection_dim=spec["projection_dim"],
     )
     cfg.architectures = ["CLIPModel"]
@@ -518,7 +551,7 @@ def clip_preprocessor_json(shortest_edge: int, crop: int, legacy: bool) -> dict:
 
 def write_toml(folder: Path, logit_scale: float, comment: str):
     (folder / "clipfilter.toml").write_text(
-        f"# clipfilter model settings. {comment}\nlogit_scale = {float(logit_scale)!r}\n", encoding="utf-8")
+        f"# clipfilter model settings. {comment}\nlogit_scale = {f32(logit_scale)!r}\n", encoding="utf-8")
 
 
 def export_hf_clip(model, folder: Path, text_fixed_len: bool, with_mask: bool, image_size: int):
@@ -1019,6 +1052,58 @@ Use it to test timeouts, frame dropping, back-pressure and queueing.
 <!-- /timing -->
 """
 
+FIXTURES_README = """# tests/fixtures — committed CLIP test models and reference outputs
+
+Generated by `tools/clip-tools make-fixtures` (deterministic: a second run rewrites every file
+bit-identically, see MANIFEST.sha256); checked with `tools/clip-tools check-fixtures`. Do not edit by
+hand. Details: `tools/README.md`.
+
+Every model folder has the layout of a transformers.js / Hugging Face ONNX export
+(e.g. Xenova/clip-vit-base-patch32): `config.json`, `preprocessor_config.json`, `tokenizer.json`,
+`tokenizer_config.json`, `special_tokens_map.json`, `onnx/vision_model.onnx`, `onnx/text_model.onnx`,
+plus our own optional `clipfilter.toml` (`logit_scale = ...`; absent means 100).
+
+| folder | image | embed D | text_model inputs | seq len | logit_scale | extra files |
+|---|---|---|---|---|---|---|
+| tiny-clip | 224 (resize 224, crop 224) | 32 | input_ids + attention_mask | fixed 77 | 100 (no toml) | vision_model_quantized, vision_model_fp16, text_model_fp16 |
+| tiny-clip-odd | 96 (resize 112, crop 96; legacy int format in preprocessor_config) | 24 | input_ids only | dynamic | 50 (toml) | - |
+| oracle-clip | 64 (resize 64, crop 64) | 10 | input_ids + attention_mask | dynamic | 100 (toml) | README.md |
+| oracle-slow | 64 | 10 | input_ids + attention_mask | dynamic | 100 (toml) | README.md (timing) |
+
+ONNX I/O (all models, all variants): input `pixel_values` float32 [batch_size, 3, H, W] -> output
+`image_embeds` float32 [batch_size, D]; `input_ids` int64 [batch_size, seq] (+ `attention_mask` int64,
+same shape) -> `text_embeds` float32 [batch_size, D]. Batch is always dynamic. Outputs are NOT
+normalised (projection outputs, as transformers' get_image_features / get_text_features give them).
+The fp16 and quantized variants keep float32/int64 inputs and float32 outputs.
+Text: start 49406, end 49407; pad with 49407 (tokenizer_config's pad_token) or 0, the result is the
+same (causal attention, pooled at the first end token); fixed-77 models need exactly 77 columns.
+
+The tiny models are transformers `CLIPModel`s with random weights (fixed seeds), 2 layers; their
+token-embedding rows repeat with a prime period P (`token_embedding_period` in the reference JSON) so
+that git compresses the 49408-row table: ids i and i+P share an embedding.
+
+## reference/
+- `tokenizer_cases.json`: `{"context_length": 77, "description", "cases": [{"text", "group", "openai": [ids],
+  "hf_slow": [ids], "hf_fast": [ids]}], "divergent": [{"text", "group", "differs": [...]}]}`; ids with
+  49406/49407, no padding, truncated to 77 with 49407 last. `hf_fast` = this tokenizer.json.
+- `templates.json`: `{"single": [1], "ensemble7": [7], "imagenet80": [80]}` (OpenAI's lists, `{}` = label).
+- `tiny-clip.json`, `tiny-clip-odd.json`: `{"model", "logit_scale", "image_size", "token_embedding_period",
+  "image_formula", "text_input", "onnx_vs_torch_max_abs": {"vision", "text"},
+  "image": [{"batch": B, "embeds": [[D floats] x B]}] for B = 1, 3, 17,
+  "text": [{"text", "ids": [hf_fast ids], "embeds": [D floats]}],
+  "zeroshot": [{"images": B, "labels": [...], "templates": "none"|"single"|"ensemble7"|"imagenet80",
+  "probs": [[L] x B], "cosine": [[L] x B], "comment"?}], "variants_vs_torch"? }`.
+  Images are not stored: `pixel[b][c][y][x] = float32(1.5*sin(0.1*x + 0.173*y + 1.7*c + 0.917*b +
+  0.05*x*y/W))` computed in float64, W = image width, b = index in the batch (images 0..B-1).
+  Embeds come from PyTorch (transformers CLIPModel), not from the ONNX files.
+  Zero-shot: normalise image embeds; text per label = normalised embed of the prompt ("none": the label
+  itself, "single": "a photo of a {}.") or, for ensembles, mean of normalised prompt embeds renormalised;
+  cosine = image . text; probs = softmax(logit_scale * cosine) over the labels.
+- `oracle-clip.json`: solid-colour frames (pixel_values = (rgb/255 - mean)/std everywhere) against
+  colour prompts: `{"colours": [{"name", "rgb"}], "prompts": [{"text", "ids"}], "image_embeds",
+  "text_embeds", "cosine": [[prompts] x colours]}` (computed with onnxruntime).
+"""
+
 TIMING_START = "<!-- timing: measured by tools/clip-tools make-fixtures; kept on regeneration unless --update-timing -->"
 TIMING_END = "<!-- /timing -->"
 
@@ -1083,6 +1168,7 @@ def cmd_make_fixtures(args):
         palette = "; ".join(f"{k} {n} {rgb}" for k, (n, rgb) in enumerate(PALETTE)) + f"; {K} neutral"
         (out_root / "oracle-clip" / "README.md").write_text(
             ORACLE_README.format(D=K + 1, palette=palette, words=words), encoding="utf-8")
+        (out_root / "README.md").write_text(FIXTURES_README, encoding="utf-8")
         write_manifest(out_root)
     sizes = sum(p.stat().st_size for p in out_root.rglob("*") if p.is_file())
     log(f"make-fixtures: done, {sizes / 1e6:.1f} MB in {out_root}")
@@ -1284,12 +1370,7 @@ def export_from_hf(model, folder: Path, image_size: int, tok_dir: Path | None, p
     model.config.to_json_file(str(folder / "config.json"))
     preproc.save_pretrained(str(folder))
     if tok_dir is not None:
-        tok = CLIPTokenizerFast.from_pretrained(str(tok_dir))
-        with tempfile.TemporaryDirectory() as tmp:
-            tok.save_pretrained(tmp, legacy_format=False)
-            for n in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-                if (Path(tmp) / n).exists():
-                    shutil.copyfile(Path(tmp) / n, folder / n)
+        save_tokenizer_files(CLIPTokenizerFast.from_pretrained(str(tok_dir)), folder)
     write_toml(folder, logit_scale, f"From {source}: exp(logit_scale) clamped at 100.")
     finish_export(folder, args.quantize, args.fp16)
     tok = CLIPTokenizerFast.from_pretrained(str(folder))
@@ -1324,7 +1405,7 @@ def cmd_export(args):
             tmp = Path(tempfile.mkdtemp())
             CLIPTokenizerFast.from_pretrained(args.hf).save_pretrained(str(tmp))
             tok_dir = tmp
-        ls = min(100.0, float(model.logit_scale.exp()))
+        ls = min(100.0, float(model.logit_scale.detach().exp()))
         size = model.config.vision_config.image_size
         export_from_hf(model, out, size, tok_dir, preproc, args, ls, f"transformers checkpoint {args.hf}")
     else:
@@ -1388,7 +1469,7 @@ def export_open_clip(args, out: Path):
         "vision_config": {"model_type": "clip_vision_model", "image_size": size, "patch_size": vcfg.get("patch_size"),
                           "hidden_size": vcfg.get("width"), "num_hidden_layers": vcfg.get("layers")},
     }, compact_numbers=False)
-    ls = min(100.0, float(model.logit_scale.exp()))
+    ls = min(100.0, float(model.logit_scale.detach().exp()))
     write_toml(out, ls, f"From OpenCLIP {args.open_clip} {Path(args.pretrained).name}: exp(logit_scale) "
                "clamped at 100. Text model: fixed length 77, input_ids only, pad with 0.")
     finish_export(out, args.quantize, args.fp16)
