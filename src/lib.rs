@@ -6,6 +6,7 @@ pub mod cli;
 pub mod encoder;
 pub mod engine;
 pub mod error;
+pub mod gate;
 pub mod labels;
 pub mod matcher;
 pub mod model;
