@@ -23,6 +23,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
     match cli.command {
         Command::Classify(args) => clipfilter::cli::classify::run(args),
         Command::Check(args) => clipfilter::cli::check::run(args),
+        Command::Bench(args) => clipfilter::cli::bench::run(args),
     }
 }
 

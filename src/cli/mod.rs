@@ -1,5 +1,6 @@
 //! The `clipfilterd` command line: the daemon and one-off tools on the same engine.
 
+pub mod bench;
 pub mod check;
 pub mod classify;
 
@@ -42,6 +43,8 @@ pub enum Command {
     Classify(classify::ClassifyArgs),
     /// Validate label-set and daemon config files.
     Check(check::CheckArgs),
+    /// Measure throughput and latency (prints a table, writes JSON).
+    Bench(bench::BenchArgs),
 }
 
 /// Model and inference options shared by the commands that load a model.
