@@ -2,7 +2,9 @@
 //!
 //! See `ARCHITECTURE.md` for the map of modules.
 
+pub mod cli;
 pub mod error;
+pub mod model;
 pub mod preprocess;
 pub mod runtime;
 

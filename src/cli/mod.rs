@@ -1,0 +1,3 @@
+//! `clipfilterd` subcommands.
+
+pub mod model_fetch;
