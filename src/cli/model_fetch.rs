@@ -3,8 +3,6 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context as _;
-
 use crate::model::Variant;
 use crate::model::fetch::{self, DEFAULT_REPO, FetchOptions};
 
@@ -44,12 +42,59 @@ pub fn run(args: FetchArgs) -> anyhow::Result<()> {
         opts.cache_dir = dir;
     }
     opts.offline |= args.offline;
-    let dir = fetch::fetch(&opts).with_context(|| {
-        format!(
-            "fetching {} ({}) at revision {}",
-            opts.repo, opts.variant, opts.revision
-        )
-    })?;
+    // The errors name the repository, revision, file or URL themselves.
+    let dir = fetch::fetch(&opts)?;
     println!("{}", dir.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Command {
+        #[command(flatten)]
+        fetch: FetchArgs,
+    }
+
+    #[test]
+    fn arguments_and_defaults() {
+        let args = Command::try_parse_from(["fetch"]).unwrap().fetch;
+        assert_eq!(args.repo, DEFAULT_REPO);
+        assert_eq!(
+            (args.variant, args.revision.as_str(), args.offline),
+            (Variant::Fp32, "main", false)
+        );
+        assert_eq!(args.cache_dir, None);
+
+        let args = Command::try_parse_from([
+            "fetch",
+            "org/model",
+            "--variant",
+            "quantized",
+            "--revision",
+            "v2",
+            "--cache-dir",
+            "/models",
+            "--offline",
+        ])
+        .unwrap()
+        .fetch;
+        assert_eq!(args.repo, "org/model");
+        assert_eq!(args.variant, Variant::Quantized);
+        assert_eq!(args.revision, "v2");
+        assert_eq!(args.cache_dir, Some(PathBuf::from("/models")));
+        assert!(args.offline);
+
+        let err = Command::try_parse_from(["fetch", "--variant", "int4"])
+            .err()
+            .unwrap();
+        assert!(
+            err.to_string().contains("expected fp32, fp16 or quantized"),
+            "{err}"
+        );
+    }
 }

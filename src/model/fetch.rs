@@ -264,7 +264,10 @@ pub enum FetchError {
     },
 
     /// Offline (or with the hub unreachable) the cache has no complete copy of the revision.
-    #[error("{repo} at revision {revision} is not fully cached in {}: {reason}", cache_dir.display())]
+    #[error(
+        "{repo} at revision {revision} is not fully cached in {}: {reason}; fetch it once with access to the hub",
+        cache_dir.display()
+    )]
     NotCached {
         repo: String,
         revision: String,

@@ -25,20 +25,24 @@ pub struct RepoFile {
     pub content: Vec<u8>,
     /// Stored in LFS: listed with a sha256, served through the CDN redirect.
     pub lfs: bool,
+    /// Computed once: the CDN looks files up by it on every request.
+    sha256: String,
 }
 
 impl RepoFile {
     pub fn new(path: &str, content: Vec<u8>, lfs: bool) -> Self {
+        let sha256 = hex(&Sha256::digest(&content));
         RepoFile {
             path: path.to_owned(),
             content,
             lfs,
+            sha256,
         }
     }
 
     /// The sha256 of the content, as hex.
     pub fn sha256(&self) -> String {
-        hex(&Sha256::digest(&self.content))
+        self.sha256.clone()
     }
 
     /// The git blob id of the content (for LFS files the hub lists the pointer file's id instead).

@@ -142,8 +142,13 @@ impl HubCache {
             revision.to_ascii_lowercase()
         } else {
             let path = self.ref_path(revision);
-            let commit = fs::read_to_string(&path)
-                .map_err(|e| format!("no cached ref for the revision ({}: {e})", path.display()))?;
+            let commit = fs::read_to_string(&path).map_err(|e| match e.kind() {
+                io::ErrorKind::NotFound => format!(
+                    "nothing cached for this revision ({} is missing)",
+                    path.display()
+                ),
+                _ => format!("{}: {e}", path.display()),
+            })?;
             let commit = commit.trim().to_owned();
             if !is_commit(&commit) {
                 return Err(format!("{} does not hold a commit sha", path.display()));
@@ -250,7 +255,7 @@ mod tests {
             cache
                 .resolve("main", Variant::Fp32)
                 .unwrap_err()
-                .contains("no cached ref")
+                .contains("nothing cached for this revision")
         );
         cache.write_ref("main", &commit).unwrap();
         assert_eq!(

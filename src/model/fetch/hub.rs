@@ -233,14 +233,7 @@ impl<'a> Hub<'a> {
             } else {
                 return Err(*error);
             };
-            warn!(
-                file = %file.path,
-                offset = partial.len,
-                %error,
-                "download interrupted at {} of {} bytes; resuming in {delay:.1?}",
-                partial.len,
-                file.size
-            );
+            progress.interrupted(&error, delay);
             std::thread::sleep(delay);
         }
         Ok(())
@@ -369,8 +362,13 @@ impl<'a> Hub<'a> {
             "the token in HF_TOKEN was refused or has no access to it (gated models also need their \
              terms accepted on the hub)"
         } else {
-            "if it is private or gated, set HF_TOKEN to an access token (gated models also need \
-             their terms accepted on the hub)"
+            "set HF_TOKEN to an access token (gated models also need their terms accepted on the \
+             hub)"
+        };
+        let private_hint = if self.opts.token.is_some() {
+            "or the token in HF_TOKEN has no access to it"
+        } else {
+            "or it is private: then set HF_TOKEN to an access token"
         };
         let not_found = |message: String| {
             Failure::fatal(FetchError::NotFound {
@@ -381,7 +379,7 @@ impl<'a> Hub<'a> {
         match code.as_deref() {
             Some("RepoNotFound") => {
                 return not_found(format!(
-                    "repository `{repo}` does not exist or is not visible; {token_hint}"
+                    "repository `{repo}` does not exist, {private_hint}"
                 ));
             }
             Some("RevisionNotFound") => {

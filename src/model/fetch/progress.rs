@@ -4,14 +4,17 @@ use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use indicatif::{BinaryBytes, ProgressBar, ProgressStyle};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
+
+/// Files smaller than this get no bar or log lines of their own (only the summary counts them).
+const LOG_MIN_SIZE: u64 = 1 << 20;
 
 /// How progress is shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum ProgressMode {
     /// A bar on stderr (bytes, rate, ETA).
     Bar,
-    /// An info line at the start, at every 10 %, and at the end.
+    /// An info line at the start, at every 10 %, and at the end (for files of 1 MiB or more).
     Log,
     /// Start and end at debug level only.
     Quiet,
@@ -45,6 +48,11 @@ pub(super) struct FileProgress {
 impl FileProgress {
     /// Starts showing the download of `name` (`size` bytes), `offset` of which are already on disk.
     pub(super) fn start(mode: ProgressMode, name: &str, size: u64, offset: u64) -> Self {
+        let mode = if size < LOG_MIN_SIZE {
+            ProgressMode::Quiet
+        } else {
+            mode
+        };
         let bar = (mode == ProgressMode::Bar).then(|| {
             let style = ProgressStyle::with_template(
                 "{msg} [{bar:30}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} ETA {eta}",
@@ -122,15 +130,31 @@ impl FileProgress {
         }
     }
 
+    /// Reports an interrupted transfer that will be resumed after `delay`, above the bar.
+    pub(super) fn interrupted(&self, error: &dyn std::fmt::Display, delay: Duration) {
+        let report = || {
+            warn!(
+                file = %self.name,
+                offset = self.position,
+                %error,
+                "download interrupted at {} of {} bytes; resuming in {delay:.1?}",
+                self.position,
+                self.size
+            );
+        };
+        match &self.bar {
+            Some(bar) => bar.suspend(report),
+            None => report(),
+        }
+    }
+
     /// The file is complete and verified.
     pub(super) fn finish(self) {
-        if let Some(bar) = &self.bar {
-            bar.finish_and_clear();
-        }
         let elapsed = self.started.elapsed();
         let fetched = self.size.saturating_sub(self.resumed_from);
-        match self.mode {
-            ProgressMode::Bar | ProgressMode::Log => info!(
+        match (&self.bar, self.mode) {
+            (Some(bar), _) => bar.finish(),
+            (None, ProgressMode::Bar | ProgressMode::Log) => info!(
                 file = %self.name,
                 bytes = fetched,
                 "{}: done, {} in {:.1} s ({}/s)",
@@ -139,13 +163,13 @@ impl FileProgress {
                 elapsed.as_secs_f64(),
                 BinaryBytes(self.rate())
             ),
-            ProgressMode::Quiet => {
+            (None, ProgressMode::Quiet) => {
                 debug!(file = %self.name, bytes = fetched, ?elapsed, "downloaded")
             }
         }
     }
 
-    /// Clears the bar of a download that failed.
+    /// Leaves the bar of a download that failed where it stopped.
     pub(super) fn abandon(self) {
         if let Some(bar) = &self.bar {
             bar.abandon();
