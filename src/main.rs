@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use clipfilter::cli::{Cli, Command, LogFormat, Outcome};
+use clipfilter::cli::{Cli, Command, LogFormat, ModelCommand, Outcome};
 use tracing_subscriber::EnvFilter;
 
 fn init_logging(cli: &Cli) {
@@ -24,6 +24,9 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Classify(args) => clipfilter::cli::classify::run(args),
         Command::Check(args) => clipfilter::cli::check::run(args),
         Command::Bench(args) => clipfilter::cli::bench::run(args),
+        Command::Model(ModelCommand::Fetch(args)) => {
+            clipfilter::cli::model_fetch::run(args).map(|()| Outcome::Ok)
+        }
     }
 }
 
@@ -33,6 +36,9 @@ fn exit_code(err: &anyhow::Error) -> u8 {
         cause
             .downcast_ref::<clipfilter::Error>()
             .is_some_and(clipfilter::Error::is_user_error)
+            || cause
+                .downcast_ref::<clipfilter::model::fetch::FetchError>()
+                .is_some_and(|e| e.is_user_error())
     });
     if user { 2 } else { 1 }
 }

@@ -3,4 +3,5 @@
 mod util;
 
 mod engine;
+mod model_fetch;
 mod worker;

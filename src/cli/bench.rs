@@ -57,7 +57,12 @@ pub struct BenchArgs {
     pub seconds: f64,
 
     /// Sections to run.
-    #[arg(long, value_delimiter = ',', value_enum, default_value = "inference,preprocess,latency,int8,baselines")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_enum,
+        default_value = "inference,preprocess,latency,int8,baselines"
+    )]
     pub sections: Vec<Section>,
 
     /// Also write the figures as JSON to this file.
@@ -70,7 +75,11 @@ pub struct BenchArgs {
 }
 
 fn threads(args: &ModelArgs) -> usize {
-    if args.threads > 0 { args.threads } else { std::thread::available_parallelism().map_or(2, usize::from) }
+    if args.threads > 0 {
+        args.threads
+    } else {
+        std::thread::available_parallelism().map_or(2, usize::from)
+    }
 }
 
 /// A synthetic 1080p frame in `format` (a gradient with some texture, so resampling does work).
@@ -108,35 +117,64 @@ fn frame_1080p(format: PixelFormat) -> (Vec<u8>, [usize; 3], [usize; 3]) {
     }
 }
 
-fn frame_ref<'a>(format: PixelFormat, data: &'a [u8], offsets: [usize; 3], strides: [usize; 3]) -> FrameRef<'a> {
+fn frame_ref<'a>(
+    format: PixelFormat,
+    data: &'a [u8],
+    offsets: [usize; 3],
+    strides: [usize; 3],
+) -> FrameRef<'a> {
     let n = format.planes();
     let plane = |i: usize| -> &'a [u8] {
         if i < n {
-            let end = if i + 1 < n { offsets[i + 1] } else { data.len() };
+            let end = if i + 1 < n {
+                offsets[i + 1]
+            } else {
+                data.len()
+            };
             &data[offsets[i]..end]
         } else {
             &[]
         }
     };
-    FrameRef { format, width: 1920, height: 1080, planes: [plane(0), plane(1), plane(2)], strides, color: YuvColor::default() }
+    FrameRef {
+        format,
+        width: 1920,
+        height: 1080,
+        planes: [plane(0), plane(1), plane(2)],
+        strides,
+        color: YuvColor::default(),
+    }
 }
 
 fn engine_config(args: &ModelArgs, max_batch: usize, variant: Variant) -> EngineConfig {
     let mut cfg = args.engine_config();
     cfg.variant = variant;
     cfg.session.intra_threads = threads(args);
-    cfg.batch = BatchConfig { max_batch, ..cfg.batch };
+    cfg.batch = BatchConfig {
+        max_batch,
+        ..cfg.batch
+    };
     cfg
 }
 
 /// Images/s of the bare session at `batch`.
-fn session_rate(model: &ModelDir, args: &ModelArgs, batch: usize, seconds: f64) -> anyhow::Result<f64> {
-    let size = model.preprocess.output_size().context("model has no fixed input size")?;
+fn session_rate(
+    model: &ModelDir,
+    args: &ModelArgs,
+    batch: usize,
+    seconds: f64,
+) -> anyhow::Result<f64> {
+    let size = model
+        .preprocess
+        .output_size()
+        .context("model has no fixed input size")?;
     let mut cfg = args.engine_config().session;
     cfg.intra_threads = threads(args);
     let mut enc = ImageEncoder::load(&model.vision_onnx, size, &cfg)?;
     let mut rng = fastrand::Rng::with_seed(7);
-    let input: Vec<f32> = (0..batch * enc.image_len()).map(|_| rng.f32() * 4.0 - 2.0).collect();
+    let input: Vec<f32> = (0..batch * enc.image_len())
+        .map(|_| rng.f32() * 4.0 - 2.0)
+        .collect();
     let mut out = Vec::new();
     for _ in 0..2 {
         enc.encode(&input, batch, &mut out)?;
@@ -154,8 +192,21 @@ fn session_rate(model: &ModelDir, args: &ModelArgs, batch: usize, seconds: f64) 
 /// verdicts (`end_to_end`), or from ready tensors (worker overhead only).
 fn worker_rate(engine: &Engine, seconds: f64, end_to_end: bool) -> anyhow::Result<f64> {
     let batch = engine.config().batch.max_batch;
-    let labels = LabelSet::from_prompts(&["a person walking".into(), "a white van".into(), "an empty path".into()], Templates::None)?;
-    let labels = engine.compile_labels(&labels, &LabelDefaults { threshold: Threshold::Cosine(0.25), ..LabelDefaults::default() })?;
+    let labels = LabelSet::from_prompts(
+        &[
+            "a person walking".into(),
+            "a white van".into(),
+            "an empty path".into(),
+        ],
+        Templates::None,
+    )?;
+    let labels = engine.compile_labels(
+        &labels,
+        &LabelDefaults {
+            threshold: Threshold::Cosine(0.25),
+            ..LabelDefaults::default()
+        },
+    )?;
     let mut matcher = Matcher::new(&labels);
     let (data, offsets, strides) = frame_1080p(PixelFormat::Nv12);
     let frame = frame_ref(PixelFormat::Nv12, &data, offsets, strides);
@@ -179,7 +230,9 @@ fn worker_rate(engine: &Engine, seconds: f64, end_to_end: bool) -> anyhow::Resul
             stream.submit(buf)?;
             in_flight += 1;
         }
-        let out = stream.wait_result(Duration::from_secs(600)).context("worker did not answer")?;
+        let out = stream
+            .wait_result(Duration::from_secs(600))
+            .context("worker did not answer")?;
         in_flight -= 1;
         let e = out.embedding.map_err(|m| anyhow::anyhow!(m))?;
         labels.score_into(&e, &mut scores)?;
@@ -225,7 +278,9 @@ fn latencies(engine: &Engine, samples: usize) -> anyhow::Result<Vec<f64>> {
         let mut buf = stream.buffer();
         pre.run(&frame, &mut buf)?;
         stream.submit(buf)?;
-        let r = stream.wait_result(Duration::from_secs(600)).context("worker did not answer")?;
+        let r = stream
+            .wait_result(Duration::from_secs(600))
+            .context("worker did not answer")?;
         let took = t0.elapsed();
         stream.recycle(r.pixels);
         if i >= 3 {
@@ -247,31 +302,67 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 fn peak_rss_mib() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kb: f64 = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
     Some(kb / 1024.0)
 }
 
 fn photos(args: &BenchArgs) -> Vec<PathBuf> {
-    let dir = args.photos.clone().unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".local/media/photos"));
+    let dir = args
+        .photos
+        .clone()
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".local/media/photos"));
     let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file()).collect())
+        .map(|rd| {
+            rd.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_file())
+                .collect()
+        })
         .unwrap_or_default();
     v.sort();
     v
 }
 
-fn baselines(model: &Path, batch: usize, threads: usize, seconds: f64) -> anyhow::Result<Vec<Value>> {
+fn baselines(
+    model: &Path,
+    batch: usize,
+    threads: usize,
+    seconds: f64,
+) -> anyhow::Result<Vec<Value>> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/clip-tools");
     let out = Command::new(&script)
         .args(["bench-baselines", "--json", "--model"])
         .arg(model)
-        .args(["--batch", &batch.to_string(), "--threads", &threads.to_string(), "--seconds", &seconds.to_string()])
+        .args([
+            "--batch",
+            &batch.to_string(),
+            "--threads",
+            &threads.to_string(),
+            "--seconds",
+            &seconds.to_string(),
+        ])
         .output()
         .with_context(|| format!("running {}", script.display()))?;
     if !out.status.success() {
-        bail!("{} bench-baselines failed: {}", script.display(), String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or(""));
+        bail!(
+            "{} bench-baselines failed: {}",
+            script.display(),
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
+        );
     }
-    Ok(String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect())
 }
 
 /// Runs `bench`.
@@ -290,12 +381,19 @@ pub fn run(args: BenchArgs) -> anyhow::Result<super::Outcome> {
             "seconds_per_figure": args.seconds,
         }),
     );
-    println!("clipfilter bench: {} ({}), {t} threads", model.dir.display(), args.model.variant);
+    println!(
+        "clipfilter bench: {} ({}), {t} threads",
+        model.dir.display(),
+        args.model.variant
+    );
     let has = |s: Section| args.sections.contains(&s);
 
     let mut session_rates: BTreeMap<usize, f64> = BTreeMap::new();
     if has(Section::Inference) || has(Section::Baselines) || has(Section::Int8) {
-        println!("\n{:<8} {:>14} {:>14} {:>14} {:>8}", "batch", "session img/s", "worker img/s", "end-to-end", "e2e/ses");
+        println!(
+            "\n{:<8} {:>14} {:>14} {:>14} {:>8}",
+            "batch", "session img/s", "worker img/s", "end-to-end", "e2e/ses"
+        );
         let mut rows = Vec::new();
         for &b in &args.batches {
             let ses = session_rate(&model, &args.model, b, args.seconds)?;
@@ -306,7 +404,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<super::Outcome> {
             let engine = Engine::load(&engine_config(&args.model, b, args.model.variant))?;
             let worker = worker_rate(&engine, args.seconds, false)?;
             let e2e = worker_rate(&engine, args.seconds, true)?;
-            println!("{b:<8} {ses:>14.1} {worker:>14.1} {e2e:>14.1} {:>8.2}", e2e / ses);
+            println!(
+                "{b:<8} {ses:>14.1} {worker:>14.1} {e2e:>14.1} {:>8.2}",
+                e2e / ses
+            );
             rows.push(json!({"batch": b, "session_images_per_s": ses, "worker_images_per_s": worker, "end_to_end_images_per_s": e2e, "end_to_end_vs_session": e2e / ses}));
         }
         if has(Section::Inference) {
@@ -315,9 +416,17 @@ pub fn run(args: BenchArgs) -> anyhow::Result<super::Outcome> {
     }
 
     if has(Section::Preprocess) {
-        println!("\npreprocess one 1920x1080 frame to {:?} (one thread):", model.preprocess.output_size().unwrap_or_default());
+        println!(
+            "\npreprocess one 1920x1080 frame to {:?} (one thread):",
+            model.preprocess.output_size().unwrap_or_default()
+        );
         let mut rows = serde_json::Map::new();
-        for f in [PixelFormat::Nv12, PixelFormat::I420, PixelFormat::Rgb, PixelFormat::Bgrx] {
+        for f in [
+            PixelFormat::Nv12,
+            PixelFormat::I420,
+            PixelFormat::Rgb,
+            PixelFormat::Bgrx,
+        ] {
             let ms = preprocess_ms(&model, f)?;
             println!("  {:<6} {ms:>7.2} ms", f.gst_name());
             rows.insert(f.gst_name().to_string(), json!(ms));
@@ -390,8 +499,14 @@ pub fn run(args: BenchArgs) -> anyhow::Result<super::Outcome> {
                         let name = l["baseline"].as_str().unwrap_or("?").to_string();
                         let rate = l["images_per_s"].as_f64();
                         match rate {
-                            Some(r) => println!("  batch {b:<3} {name:<22} {r:>8.1} img/s   clipfilter {ours:>8.1} img/s   ratio {:.2}", ours / r),
-                            None => println!("  batch {b:<3} {name:<22} skipped: {}", l["skipped"].as_str().unwrap_or("")),
+                            Some(r) => println!(
+                                "  batch {b:<3} {name:<22} {r:>8.1} img/s   clipfilter {ours:>8.1} img/s   ratio {:.2}",
+                                ours / r
+                            ),
+                            None => println!(
+                                "  batch {b:<3} {name:<22} skipped: {}",
+                                l["skipped"].as_str().unwrap_or("")
+                            ),
                         }
                         rows.push(json!({"batch": b, "baseline": name, "images_per_s": rate, "clipfilter_images_per_s": ours, "ratio": rate.map(|r| ours / r)}));
                     }
@@ -407,7 +522,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<super::Outcome> {
     }
     report.insert("peak_rss_mib", json!(rss));
     if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&report)?).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
         println!("figures written to {}", path.display());
     }
     Ok(super::Outcome::Ok)

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod check;
 pub mod classify;
+pub mod model_fetch;
 
 use std::path::PathBuf;
 
@@ -45,6 +46,17 @@ pub enum Command {
     Check(check::CheckArgs),
     /// Measure throughput and latency (prints a table, writes JSON).
     Bench(bench::BenchArgs),
+    /// Manage model folders.
+    #[command(subcommand)]
+    Model(ModelCommand),
+}
+
+/// `clipfilterd model ...`
+#[derive(Debug, Subcommand)]
+pub enum ModelCommand {
+    /// Download a model from a Hugging Face hub (HF_ENDPOINT, HF_TOKEN) into the cache and print
+    /// its folder.
+    Fetch(model_fetch::FetchArgs),
 }
 
 /// Model and inference options shared by the commands that load a model.
