@@ -7,7 +7,14 @@ use clipfilter::cli::{Cli, Command, LogFormat, ModelCommand, Outcome};
 use tracing_subscriber::EnvFilter;
 
 fn init_logging(cli: &Cli) {
-    let filter = EnvFilter::try_new(&cli.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+    // ort's own info lines (library version notes, device discovery) are noise for users.
+    let directives = if cli.log_level.contains('=') {
+        cli.log_level.clone()
+    } else {
+        format!("{},ort=warn", cli.log_level)
+    };
+    let filter =
+        EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new("info,ort=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -27,6 +34,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Model(ModelCommand::Fetch(args)) => {
             clipfilter::cli::model_fetch::run(args).map(|()| Outcome::Ok)
         }
+        Command::Model(ModelCommand::Prepare(args)) => clipfilter::cli::model_prepare::run(args),
     }
 }
 

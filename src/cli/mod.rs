@@ -4,6 +4,7 @@ pub mod bench;
 pub mod check;
 pub mod classify;
 pub mod model_fetch;
+pub mod model_prepare;
 
 use std::path::PathBuf;
 
@@ -57,6 +58,9 @@ pub enum ModelCommand {
     /// Download a model from a Hugging Face hub (HF_ENDPOINT, HF_TOKEN) into the cache and print
     /// its folder.
     Fetch(model_fetch::FetchArgs),
+    /// Load a model on the GPU providers ahead of time: TensorRT builds its engines into the
+    /// engine cache now instead of when the daemon starts.
+    Prepare(model_prepare::PrepareArgs),
 }
 
 /// Model and inference options shared by the commands that load a model.
