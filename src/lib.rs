@@ -2,6 +2,7 @@
 //!
 //! See `ARCHITECTURE.md` for the map of modules.
 
+pub mod daemon;
 pub mod error;
 pub mod preprocess;
 pub mod runtime;
