@@ -45,12 +45,19 @@ impl Location {
         let before = &text[..offset];
         let line = before.matches('\n').count() + 1;
         let column = before.rfind('\n').map_or(offset, |nl| offset - nl - 1) + 1;
-        Location { line: Some(line), column: Some(column), field }
+        Location {
+            line: Some(line),
+            column: Some(column),
+            field,
+        }
     }
 
     /// A location naming only a field.
     pub fn field(field: impl Into<String>) -> Self {
-        Location { field: Some(field.into()), ..Default::default() }
+        Location {
+            field: Some(field.into()),
+            ..Default::default()
+        }
     }
 
     fn is_empty(&self) -> bool {
@@ -72,7 +79,11 @@ pub enum Error {
 
     /// A configuration or label file is invalid.
     #[error("{}{}{}: {message}", path.display(), if location.is_empty() { "" } else { ": " }, location)]
-    Config { path: PathBuf, location: Location, message: String },
+    Config {
+        path: PathBuf,
+        location: Location,
+        message: String,
+    },
 
     /// A value given on the command line or as an element property is invalid.
     #[error("invalid {what}: {message}")]
@@ -130,27 +141,43 @@ pub enum Error {
 impl Error {
     /// An [`Error::Io`] for `path`.
     pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
-        Error::Io { path: path.as_ref().to_path_buf(), source }
+        Error::Io {
+            path: path.as_ref().to_path_buf(),
+            source,
+        }
     }
 
     /// An [`Error::Model`] for `dir`.
     pub fn model(dir: impl AsRef<Path>, message: impl Into<String>) -> Self {
-        Error::Model { dir: dir.as_ref().to_path_buf(), message: message.into() }
+        Error::Model {
+            dir: dir.as_ref().to_path_buf(),
+            message: message.into(),
+        }
     }
 
     /// An [`Error::Config`] for `path` at `location`.
     pub fn config(path: impl AsRef<Path>, location: Location, message: impl Into<String>) -> Self {
-        Error::Config { path: path.as_ref().to_path_buf(), location, message: message.into() }
+        Error::Config {
+            path: path.as_ref().to_path_buf(),
+            location,
+            message: message.into(),
+        }
     }
 
     /// An [`Error::InvalidInput`].
     pub fn invalid(what: impl Into<String>, message: impl Into<String>) -> Self {
-        Error::InvalidInput { what: what.into(), message: message.into() }
+        Error::InvalidInput {
+            what: what.into(),
+            message: message.into(),
+        }
     }
 
     /// An [`Error::Onnx`] with `context`.
     pub fn onnx(context: impl Into<String>, source: ort::Error) -> Self {
-        Error::Onnx { context: context.into(), source }
+        Error::Onnx {
+            context: context.into(),
+            source,
+        }
     }
 
     /// True when the error comes from what the user gave (files, flags, properties) rather than
@@ -192,6 +219,9 @@ mod tests {
         assert_eq!(loc.line, Some(2));
         assert_eq!(loc.column, Some(3));
         let err = Error::config("labels.toml", loc, "bad");
-        assert_eq!(err.to_string(), "labels.toml: line 2, column 3, field `bb`: bad");
+        assert_eq!(
+            err.to_string(),
+            "labels.toml: line 2, column 3, field `bb`: bad"
+        );
     }
 }

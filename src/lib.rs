@@ -2,9 +2,18 @@
 //!
 //! See `ARCHITECTURE.md` for the map of modules.
 
+pub mod cli;
 pub mod daemon;
+pub mod encoder;
+pub mod engine;
 pub mod error;
+pub mod labels;
+pub mod matcher;
+pub mod model;
 pub mod preprocess;
 pub mod runtime;
+pub mod text;
+pub mod worker;
+pub mod zeroshot;
 
 pub use error::{Error, Result};

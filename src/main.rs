@@ -1,1 +1,50 @@
-fn main() {}
+//! `clipfilterd`: the clipfilter daemon and command-line tools.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use clipfilter::cli::{Cli, Command, LogFormat, Outcome};
+use tracing_subscriber::EnvFilter;
+
+fn init_logging(cli: &Cli) {
+    let filter = EnvFilter::try_new(&cli.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<Outcome> {
+    match cli.command {
+        Command::Classify(args) => clipfilter::cli::classify::run(args),
+        Command::Check(args) => clipfilter::cli::check::run(args),
+    }
+}
+
+/// 1 for runtime failures, 2 for bad input (files, flags, models the user pointed at).
+fn exit_code(err: &anyhow::Error) -> u8 {
+    let user = err.chain().any(|cause| {
+        cause
+            .downcast_ref::<clipfilter::Error>()
+            .is_some_and(clipfilter::Error::is_user_error)
+    });
+    if user { 2 } else { 1 }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli);
+    match run(cli) {
+        Ok(Outcome::Ok) => ExitCode::SUCCESS,
+        Ok(Outcome::BadInput) => ExitCode::from(2),
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(exit_code(&err))
+        }
+    }
+}

@@ -44,7 +44,10 @@ pub fn candidate_paths() -> Vec<PathBuf> {
     if let Some(p) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
         paths.push(PathBuf::from(p));
     }
-    if let Some(dir) = std::env::current_exe().ok().and_then(|exe| exe.parent().map(Path::to_path_buf)) {
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(Path::to_path_buf))
+    {
         paths.push(dir.join(LIBRARY_NAME));
         paths.push(dir.join("../lib/clipfilter").join(LIBRARY_NAME));
     }
@@ -60,17 +63,21 @@ fn load() -> std::result::Result<Loaded, String> {
     let candidates = candidate_paths();
     let chosen = candidates.iter().find(|p| p.exists()).cloned();
     let explicit = EXPLICIT_PATH.lock().ok().and_then(|slot| slot.clone());
-    if let (Some(explicit), Some(chosen)) = (&explicit, &chosen) {
-        if explicit != chosen {
-            return Err(format!("{} does not exist", explicit.display()));
-        }
+    if let (Some(explicit), Some(chosen)) = (&explicit, &chosen)
+        && explicit != chosen
+    {
+        return Err(format!("{} does not exist", explicit.display()));
     }
     let path = chosen.unwrap_or_else(|| PathBuf::from(LIBRARY_NAME));
     let builder = ort::init_from(&path).map_err(|e| {
         format!(
             "{e}. Run tools/setup.sh (it installs the library into .local/onnxruntime/), or point \
              ORT_DYLIB_PATH at libonnxruntime.so from the `onnxruntime` wheel. Searched: {}",
-            candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+            candidates
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         )
     })?;
     let environment = builder
@@ -83,14 +90,20 @@ fn load() -> std::result::Result<Loaded, String> {
         .unwrap_or("unknown")
         .to_string();
     tracing::info!(path = %path.display(), %version, "loaded ONNX Runtime");
-    Ok(Loaded { environment, path, version })
+    Ok(Loaded {
+        environment,
+        path,
+        version,
+    })
 }
 
 fn loaded() -> Result<&'static Loaded> {
     ENVIRONMENT
         .get_or_init(load)
         .as_ref()
-        .map_err(|message| Error::RuntimeLibrary { message: message.clone() })
+        .map_err(|message| Error::RuntimeLibrary {
+            message: message.clone(),
+        })
 }
 
 /// The process-wide ONNX Runtime environment, loading the library on first use.

@@ -1,5 +1,8 @@
-//! The integration tests: one binary, one module per theme.
+//! The integration tests: one binary, themed modules.
+
+mod util;
 
 mod daemon_http;
 mod delivery;
+mod engine;
 mod sd_notify;

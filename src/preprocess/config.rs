@@ -9,6 +9,7 @@ use crate::error::{Error, Location, Result};
 /// OpenAI CLIP's normalisation mean (also `CLIPImageProcessor`'s default).
 pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
 /// OpenAI CLIP's normalisation standard deviation.
+#[allow(clippy::excessive_precision)]
 pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_1];
 
 /// How the image is resized before cropping.
@@ -113,11 +114,22 @@ impl PreprocessConfig {
     pub fn resized_size(&self, width: u32, height: u32) -> (u32, u32) {
         match self.resize {
             Resize::None => (width, height),
-            Resize::Exact { height: h, width: w } => (w, h),
+            Resize::Exact {
+                height: h,
+                width: w,
+            } => (w, h),
             Resize::ShortestEdge(short) => {
-                let (s, l) = if width <= height { (width, height) } else { (height, width) };
+                let (s, l) = if width <= height {
+                    (width, height)
+                } else {
+                    (height, width)
+                };
                 let new_long = (f64::from(short) * f64::from(l) / f64::from(s.max(1))) as u32;
-                if width <= height { (short, new_long) } else { (new_long, short) }
+                if width <= height {
+                    (short, new_long)
+                } else {
+                    (new_long, short)
+                }
             }
         }
     }
@@ -133,41 +145,71 @@ impl PreprocessConfig {
         let raw: RawConfig = serde_json::from_str(text).map_err(|e| {
             Error::config(
                 path,
-                Location { line: Some(e.line()), column: Some(e.column()), field: None },
+                Location {
+                    line: Some(e.line()),
+                    column: Some(e.column()),
+                    field: None,
+                },
                 e.to_string(),
             )
         })?;
-        let bad = |field: &str, message: String| Error::config(path, Location::field(field), message);
+        let bad =
+            |field: &str, message: String| Error::config(path, Location::field(field), message);
 
         let resize = if raw.do_resize.unwrap_or(true) {
             match raw.size {
                 None => Resize::ShortestEdge(224),
                 Some(SizeSpec::Int(n)) => Resize::ShortestEdge(n),
-                Some(SizeSpec::Dict { shortest_edge: Some(n), .. }) => Resize::ShortestEdge(n),
-                Some(SizeSpec::Dict { shortest_edge: None, height: Some(h), width: Some(w) }) => {
-                    Resize::Exact { height: h, width: w }
-                }
+                Some(SizeSpec::Dict {
+                    shortest_edge: Some(n),
+                    ..
+                }) => Resize::ShortestEdge(n),
+                Some(SizeSpec::Dict {
+                    shortest_edge: None,
+                    height: Some(h),
+                    width: Some(w),
+                }) => Resize::Exact {
+                    height: h,
+                    width: w,
+                },
                 Some(SizeSpec::Dict { .. }) => {
-                    return Err(bad("size", "expected an integer, {\"shortest_edge\"} or {\"height\", \"width\"}".into()));
+                    return Err(bad(
+                        "size",
+                        "expected an integer, {\"shortest_edge\"} or {\"height\", \"width\"}"
+                            .into(),
+                    ));
                 }
             }
         } else {
             Resize::None
         };
-        if matches!(resize, Resize::ShortestEdge(0) | Resize::Exact { height: 0, .. } | Resize::Exact { width: 0, .. }) {
+        if matches!(
+            resize,
+            Resize::ShortestEdge(0)
+                | Resize::Exact { height: 0, .. }
+                | Resize::Exact { width: 0, .. }
+        ) {
             return Err(bad("size", "must be positive".into()));
         }
         let filter = match raw.resample {
             None => Filter::Bicubic,
-            Some(code) => Filter::from_pil(code).ok_or_else(|| bad("resample", format!("unknown PIL resampling filter {code}")))?,
+            Some(code) => Filter::from_pil(code)
+                .ok_or_else(|| bad("resample", format!("unknown PIL resampling filter {code}")))?,
         };
         let crop = if raw.do_center_crop.unwrap_or(true) {
             match raw.crop_size {
                 None => Some((224, 224)),
                 Some(SizeSpec::Int(n)) => Some((n, n)),
-                Some(SizeSpec::Dict { height: Some(h), width: Some(w), .. }) => Some((h, w)),
+                Some(SizeSpec::Dict {
+                    height: Some(h),
+                    width: Some(w),
+                    ..
+                }) => Some((h, w)),
                 Some(SizeSpec::Dict { .. }) => {
-                    return Err(bad("crop_size", "expected an integer or {\"height\", \"width\"}".into()));
+                    return Err(bad(
+                        "crop_size",
+                        "expected an integer or {\"height\", \"width\"}".into(),
+                    ));
                 }
             }
         } else {
@@ -176,26 +218,40 @@ impl PreprocessConfig {
         if matches!(crop, Some((0, _)) | Some((_, 0))) {
             return Err(bad("crop_size", "must be positive".into()));
         }
-        let rescale = if raw.do_rescale.unwrap_or(true) { Some(raw.rescale_factor.unwrap_or(1.0 / 255.0)) } else { None };
+        let rescale = if raw.do_rescale.unwrap_or(true) {
+            Some(raw.rescale_factor.unwrap_or(1.0 / 255.0))
+        } else {
+            None
+        };
         let normalize = if raw.do_normalize.unwrap_or(true) {
-            let triple = |v: Option<Vec<f32>>, default: [f32; 3], field: &str| -> Result<[f32; 3]> {
-                match v {
-                    None => Ok(default),
-                    Some(v) if v.len() == 3 => Ok([v[0], v[1], v[2]]),
-                    Some(v) if v.len() == 1 => Ok([v[0]; 3]),
-                    Some(v) => Err(bad(field, format!("expected 3 values, found {}", v.len()))),
-                }
-            };
+            let triple =
+                |v: Option<Vec<f32>>, default: [f32; 3], field: &str| -> Result<[f32; 3]> {
+                    match v {
+                        None => Ok(default),
+                        Some(v) if v.len() == 3 => Ok([v[0], v[1], v[2]]),
+                        Some(v) if v.len() == 1 => Ok([v[0]; 3]),
+                        Some(v) => Err(bad(field, format!("expected 3 values, found {}", v.len()))),
+                    }
+                };
             let mean = triple(raw.image_mean, CLIP_MEAN, "image_mean")?;
             let std = triple(raw.image_std, CLIP_STD, "image_std")?;
             if std.iter().any(|s| *s == 0.0 || !s.is_finite()) {
-                return Err(bad("image_std", "values must be finite and non-zero".into()));
+                return Err(bad(
+                    "image_std",
+                    "values must be finite and non-zero".into(),
+                ));
             }
             Some((mean, std))
         } else {
             None
         };
-        Ok(PreprocessConfig { resize, filter, crop, rescale, normalize })
+        Ok(PreprocessConfig {
+            resize,
+            filter,
+            crop,
+            rescale,
+            normalize,
+        })
     }
 }
 
@@ -227,11 +283,15 @@ mod tests {
 
     #[test]
     fn rejects_bad_fields_by_name() {
-        let err = PreprocessConfig::from_json_str(r#"{"resample": 9}"#, Path::new("p.json")).unwrap_err();
+        let err =
+            PreprocessConfig::from_json_str(r#"{"resample": 9}"#, Path::new("p.json")).unwrap_err();
         assert!(err.to_string().contains("field `resample`"), "{err}");
-        let err = PreprocessConfig::from_json_str(r#"{"image_std": [0, 1, 1]}"#, Path::new("p.json")).unwrap_err();
+        let err =
+            PreprocessConfig::from_json_str(r#"{"image_std": [0, 1, 1]}"#, Path::new("p.json"))
+                .unwrap_err();
         assert!(err.to_string().contains("image_std"), "{err}");
-        let err = PreprocessConfig::from_json_str("{\n\"size\": [", Path::new("p.json")).unwrap_err();
+        let err =
+            PreprocessConfig::from_json_str("{\n\"size\": [", Path::new("p.json")).unwrap_err();
         assert!(err.to_string().starts_with("p.json: line 2"), "{err}");
     }
 }

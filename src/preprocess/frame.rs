@@ -108,7 +108,9 @@ impl PixelFormat {
     /// Every supported format.
     pub const ALL: [PixelFormat; 15] = {
         use PixelFormat::*;
-        [Rgb, Bgr, Rgba, Bgra, Argb, Abgr, Rgbx, Bgrx, Xrgb, Xbgr, Gray8, I420, Yv12, Nv12, Nv21]
+        [
+            Rgb, Bgr, Rgba, Bgra, Argb, Abgr, Rgbx, Bgrx, Xrgb, Xbgr, Gray8, I420, Yv12, Nv12, Nv21,
+        ]
     };
 }
 
@@ -146,9 +148,12 @@ pub struct FrameRef<'a> {
 impl<'a> FrameRef<'a> {
     /// A tightly packed single-plane frame (RGB, BGRA, GRAY8...).
     pub fn packed(format: PixelFormat, width: u32, height: u32, data: &'a [u8]) -> Result<Self> {
-        let bpp = format
-            .packed_bytes()
-            .ok_or_else(|| Error::invalid("frame", format!("{} is not a packed format", format.gst_name())))?;
+        let bpp = format.packed_bytes().ok_or_else(|| {
+            Error::invalid(
+                "frame",
+                format!("{} is not a packed format", format.gst_name()),
+            )
+        })?;
         let frame = FrameRef {
             format,
             width,
@@ -164,7 +169,10 @@ impl<'a> FrameRef<'a> {
     /// Checks that every plane is large enough for the size and strides.
     pub fn validate(&self) -> Result<()> {
         if self.width == 0 || self.height == 0 {
-            return Err(Error::invalid("frame", format!("empty frame {}x{}", self.width, self.height)));
+            return Err(Error::invalid(
+                "frame",
+                format!("empty frame {}x{}", self.width, self.height),
+            ));
         }
         let (w, h) = (self.width as usize, self.height as usize);
         let (cw, ch) = (w.div_ceil(2), h.div_ceil(2));
@@ -181,7 +189,9 @@ impl<'a> FrameRef<'a> {
             if stride < *row_bytes {
                 return Err(Error::invalid(
                     "frame",
-                    format!("plane {i}: stride {stride} is smaller than a row of {row_bytes} bytes"),
+                    format!(
+                        "plane {i}: stride {stride} is smaller than a row of {row_bytes} bytes"
+                    ),
                 ));
             }
             let need = stride * (rows - 1) + row_bytes;

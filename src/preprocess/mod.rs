@@ -36,9 +36,18 @@ impl<'a, P: InnerPixel> StridedView<'a, P> {
     fn new(data: &'a [u8], width: u32, height: u32, stride: usize) -> Result<Self> {
         let row = width as usize * std::mem::size_of::<P>();
         if height > 0 && (stride < row || data.len() < stride * (height as usize - 1) + row) {
-            return Err(Error::invalid("frame", "plane too small for its size and stride"));
+            return Err(Error::invalid(
+                "frame",
+                "plane too small for its size and stride",
+            ));
         }
-        Ok(StridedView { data, width, height, stride, _pixel: std::marker::PhantomData })
+        Ok(StridedView {
+            data,
+            width,
+            height,
+            stride,
+            _pixel: std::marker::PhantomData,
+        })
     }
 }
 
@@ -95,14 +104,26 @@ fn geometry(cfg: &PreprocessConfig, w: u32, h: u32) -> Geometry {
             out_h,
             resized_w: rw,
             resized_h: rh,
-            src_box: Some([left * sx, top * sy, f64::from(out_w) * sx, f64::from(out_h) * sy]),
+            src_box: Some([
+                left * sx,
+                top * sy,
+                f64::from(out_w) * sx,
+                f64::from(out_h) * sy,
+            ]),
             pad: (0, 0),
         }
     } else {
         // transformers' center_crop pads with zeros, centred, then crops.
         let left = (i64::from(out_w) - i64::from(rw)) / 2;
         let top = (i64::from(out_h) - i64::from(rh)) / 2;
-        Geometry { out_w, out_h, resized_w: rw, resized_h: rh, src_box: None, pad: (left.max(0), top.max(0)) }
+        Geometry {
+            out_w,
+            out_h,
+            resized_w: rw,
+            resized_h: rh,
+            src_box: None,
+            pad: (left.max(0), top.max(0)),
+        }
     }
 }
 
@@ -201,7 +222,10 @@ impl Preprocessor {
         dst_h: u32,
     ) -> Result<()> {
         let view = StridedView::<P>::new(src, src_w, src_h, stride)?;
-        dst.resize(dst_w as usize * dst_h as usize * std::mem::size_of::<P>(), 0);
+        dst.resize(
+            dst_w as usize * dst_h as usize * std::mem::size_of::<P>(),
+            0,
+        );
         let mut out = fir::images::TypedImage::<P>::from_buffer(dst_w, dst_h, dst)
             .map_err(|e| Error::invalid("frame", format!("resize buffer: {e}")))?;
         resizer
@@ -215,7 +239,11 @@ impl Preprocessor {
         if out.len() != self.output_len() {
             return Err(Error::invalid(
                 "preprocess output",
-                format!("buffer holds {} floats, needs {}", out.len(), self.output_len()),
+                format!(
+                    "buffer holds {} floats, needs {}",
+                    out.len(),
+                    self.output_len()
+                ),
             ));
         }
         let g = geometry(&self.cfg, frame.width, frame.height);
@@ -234,28 +262,105 @@ impl Preprocessor {
 
         match frame.format {
             PixelFormat::Rgb | PixelFormat::Bgr => {
-                Self::resample::<U8x3>(&mut self.resizer, &opts, frame.planes[0], w, h, frame.strides[0], &mut self.scratch, dw, dh)?;
+                Self::resample::<U8x3>(
+                    &mut self.resizer,
+                    &opts,
+                    frame.planes[0],
+                    w,
+                    h,
+                    frame.strides[0],
+                    &mut self.scratch,
+                    dw,
+                    dh,
+                )?;
                 self.finish_packed(frame.format, 3, &g, out);
             }
             PixelFormat::Gray8 => {
-                Self::resample::<U8>(&mut self.resizer, &opts, frame.planes[0], w, h, frame.strides[0], &mut self.scratch, dw, dh)?;
+                Self::resample::<U8>(
+                    &mut self.resizer,
+                    &opts,
+                    frame.planes[0],
+                    w,
+                    h,
+                    frame.strides[0],
+                    &mut self.scratch,
+                    dw,
+                    dh,
+                )?;
                 self.finish_packed(frame.format, 1, &g, out);
             }
             PixelFormat::I420 | PixelFormat::Yv12 | PixelFormat::Nv12 | PixelFormat::Nv21 => {
-                Self::resample::<U8>(&mut self.resizer, &opts, frame.planes[0], w, h, frame.strides[0], &mut self.scratch, dw, dh)?;
+                Self::resample::<U8>(
+                    &mut self.resizer,
+                    &opts,
+                    frame.planes[0],
+                    w,
+                    h,
+                    frame.strides[0],
+                    &mut self.scratch,
+                    dw,
+                    dh,
+                )?;
                 if matches!(frame.format, PixelFormat::Nv12 | PixelFormat::Nv21) {
-                    Self::resample::<U8x2>(&mut self.resizer, &chroma_opts, frame.planes[1], cw, ch, frame.strides[1], &mut self.scratch_uv, dw, dh)?;
+                    Self::resample::<U8x2>(
+                        &mut self.resizer,
+                        &chroma_opts,
+                        frame.planes[1],
+                        cw,
+                        ch,
+                        frame.strides[1],
+                        &mut self.scratch_uv,
+                        dw,
+                        dh,
+                    )?;
                 } else {
-                    Self::resample::<U8>(&mut self.resizer, &chroma_opts, frame.planes[1], cw, ch, frame.strides[1], &mut self.scratch_uv, dw, dh)?;
-                    Self::resample::<U8>(&mut self.resizer, &chroma_opts, frame.planes[2], cw, ch, frame.strides[2], &mut self.scratch_v, dw, dh)?;
+                    Self::resample::<U8>(
+                        &mut self.resizer,
+                        &chroma_opts,
+                        frame.planes[1],
+                        cw,
+                        ch,
+                        frame.strides[1],
+                        &mut self.scratch_uv,
+                        dw,
+                        dh,
+                    )?;
+                    Self::resample::<U8>(
+                        &mut self.resizer,
+                        &chroma_opts,
+                        frame.planes[2],
+                        cw,
+                        ch,
+                        frame.strides[2],
+                        &mut self.scratch_v,
+                        dw,
+                        dh,
+                    )?;
                 }
                 self.rgb.resize(dw as usize * dh as usize * 3, 0);
-                yuv::planes_to_rgb(frame.format, frame.color, &self.scratch, &self.scratch_uv, &self.scratch_v, &mut self.rgb);
+                yuv::planes_to_rgb(
+                    frame.format,
+                    frame.color,
+                    &self.scratch,
+                    &self.scratch_uv,
+                    &self.scratch_v,
+                    &mut self.rgb,
+                );
                 std::mem::swap(&mut self.rgb, &mut self.scratch);
                 self.finish_packed(PixelFormat::Rgb, 3, &g, out);
             }
             f => {
-                Self::resample::<U8x4>(&mut self.resizer, &opts, frame.planes[0], w, h, frame.strides[0], &mut self.scratch, dw, dh)?;
+                Self::resample::<U8x4>(
+                    &mut self.resizer,
+                    &opts,
+                    frame.planes[0],
+                    w,
+                    h,
+                    frame.strides[0],
+                    &mut self.scratch,
+                    dw,
+                    dh,
+                )?;
                 self.finish_packed(f, 4, &g, out);
             }
         }
@@ -272,7 +377,11 @@ impl Preprocessor {
         let [lr, lg, lb] = &self.lut;
         if g.src_box.is_some() {
             let px = self.scratch.chunks_exact(bpp);
-            for (((p, r), gg), b) in px.zip(r_out.iter_mut()).zip(g_out.iter_mut()).zip(b_out.iter_mut()) {
+            for (((p, r), gg), b) in px
+                .zip(r_out.iter_mut())
+                .zip(g_out.iter_mut())
+                .zip(b_out.iter_mut())
+            {
                 *r = lr[p[offs[0]] as usize];
                 *gg = lg[p[offs[1]] as usize];
                 *b = lb[p[offs[2]] as usize];
@@ -320,7 +429,9 @@ mod tests {
 
     fn noise(w: u32, h: u32, bpp: usize, seed: u64) -> Vec<u8> {
         let mut rng = fastrand::Rng::with_seed(seed);
-        (0..w as usize * h as usize * bpp).map(|_| rng.u8(..)).collect()
+        (0..w as usize * h as usize * bpp)
+            .map(|_| rng.u8(..))
+            .collect()
     }
 
     #[test]
@@ -337,13 +448,25 @@ mod tests {
             let (rw, rh) = cfg.resized_size(w, h);
             let mut full = Vec::new();
             let opts = p.options(None);
-            Preprocessor::resample::<U8x3>(&mut p.resizer, &opts, &src, w, h, w as usize * 3, &mut full, rw, rh).unwrap();
+            Preprocessor::resample::<U8x3>(
+                &mut p.resizer,
+                &opts,
+                &src,
+                w,
+                h,
+                w as usize * 3,
+                &mut full,
+                rw,
+                rh,
+            )
+            .unwrap();
             let (left, top) = ((rw - 224) / 2, (rh - 224) / 2);
             let mut worst = 0f32;
             for y in 0..224usize {
                 for x in 0..224usize {
                     for c in 0..3usize {
-                        let v = full[((y + top as usize) * rw as usize + x + left as usize) * 3 + c];
+                        let v =
+                            full[((y + top as usize) * rw as usize + x + left as usize) * 3 + c];
                         let want = p.lut[c][v as usize];
                         worst = worst.max((fast[c * 224 * 224 + y * 224 + x] - want).abs());
                     }
@@ -365,11 +488,51 @@ mod tests {
         let px = |i: usize| [rgb[i * 3], rgb[i * 3 + 1], rgb[i * 3 + 2]];
         let n = (w * h) as usize;
         let cases: Vec<(PixelFormat, Vec<u8>)> = vec![
-            (PixelFormat::Bgr, (0..n).flat_map(|i| { let [r, g, b] = px(i); [b, g, r] }).collect()),
-            (PixelFormat::Rgba, (0..n).flat_map(|i| { let [r, g, b] = px(i); [r, g, b, 7] }).collect()),
-            (PixelFormat::Bgrx, (0..n).flat_map(|i| { let [r, g, b] = px(i); [b, g, r, 0] }).collect()),
-            (PixelFormat::Argb, (0..n).flat_map(|i| { let [r, g, b] = px(i); [255, r, g, b] }).collect()),
-            (PixelFormat::Xbgr, (0..n).flat_map(|i| { let [r, g, b] = px(i); [0, b, g, r] }).collect()),
+            (
+                PixelFormat::Bgr,
+                (0..n)
+                    .flat_map(|i| {
+                        let [r, g, b] = px(i);
+                        [b, g, r]
+                    })
+                    .collect(),
+            ),
+            (
+                PixelFormat::Rgba,
+                (0..n)
+                    .flat_map(|i| {
+                        let [r, g, b] = px(i);
+                        [r, g, b, 7]
+                    })
+                    .collect(),
+            ),
+            (
+                PixelFormat::Bgrx,
+                (0..n)
+                    .flat_map(|i| {
+                        let [r, g, b] = px(i);
+                        [b, g, r, 0]
+                    })
+                    .collect(),
+            ),
+            (
+                PixelFormat::Argb,
+                (0..n)
+                    .flat_map(|i| {
+                        let [r, g, b] = px(i);
+                        [255, r, g, b]
+                    })
+                    .collect(),
+            ),
+            (
+                PixelFormat::Xbgr,
+                (0..n)
+                    .flat_map(|i| {
+                        let [r, g, b] = px(i);
+                        [0, b, g, r]
+                    })
+                    .collect(),
+            ),
         ];
         for (format, data) in cases {
             let frame = FrameRef::packed(format, w, h, &data).unwrap();
@@ -425,11 +588,24 @@ mod tests {
         let plane = 224 * 224;
         let red = p.lut[0][255];
         let green = p.lut[1][0];
-        assert!((out[plane / 2] - red).abs() < 0.05, "R {} vs {red}", out[plane / 2]);
-        assert!((out[plane + plane / 2] - green).abs() < 0.05, "G {} vs {green}", out[plane + plane / 2]);
+        assert!(
+            (out[plane / 2] - red).abs() < 0.05,
+            "R {} vs {red}",
+            out[plane / 2]
+        );
+        assert!(
+            (out[plane + plane / 2] - green).abs() < 0.05,
+            "G {} vs {green}",
+            out[plane + plane / 2]
+        );
 
         let uv: Vec<u8> = (0..32 * 24).flat_map(|_| [90u8, 240u8]).collect();
-        let nv12 = FrameRef { format: PixelFormat::Nv12, planes: [&y, &uv, &[]], strides: [64, 64, 0], ..frame };
+        let nv12 = FrameRef {
+            format: PixelFormat::Nv12,
+            planes: [&y, &uv, &[]],
+            strides: [64, 64, 0],
+            ..frame
+        };
         let mut out2 = vec![0f32; p.output_len()];
         p.run(&nv12, &mut out2).unwrap();
         assert_eq!(out, out2);
@@ -438,7 +614,13 @@ mod tests {
     #[test]
     fn small_images_are_padded_like_transformers() {
         // Exact resize to 100x100 then a 224 crop pads with zeros.
-        let cfg = PreprocessConfig { resize: Resize::Exact { height: 100, width: 100 }, ..PreprocessConfig::default() };
+        let cfg = PreprocessConfig {
+            resize: Resize::Exact {
+                height: 100,
+                width: 100,
+            },
+            ..PreprocessConfig::default()
+        };
         let mut p = Preprocessor::new(cfg).unwrap();
         let white = vec![255u8; 50 * 50 * 3];
         let mut out = vec![0f32; p.output_len()];

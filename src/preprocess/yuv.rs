@@ -22,7 +22,11 @@ impl Coeffs {
             YuvMatrix::Bt2020 => (0.2627, 0.0593),
         };
         let kg = 1.0 - kr - kb;
-        let (y_off, y_scale, c_scale) = if color.full_range { (0, 1.0, 1.0) } else { (16, 255.0 / 219.0, 255.0 / 224.0) };
+        let (y_off, y_scale, c_scale) = if color.full_range {
+            (0, 1.0, 1.0)
+        } else {
+            (16, 255.0 / 219.0, 255.0 / 224.0)
+        };
         let fx = |v: f64| (v * 65536.0).round() as i32;
         Coeffs {
             y_off,
@@ -40,13 +44,24 @@ impl Coeffs {
         let u = i32::from(u) - 128;
         let v = i32::from(v) - 128;
         let clamp = |x: i32| (x >> 16).clamp(0, 255) as u8;
-        [clamp(y + self.rv * v), clamp(y - self.gu * u - self.gv * v), clamp(y + self.bu * u)]
+        [
+            clamp(y + self.rv * v),
+            clamp(y - self.gu * u - self.gv * v),
+            clamp(y + self.bu * u),
+        ]
     }
 }
 
 /// Converts co-sited planes of equal size (already resampled to the output size) to packed RGB.
 /// For NV12/NV21 `uv` holds interleaved chroma and `v` is unused; for YV12 `uv` is the V plane.
-pub(super) fn planes_to_rgb(format: PixelFormat, color: YuvColor, y: &[u8], uv: &[u8], v: &[u8], rgb: &mut [u8]) {
+pub(super) fn planes_to_rgb(
+    format: PixelFormat,
+    color: YuvColor,
+    y: &[u8],
+    uv: &[u8],
+    v: &[u8],
+    rgb: &mut [u8],
+) {
     let k = Coeffs::new(color);
     let out = rgb.chunks_exact_mut(3);
     match format {
@@ -58,7 +73,11 @@ pub(super) fn planes_to_rgb(format: PixelFormat, color: YuvColor, y: &[u8], uv: 
             }
         }
         _ => {
-            let (u_plane, v_plane) = if format == PixelFormat::Yv12 { (v, uv) } else { (uv, v) };
+            let (u_plane, v_plane) = if format == PixelFormat::Yv12 {
+                (v, uv)
+            } else {
+                (uv, v)
+            };
             for (((px, &yy), &u), &vv) in out.zip(y).zip(u_plane).zip(v_plane) {
                 px.copy_from_slice(&k.rgb(yy, u, vv));
             }
@@ -83,11 +102,19 @@ pub fn frame_to_rgb8(frame: &FrameRef<'_>) -> Result<Vec<u8>> {
                     let cx = xx / 2;
                     let (u, v) = if nv {
                         let c = &frame.planes[1][crow * frame.strides[1] + cx * 2..];
-                        if frame.format == PixelFormat::Nv12 { (c[0], c[1]) } else { (c[1], c[0]) }
+                        if frame.format == PixelFormat::Nv12 {
+                            (c[0], c[1])
+                        } else {
+                            (c[1], c[0])
+                        }
                     } else {
                         let a = frame.planes[1][crow * frame.strides[1] + cx];
                         let b = frame.planes[2][crow * frame.strides[2] + cx];
-                        if frame.format == PixelFormat::I420 { (a, b) } else { (b, a) }
+                        if frame.format == PixelFormat::I420 {
+                            (a, b)
+                        } else {
+                            (b, a)
+                        }
                     };
                     rgb[(yy * w + xx) * 3..][..3].copy_from_slice(&k.rgb(yrow[xx], u, v));
                 }
@@ -107,7 +134,8 @@ pub fn frame_to_rgb8(frame: &FrameRef<'_>) -> Result<Vec<u8>> {
             for yy in 0..h {
                 let row = &frame.planes[0][yy * frame.strides[0]..][..w * bpp];
                 for (xx, p) in row.chunks_exact(bpp).enumerate() {
-                    rgb[(yy * w + xx) * 3..][..3].copy_from_slice(&[p[offs[0]], p[offs[1]], p[offs[2]]]);
+                    rgb[(yy * w + xx) * 3..][..3]
+                        .copy_from_slice(&[p[offs[0]], p[offs[1]], p[offs[2]]]);
                 }
             }
         }
@@ -126,7 +154,10 @@ mod tests {
         assert_eq!(k.rgb(235, 128, 128), [255, 255, 255]);
         let [r, g, b] = k.rgb(81, 90, 240);
         assert!(r >= 253 && g <= 2 && b <= 2, "{r} {g} {b}");
-        let full = Coeffs::new(YuvColor { matrix: YuvMatrix::Bt709, full_range: true });
+        let full = Coeffs::new(YuvColor {
+            matrix: YuvMatrix::Bt709,
+            full_range: true,
+        });
         assert_eq!(full.rgb(0, 128, 128), [0, 0, 0]);
         assert_eq!(full.rgb(255, 128, 128), [255, 255, 255]);
     }

@@ -1,0 +1,84 @@
+//! `clipfilterd check`: validate label sets and daemon configs without running anything.
+
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+
+use super::Outcome;
+use crate::error::{Error, Location};
+use crate::labels::LabelSet;
+
+/// Arguments of `check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Label-set or daemon config files (TOML).
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+}
+
+/// What kind of file a TOML document is, from its top-level keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    LabelSet,
+    DaemonConfig,
+}
+
+/// Decides whether `text` is a label set or a daemon config.
+pub fn kind_of(path: &Path, text: &str) -> Result<FileKind, Error> {
+    let table: toml::Table = toml::from_str(text).map_err(|e| {
+        let loc = e
+            .span()
+            .map(|s| Location::from_offset(text, s.start, None))
+            .unwrap_or_default();
+        Error::config(path, loc, e.message().trim().to_string())
+    })?;
+    if table.contains_key("label") || table.contains_key("defaults") {
+        Ok(FileKind::LabelSet)
+    } else if table.contains_key("pipeline")
+        || table.contains_key("output")
+        || table.contains_key("model")
+    {
+        Ok(FileKind::DaemonConfig)
+    } else {
+        Err(Error::config(
+            path,
+            Location::default(),
+            "neither a label set ([[label]] tables) nor a daemon config ([[pipeline]] tables)",
+        ))
+    }
+}
+
+/// Checks one file; returns a one-line summary.
+pub fn check_file(path: &Path) -> Result<String, Error> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    match kind_of(path, &text)? {
+        FileKind::LabelSet => {
+            let set = LabelSet::from_toml_str(&text, path)?;
+            let negatives = set.labels.iter().filter(|l| l.negative).count();
+            Ok(format!(
+                "label set, {} labels ({negatives} negative)",
+                set.labels.len()
+            ))
+        }
+        FileKind::DaemonConfig => Err(Error::config(
+            path,
+            Location::default(),
+            "daemon config validation is not built yet",
+        )), // TODO(daemon): wire daemon::config
+    }
+}
+
+/// Runs `check`: every file is checked; the exit status says whether all were valid.
+pub fn run(args: CheckArgs) -> anyhow::Result<Outcome> {
+    let mut outcome = Outcome::Ok;
+    for path in &args.files {
+        match check_file(path) {
+            Ok(summary) => println!("{}: ok: {summary}", path.display()),
+            Err(e) => {
+                eprintln!("error: {e}");
+                outcome = Outcome::BadInput;
+            }
+        }
+    }
+    Ok(outcome)
+}

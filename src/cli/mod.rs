@@ -1,0 +1,121 @@
+//! The `clipfilterd` command line: the daemon and one-off tools on the same engine.
+
+pub mod check;
+pub mod classify;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::encoder::{Provider, SessionConfig};
+use crate::engine::EngineConfig;
+use crate::model::Variant;
+use crate::worker::BatchConfig;
+
+/// clipfilter: say, in near real time, when video frames match text prompts (CLIP through ONNX
+/// Runtime).
+#[derive(Debug, Parser)]
+#[command(name = "clipfilterd", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// Log level filter (error, warn, info, debug, trace, or a tracing filter directive).
+    #[arg(long, global = true, env = "CLIPFILTER_LOG", default_value = "info")]
+    pub log_level: String,
+
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How log lines are written (always to stderr).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Score images against labels and print the top matches.
+    Classify(classify::ClassifyArgs),
+    /// Validate label-set and daemon config files.
+    Check(check::CheckArgs),
+}
+
+/// Model and inference options shared by the commands that load a model.
+#[derive(Debug, Clone, Args)]
+pub struct ModelArgs {
+    /// Model folder (Hugging Face ONNX layout: onnx/vision_model.onnx, onnx/text_model.onnx,
+    /// tokenizer.json, preprocessor_config.json).
+    #[arg(long, short = 'm', env = "CLIPFILTER_MODEL", value_name = "DIR")]
+    pub model: PathBuf,
+
+    /// Which weights to use.
+    #[arg(long, default_value = "fp32", value_parser = parse_variant)]
+    pub variant: Variant,
+
+    /// Execution providers in order of preference (tensorrt, cuda, cpu).
+    #[arg(long, default_value = "cpu", value_parser = parse_providers)]
+    pub providers: ProviderList,
+
+    /// Fail if the first provider cannot be used instead of falling back.
+    #[arg(long)]
+    pub require_provider: bool,
+
+    /// Threads per ONNX Runtime operator (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+
+    /// Largest inference batch.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+
+    /// Folder for TensorRT engines (built once, reused).
+    #[arg(long, value_name = "DIR")]
+    pub tensorrt_cache: Option<PathBuf>,
+}
+
+/// A parsed `--providers` list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderList(pub Vec<Provider>);
+
+fn parse_providers(s: &str) -> Result<ProviderList, String> {
+    Provider::parse_list(s)
+        .map(ProviderList)
+        .map_err(|e| e.to_string())
+}
+
+fn parse_variant(s: &str) -> Result<Variant, String> {
+    s.parse().map_err(|e: crate::Error| e.to_string())
+}
+
+impl ModelArgs {
+    /// The engine configuration these flags describe.
+    pub fn engine_config(&self) -> EngineConfig {
+        EngineConfig {
+            model_dir: self.model.clone(),
+            variant: self.variant,
+            session: SessionConfig {
+                providers: self.providers.0.clone(),
+                require_provider: self.require_provider,
+                intra_threads: self.threads,
+                tensorrt_cache: self.tensorrt_cache.clone(),
+                ..SessionConfig::default()
+            },
+            batch: BatchConfig {
+                max_batch: self.batch.max(1),
+                ..BatchConfig::default()
+            },
+        }
+    }
+}
+
+/// Exit status of a command that ran (errors map to 1 or 2 in `main`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    /// Some inputs were bad; the rest was done.
+    BadInput,
+}

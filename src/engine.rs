@@ -1,0 +1,293 @@
+//! The engine: a loaded CLIP model, shared process-wide.
+//!
+//! An [`Engine`] owns the image tower inside the batched [`Worker`] and the text tower (with
+//! its embedding cache) behind a mutex. [`Engine::shared`] returns the same engine to every
+//! caller that asks for the same model and settings, so ten `clipfilter` elements in one
+//! process batch their frames through one worker.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use crate::encoder::{ImageEncoder, Provider, SessionConfig, TextEncoder, l2_normalize};
+use crate::error::{Error, Result};
+use crate::labels::{CompiledLabels, LabelDefaults, LabelSet};
+use crate::model::{ModelDir, Variant};
+use crate::preprocess::Preprocessor;
+use crate::worker::{BatchConfig, Stream, StreamOptions, Worker, WorkerStats};
+
+/// Everything that identifies a loaded model.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct EngineConfig {
+    pub model_dir: PathBuf,
+    pub variant: Variant,
+    pub session: SessionConfig,
+    pub batch: BatchConfig,
+}
+
+impl EngineConfig {
+    /// Defaults (fp32, CPU, batches of 8) for `model_dir`.
+    pub fn new(model_dir: impl Into<PathBuf>) -> Self {
+        EngineConfig {
+            model_dir: model_dir.into(),
+            variant: Variant::Fp32,
+            session: SessionConfig::default(),
+            batch: BatchConfig::default(),
+        }
+    }
+}
+
+/// A loaded model: image worker, text encoder, preprocessing config.
+pub struct Engine {
+    config: EngineConfig,
+    model: ModelDir,
+    worker: Worker,
+    text: Mutex<TextEncoder>,
+    image_provider: Provider,
+    text_provider: Provider,
+    dim: usize,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("model", &self.model.dir)
+            .field("variant", &self.config.variant)
+            .finish()
+    }
+}
+
+type Registry = Mutex<HashMap<EngineConfig, Weak<Engine>>>;
+
+fn registry() -> &'static Registry {
+    static REGISTRY: std::sync::OnceLock<Registry> = std::sync::OnceLock::new();
+    REGISTRY.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+impl Engine {
+    /// The process-wide engine for `config`, loading it on first use.
+    pub fn shared(config: &EngineConfig) -> Result<Arc<Engine>> {
+        let mut key = config.clone();
+        key.model_dir =
+            std::fs::canonicalize(&config.model_dir).unwrap_or_else(|_| config.model_dir.clone());
+        // Loading takes the lock: two elements starting together load the model once.
+        let mut map = registry().lock().map_err(|_| Error::Worker {
+            message: "engine registry poisoned".into(),
+        })?;
+        if let Some(engine) = map.get(&key).and_then(Weak::upgrade) {
+            return Ok(engine);
+        }
+        map.retain(|_, w| w.strong_count() > 0);
+        let engine = Arc::new(Engine::load(&key)?);
+        map.insert(key, Arc::downgrade(&engine));
+        Ok(engine)
+    }
+
+    /// Loads a model (not shared).
+    pub fn load(config: &EngineConfig) -> Result<Engine> {
+        let _span = tracing::info_span!("load_model", model = %config.model_dir.display(), variant = %config.variant).entered();
+        let model = ModelDir::open(&config.model_dir, config.variant)?;
+        let size = model.preprocess.output_size().ok_or_else(|| {
+            Error::model(
+                &model.dir,
+                "preprocessor_config.json does not fix the image size (no crop_size)",
+            )
+        })?;
+        let mut image = ImageEncoder::load(&model.vision_onnx, size, &config.session)?;
+        let mut text = TextEncoder::load(&model, &config.session)?;
+
+        // One image and one text through the towers: catches towers that don't belong together
+        // before any frame arrives, and warms the providers up.
+        let mut out = Vec::new();
+        image.encode(&vec![0.0; image.image_len()], 1, &mut out)?;
+        let text_dim = text.embed(&["a photo"])?.first().map_or(0, Vec::len);
+        if out.len() != text_dim {
+            return Err(Error::model(
+                &model.dir,
+                format!(
+                    "the image tower gives embeddings of width {} but the text tower {text_dim}: the two towers do not belong together",
+                    out.len()
+                ),
+            ));
+        }
+        if let Some(p) = model.projection_dim.filter(|p| *p != text_dim) {
+            return Err(Error::model(
+                &model.dir,
+                format!("config.json says projection_dim {p} but the towers give {text_dim}"),
+            ));
+        }
+        let image_provider = image.provider();
+        let text_provider = text.provider();
+        let label = model
+            .dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let worker = Worker::start(image, config.batch, &label)?;
+        tracing::info!(
+            model = %model.dir.display(), dim = text_dim, image_provider = %image_provider, text_provider = %text_provider,
+            size = ?size, logit_scale = model.logit_scale, "model loaded"
+        );
+        Ok(Engine {
+            config: config.clone(),
+            model,
+            worker,
+            text: Mutex::new(text),
+            image_provider,
+            text_provider,
+            dim: text_dim,
+        })
+    }
+
+    /// The model folder and its settings.
+    pub fn model(&self) -> &ModelDir {
+        &self.model
+    }
+
+    /// The configuration this engine was loaded with.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// Embedding width.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// Providers running the (image, text) towers.
+    pub fn providers(&self) -> (Provider, Provider) {
+        (self.image_provider, self.text_provider)
+    }
+
+    /// A preprocessor for this model (one per producing thread).
+    pub fn preprocessor(&self) -> Result<Preprocessor> {
+        Preprocessor::new(self.model.preprocess.clone())
+    }
+
+    /// A stream into the shared image worker.
+    pub fn stream(&self, opts: StreamOptions) -> Stream {
+        self.worker.stream(opts)
+    }
+
+    /// The image worker's counters.
+    pub fn stats(&self) -> &Arc<WorkerStats> {
+        self.worker.stats()
+    }
+
+    /// Raw text embeddings (cached by text).
+    pub fn embed_texts(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        let mut text = self.text.lock().map_err(|_| Error::Worker {
+            message: "text encoder poisoned".into(),
+        })?;
+        text.embed(texts)
+    }
+
+    /// Token ids as the text tower sees them (start and end tokens included).
+    pub fn tokenize(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self.text.lock().map_err(|_| Error::Worker {
+            message: "text encoder poisoned".into(),
+        })?;
+        enc.tokenizer().encode(text)
+    }
+
+    /// Embeds a label set's prompts, ready to score frames.
+    pub fn compile_labels(
+        &self,
+        set: &LabelSet,
+        defaults: &LabelDefaults,
+    ) -> Result<CompiledLabels> {
+        let _span = tracing::info_span!("compile_labels", labels = set.labels.len()).entered();
+        CompiledLabels::compile(set, defaults, self.model.logit_scale, |texts| {
+            self.embed_texts(texts)
+        })
+    }
+
+    /// Normalised embeddings of preprocessed images (`n * image_len` floats), through the
+    /// worker; blocks until done.
+    pub fn embed_pixels(&self, pixels: &[f32]) -> Result<Vec<Vec<f32>>> {
+        let len = self.worker.image_len();
+        if len == 0 || !pixels.len().is_multiple_of(len) {
+            return Err(Error::invalid(
+                "images",
+                format!(
+                    "{} floats is not a whole number of {len}-float images",
+                    pixels.len()
+                ),
+            ));
+        }
+        let n = pixels.len() / len;
+        let mut stream = self.stream(StreamOptions::batch(self.config.batch.max_batch.max(1) * 2));
+        let mut out = Vec::with_capacity(n);
+        let mut pending = 0usize;
+        let mut chunks = pixels.chunks_exact(len);
+        while out.len() < n {
+            while pending < stream_window(self) {
+                let Some(chunk) = chunks.next() else { break };
+                let mut buf = stream.buffer();
+                buf.copy_from_slice(chunk);
+                stream.submit(buf)?;
+                pending += 1;
+            }
+            let o = stream
+                .wait_result(Duration::from_secs(600))
+                .ok_or_else(|| Error::Worker {
+                    message: "no result from the inference worker".into(),
+                })?;
+            pending -= 1;
+            out.push(o.embedding.map_err(|message| Error::Worker { message })?);
+            stream.recycle(o.pixels);
+        }
+        Ok(out)
+    }
+
+    /// Normalised embedding of one image file.
+    pub fn embed_image_file(&self, path: &Path) -> Result<Vec<f32>> {
+        let pixels = self.preprocess_file(path)?;
+        let mut e = self.embed_pixels(&pixels)?;
+        e.pop().ok_or_else(|| Error::Worker {
+            message: "no result".into(),
+        })
+    }
+
+    /// Decodes an image file and preprocesses it.
+    pub fn preprocess_file(&self, path: &Path) -> Result<Vec<f32>> {
+        let rgb = decode_image(path)?;
+        let mut pre = self.preprocessor()?;
+        let mut out = vec![0.0; pre.output_len()];
+        pre.run_rgb8(rgb.as_raw(), rgb.width(), rgb.height(), &mut out)?;
+        Ok(out)
+    }
+}
+
+fn stream_window(engine: &Engine) -> usize {
+    engine.config.batch.max_batch.max(1) * 2
+}
+
+/// Decodes an image file to 8-bit RGB (alpha dropped, as `CLIPImageProcessor`'s convert_rgb).
+pub fn decode_image(path: &Path) -> Result<image::RgbImage> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let img = image::ImageReader::new(std::io::Cursor::new(&bytes))
+        .with_guessed_format()
+        .map_err(|e| Error::Image {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+    if img.format().is_none() {
+        return Err(Error::Image {
+            path: path.to_path_buf(),
+            message: "unknown image format".into(),
+        });
+    }
+    let img = img.decode().map_err(|e| Error::Image {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    Ok(img.to_rgb8())
+}
+
+/// Normalises a raw embedding in place and returns it.
+pub fn normalized(mut v: Vec<f32>) -> Vec<f32> {
+    l2_normalize(&mut v);
+    v
+}

@@ -1,0 +1,552 @@
+//! Label sets: what to look for, and what counts as a match.
+//!
+//! A label set is a TOML file shared by the element, the daemon and the CLI:
+//!
+//! ```toml
+//! [defaults]                  # optional; applies to every label that does not say otherwise
+//! templates = "none"          # none | single | ensemble7 | imagenet80 | ["a photo of {}.", ...]
+//! min_probability = 0.5       # threshold on the softmax probability over the set...
+//! # min_cosine = 0.26         # ...or on the raw cosine similarity (one of the two)
+//! action = "none"             # none | drop | blank | pixelate, applied while the label matches
+//! enter = 1                   # consecutive samples above the threshold to start a match
+//! leave = 1                   # consecutive samples below it to end the match
+//!
+//! [[label]]
+//! name = "knife"              # unique; what events carry
+//! prompts = ["a person holding a knife", "a knife in someone's hand"]   # default: [name]
+//! min_cosine = 0.24
+//! action = "blank"
+//!
+//! [[label]]
+//! name = "background"
+//! prompts = ["an empty street", "people walking"]
+//! negative = true             # competes in the softmax, never fires
+//! ```
+//!
+//! Parsing goes in two steps, like ripgrep's flags: raw serde structs that keep source spans,
+//! then a validated [`LabelSet`] whose errors name the file, line and field. [`CompiledLabels`]
+//! holds the set's text embeddings, ready to score frames.
+
+mod compile;
+
+pub use compile::{CompiledLabel, CompiledLabels, LabelDefaults};
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::error::{Error, Location, Result};
+use crate::zeroshot::Templates;
+
+/// What decides that a label matches a sampled frame.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Threshold {
+    /// Cosine similarity between the frame and the label's (ensembled) text embedding.
+    Cosine(f32),
+    /// Softmax probability of the label among all labels of the set (negatives included).
+    Probability(f32),
+}
+
+impl std::fmt::Display for Threshold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Threshold::Cosine(v) => write!(f, "cosine >= {v}"),
+            Threshold::Probability(v) => write!(f, "probability >= {v}"),
+        }
+    }
+}
+
+/// What happens to frames while a label matches (the element applies it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Action {
+    /// Nothing: report only.
+    #[default]
+    None,
+    /// Drop the frames.
+    Drop,
+    /// Replace the picture with black.
+    Blank,
+    /// Replace the picture with coarse blocks.
+    Pixelate,
+}
+
+impl Action {
+    /// The name used in TOML and properties.
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::None => "none",
+            Action::Drop => "drop",
+            Action::Blank => "blank",
+            Action::Pixelate => "pixelate",
+        }
+    }
+}
+
+impl FromStr for Action {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "none" => Ok(Action::None),
+            "drop" => Ok(Action::Drop),
+            "blank" => Ok(Action::Blank),
+            "pixelate" => Ok(Action::Pixelate),
+            other => Err(Error::invalid(
+                "action",
+                format!("`{other}`: expected none, drop, blank or pixelate"),
+            )),
+        }
+    }
+}
+
+/// One validated label.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Label {
+    pub name: String,
+    /// Prompts, each expanded with `templates`; all of them are ensembled into one embedding.
+    pub prompts: Vec<String>,
+    pub templates: Templates,
+    /// `None`: the caller's default (the element's `threshold` property).
+    pub threshold: Option<Threshold>,
+    /// `None`: the caller's default (the element's `action` property).
+    pub action: Option<Action>,
+    pub negative: bool,
+    pub enter: Option<u32>,
+    pub leave: Option<u32>,
+}
+
+impl Label {
+    /// Every text to embed for this label.
+    pub fn texts(&self) -> Vec<String> {
+        self.prompts
+            .iter()
+            .flat_map(|p| self.templates.expand(p))
+            .collect()
+    }
+}
+
+/// A validated label set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LabelSet {
+    pub labels: Vec<Label>,
+    /// The file it came from, if any.
+    pub source: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawTemplates {
+    Name(String),
+    List(Vec<String>),
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDefaults {
+    templates: Option<Spanned<RawTemplates>>,
+    min_probability: Option<Spanned<f32>>,
+    min_cosine: Option<Spanned<f32>>,
+    action: Option<Spanned<String>>,
+    enter: Option<Spanned<u32>>,
+    leave: Option<Spanned<u32>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLabel {
+    name: Spanned<String>,
+    prompts: Option<Spanned<Vec<String>>>,
+    templates: Option<Spanned<RawTemplates>>,
+    min_probability: Option<Spanned<f32>>,
+    min_cosine: Option<Spanned<f32>>,
+    action: Option<Spanned<String>>,
+    #[serde(default)]
+    negative: bool,
+    enter: Option<Spanned<u32>>,
+    leave: Option<Spanned<u32>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLabelSet {
+    #[serde(default)]
+    defaults: RawDefaults,
+    #[serde(default)]
+    label: Vec<RawLabel>,
+}
+
+struct Ctx<'a> {
+    text: &'a str,
+    path: &'a Path,
+}
+
+impl Ctx<'_> {
+    fn err<T>(
+        &self,
+        span: Option<std::ops::Range<usize>>,
+        field: String,
+        message: impl Into<String>,
+    ) -> Result<T> {
+        let location = match span {
+            Some(s) => Location::from_offset(self.text, s.start, Some(field)),
+            None => Location::field(field),
+        };
+        Err(Error::config(self.path, location, message))
+    }
+
+    fn templates(&self, raw: &Spanned<RawTemplates>, field: String) -> Result<Templates> {
+        let parsed = match raw.get_ref() {
+            RawTemplates::Name(n) => n.parse::<Templates>(),
+            RawTemplates::List(l) => Templates::custom(l.clone()),
+        };
+        parsed.or_else(|e| {
+            let message = match e {
+                Error::InvalidInput { message, .. } => message,
+                other => other.to_string(),
+            };
+            self.err(Some(raw.span()), field, message)
+        })
+    }
+
+    fn threshold(
+        &self,
+        prob: &Option<Spanned<f32>>,
+        cos: &Option<Spanned<f32>>,
+        at: &str,
+    ) -> Result<Option<Threshold>> {
+        match (prob, cos) {
+            (Some(p), Some(_)) => self.err(
+                Some(p.span()),
+                format!("{at}min_probability"),
+                "give min_probability or min_cosine, not both",
+            ),
+            (Some(p), None) => {
+                let v = *p.get_ref();
+                if !(v > 0.0 && v <= 1.0) {
+                    return self.err(
+                        Some(p.span()),
+                        format!("{at}min_probability"),
+                        format!("{v} is outside (0, 1]"),
+                    );
+                }
+                Ok(Some(Threshold::Probability(v)))
+            }
+            (None, Some(c)) => {
+                let v = *c.get_ref();
+                if !(-1.0..=1.0).contains(&v) {
+                    return self.err(
+                        Some(c.span()),
+                        format!("{at}min_cosine"),
+                        format!("{v} is outside [-1, 1]"),
+                    );
+                }
+                Ok(Some(Threshold::Cosine(v)))
+            }
+            (None, None) => Ok(None),
+        }
+    }
+
+    fn action(&self, raw: &Option<Spanned<String>>, field: String) -> Result<Option<Action>> {
+        match raw {
+            None => Ok(None),
+            Some(a) => match a.get_ref().parse::<Action>() {
+                Ok(v) => Ok(Some(v)),
+                Err(_) => self.err(
+                    Some(a.span()),
+                    field,
+                    format!("`{}`: expected none, drop, blank or pixelate", a.get_ref()),
+                ),
+            },
+        }
+    }
+
+    fn count(&self, raw: &Option<Spanned<u32>>, field: String) -> Result<Option<u32>> {
+        match raw {
+            Some(n) if *n.get_ref() == 0 => self.err(Some(n.span()), field, "must be at least 1"),
+            Some(n) => Ok(Some(*n.get_ref())),
+            None => Ok(None),
+        }
+    }
+}
+
+impl LabelSet {
+    /// Reads and validates a label-set file.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::from_toml_str(&text, path)
+    }
+
+    /// Parses and validates label-set TOML; `path` names it in errors.
+    pub fn from_toml_str(text: &str, path: &Path) -> Result<Self> {
+        let raw: RawLabelSet = toml::from_str(text).map_err(|e| {
+            let loc = e
+                .span()
+                .map(|s| Location::from_offset(text, s.start, None))
+                .unwrap_or_default();
+            Error::config(path, loc, e.message().trim().to_string())
+        })?;
+        let cx = Ctx { text, path };
+        let d = &raw.defaults;
+        let default_templates = match &d.templates {
+            Some(t) => cx.templates(t, "defaults.templates".into())?,
+            None => Templates::None,
+        };
+        let default_threshold = cx.threshold(&d.min_probability, &d.min_cosine, "defaults.")?;
+        let default_action = cx.action(&d.action, "defaults.action".into())?;
+        let default_enter = cx.count(&d.enter, "defaults.enter".into())?;
+        let default_leave = cx.count(&d.leave, "defaults.leave".into())?;
+
+        if raw.label.is_empty() {
+            return cx.err(
+                None,
+                "label".into(),
+                "the label set is empty: add at least one [[label]] table",
+            );
+        }
+        let mut labels: Vec<Label> = Vec::with_capacity(raw.label.len());
+        for (i, l) in raw.label.iter().enumerate() {
+            let at = format!("label[{i}].");
+            let name = l.name.get_ref().trim().to_string();
+            if name.is_empty() {
+                return cx.err(
+                    Some(l.name.span()),
+                    format!("{at}name"),
+                    "must not be empty",
+                );
+            }
+            if labels.iter().any(|o| o.name == name) {
+                return cx.err(
+                    Some(l.name.span()),
+                    format!("{at}name"),
+                    format!("duplicate label name `{name}`"),
+                );
+            }
+            let prompts = match &l.prompts {
+                Some(p) if p.get_ref().is_empty() => {
+                    return cx.err(Some(p.span()), format!("{at}prompts"), "must not be empty");
+                }
+                Some(p) if p.get_ref().iter().any(|s| s.trim().is_empty()) => {
+                    return cx.err(
+                        Some(p.span()),
+                        format!("{at}prompts"),
+                        "prompts must not be blank",
+                    );
+                }
+                Some(p) => p.get_ref().clone(),
+                None => vec![name.clone()],
+            };
+            let templates = match &l.templates {
+                Some(t) => cx.templates(t, format!("{at}templates"))?,
+                None => default_templates.clone(),
+            };
+            let threshold = cx.threshold(&l.min_probability, &l.min_cosine, &at)?;
+            let action = cx.action(&l.action, format!("{at}action"))?;
+            if l.negative {
+                if let Some(a) = l
+                    .action
+                    .as_ref()
+                    .filter(|_| !matches!(action, Some(Action::None)))
+                {
+                    return cx.err(
+                        Some(a.span()),
+                        format!("{at}action"),
+                        "a negative label never fires, so it cannot have an action",
+                    );
+                }
+                if let Some(t) = l.min_probability.as_ref().or(l.min_cosine.as_ref()) {
+                    return cx.err(
+                        Some(t.span()),
+                        format!("{at}threshold"),
+                        "a negative label never fires, so it takes no threshold",
+                    );
+                }
+            }
+            labels.push(Label {
+                name,
+                prompts,
+                templates,
+                threshold: if l.negative {
+                    None
+                } else {
+                    threshold.or(default_threshold)
+                },
+                action: if l.negative {
+                    Some(Action::None)
+                } else {
+                    action.or(default_action)
+                },
+                negative: l.negative,
+                enter: cx.count(&l.enter, format!("{at}enter"))?.or(default_enter),
+                leave: cx.count(&l.leave, format!("{at}leave"))?.or(default_leave),
+            });
+        }
+        let set = LabelSet {
+            labels,
+            source: Some(path.to_path_buf()),
+        };
+        set.check_softmax()
+            .map_err(|message| Error::config(path, Location::field("label"), message))?;
+        Ok(set)
+    }
+
+    /// A set from inline prompts (the element's `prompts` property, the CLI's `--label`): one
+    /// label per prompt, named after it.
+    pub fn from_prompts(prompts: &[String], templates: Templates) -> Result<Self> {
+        let mut labels: Vec<Label> = Vec::new();
+        for p in prompts.iter().map(|p| p.trim()).filter(|p| !p.is_empty()) {
+            if labels.iter().any(|l| l.name == p) {
+                return Err(Error::invalid("prompts", format!("`{p}` is given twice")));
+            }
+            labels.push(Label {
+                name: p.to_string(),
+                prompts: vec![p.to_string()],
+                templates: templates.clone(),
+                threshold: None,
+                action: None,
+                negative: false,
+                enter: None,
+                leave: None,
+            });
+        }
+        if labels.is_empty() {
+            return Err(Error::invalid(
+                "prompts",
+                "no prompts given: the label set is empty",
+            ));
+        }
+        Ok(LabelSet {
+            labels,
+            source: None,
+        })
+    }
+
+    /// Probability thresholds need something to compete with.
+    fn check_softmax(&self) -> std::result::Result<(), String> {
+        if self.labels.iter().all(|l| l.negative) {
+            return Err("every label is negative: nothing can match".into());
+        }
+        if self.labels.len() < 2
+            && let Some(l) = self
+                .labels
+                .iter()
+                .find(|l| matches!(l.threshold, Some(Threshold::Probability(_))))
+        {
+            return Err(format!(
+                "label `{}` uses min_probability, but with a single label its probability is always 1: add negative labels or use min_cosine",
+                l.name
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks the set against the caller's default threshold (labels without their own).
+    pub fn check_default_threshold(&self, default: Threshold) -> Result<()> {
+        if self.labels.len() < 2
+            && matches!(default, Threshold::Probability(_))
+            && self.labels.iter().any(|l| l.threshold.is_none())
+        {
+            let what = self
+                .source
+                .as_ref()
+                .map_or_else(|| "prompts".to_string(), |p| p.display().to_string());
+            return Err(Error::invalid(
+                what,
+                "a single label with a probability threshold always matches (its probability is 1): add more labels or negative labels, or use a cosine threshold",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<LabelSet> {
+        LabelSet::from_toml_str(text, Path::new("set.toml"))
+    }
+
+    #[test]
+    fn parses_a_full_set() {
+        let set = parse(
+            r#"
+[defaults]
+templates = "ensemble7"
+min_probability = 0.6
+enter = 2
+
+[[label]]
+name = "knife"
+prompts = ["a person holding a knife"]
+min_cosine = 0.24
+action = "blank"
+leave = 3
+
+[[label]]
+name = "street"
+negative = true
+templates = ["a photo of {}.", "{}"]
+"#,
+        )
+        .unwrap();
+        let knife = &set.labels[0];
+        assert_eq!(knife.threshold, Some(Threshold::Cosine(0.24)));
+        assert_eq!(knife.action, Some(Action::Blank));
+        assert_eq!((knife.enter, knife.leave), (Some(2), Some(3)));
+        assert_eq!(knife.texts().len(), 7);
+        let street = &set.labels[1];
+        assert!(street.negative);
+        assert_eq!(street.texts(), vec!["a photo of street.", "street"]);
+    }
+
+    #[test]
+    fn errors_name_line_and_field() {
+        let err = parse("[[label]]\nname = \"a\"\nmin_cosine = 0.2\n\n[[label]]\nname = \"a\"\n")
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "set.toml: line 6, column 8, field `label[1].name`: duplicate label name `a`"
+        );
+        let err = parse("[[label]]\nname = \"a\"\ntemplates = \"imagenet81\"\n").unwrap_err();
+        assert!(
+            err.to_string().contains("line 3") && err.to_string().contains("unknown template set"),
+            "{err}"
+        );
+        let err = parse("[[label]]\nname = \"a\"\ncolour = 1\n").unwrap_err();
+        assert!(
+            err.to_string().contains("line 3") && err.to_string().contains("colour"),
+            "{err}"
+        );
+        let err = parse("").unwrap_err();
+        assert!(err.to_string().contains("empty"), "{err}");
+        let err = parse("[[label]]\nname = \"a\"\nmin_probability = 0.5\n").unwrap_err();
+        assert!(err.to_string().contains("always 1"), "{err}");
+        let err =
+            parse("[[label]]\nname = \"a\"\nmin_probability = 1.5\nmin_cosine = 0.2").unwrap_err();
+        assert!(err.to_string().contains("not both"), "{err}");
+        let err =
+            parse("[[label]]\nname = \"a\"\nnegative = true\naction = \"drop\"\n").unwrap_err();
+        assert!(err.to_string().contains("never fires"), "{err}");
+        let err = parse("[[label]]\nname = \"a\"\nmin_cosine = 0.2\nenter = 0\n").unwrap_err();
+        assert!(err.to_string().contains("at least 1"), "{err}");
+        let err = parse("[[label]\nname = 1").unwrap_err();
+        assert!(err.to_string().starts_with("set.toml: line 1"), "{err}");
+    }
+
+    #[test]
+    fn inline_prompts() {
+        let set =
+            LabelSet::from_prompts(&["red".into(), " green ".into()], Templates::None).unwrap();
+        assert_eq!(set.labels[1].name, "green");
+        assert!(LabelSet::from_prompts(&[], Templates::None).is_err());
+        assert!(LabelSet::from_prompts(&["a".into(), "a".into()], Templates::None).is_err());
+        let one = LabelSet::from_prompts(&["smoke".into()], Templates::None).unwrap();
+        assert!(
+            one.check_default_threshold(Threshold::Probability(0.5))
+                .is_err()
+        );
+        assert!(one.check_default_threshold(Threshold::Cosine(0.25)).is_ok());
+    }
+}

@@ -1,0 +1,617 @@
+//! The engine against the reference implementation (transformers / OpenAI CLIP), on the
+//! committed fixtures and the real sample photos; and the CLI's handling of bad input.
+
+use std::path::{Path, PathBuf};
+
+use clipfilter::encoder::{ImageEncoder, SessionConfig, TextEncoder, l2_normalize};
+use clipfilter::engine::{Engine, EngineConfig};
+use clipfilter::labels::{LabelDefaults, LabelSet, Threshold};
+use clipfilter::model::{ModelDir, Variant};
+use clipfilter::text::ClipTokenizer;
+use clipfilter::zeroshot::Templates;
+
+use crate::util::{self, cosine, floats, formula_pixels, json, max_abs_diff};
+
+fn reference(model: &str) -> serde_json::Value {
+    json(
+        &util::fixtures()
+            .join("reference")
+            .join(format!("{model}.json")),
+    )
+}
+
+#[test]
+fn tokenizer_ids_match_openai_and_transformers() {
+    let cases = json(&util::fixtures().join("reference/tokenizer_cases.json"));
+    let tok = ClipTokenizer::from_file(&util::model("tiny-clip").join("tokenizer.json"), 77, None)
+        .unwrap();
+    let ids = |v: &serde_json::Value| -> Vec<u32> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect()
+    };
+    let mut all_agree = 0;
+    let mut fast_differs = Vec::new();
+    let mut wrong = Vec::new();
+    for case in cases["cases"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        let ours = tok.encode(text).unwrap();
+        let (openai, slow, fast) = (
+            ids(&case["openai"]),
+            ids(&case["hf_slow"]),
+            ids(&case["hf_fast"]),
+        );
+        if ours != openai {
+            wrong.push(format!("{text:?}: ours {ours:?} openai {openai:?}"));
+        }
+        if openai == slow && slow == fast && ours == openai {
+            all_agree += 1;
+        }
+        if fast != ours {
+            fast_differs.push(text.to_string());
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "ids differ from OpenAI's tokenizer:\n{}",
+        wrong.join("\n")
+    );
+    assert!(
+        all_agree >= 30,
+        "only {all_agree} strings where all references agree"
+    );
+    eprintln!(
+        "tokenizer: {} strings identical to OpenAI's SimpleTokenizer; {all_agree} identical to all three references; transformers' fast tokenizer (no ftfy/html cleaning) differs on {:?}",
+        cases["cases"].as_array().unwrap().len(),
+        fast_differs
+    );
+}
+
+#[test]
+fn over_long_text_keeps_the_end_token() {
+    let tok = ClipTokenizer::from_file(&util::model("tiny-clip").join("tokenizer.json"), 77, None)
+        .unwrap();
+    let ids = tok.encode(&"word ".repeat(300)).unwrap();
+    let (bos, eos, _) = tok.special_ids();
+    assert_eq!(ids.len(), 77);
+    assert_eq!((ids[0], ids[76]), (bos, eos));
+    assert_eq!(tok.encode("").unwrap(), vec![bos, eos]);
+}
+
+fn image_encoder(model: &str) -> (ModelDir, ImageEncoder) {
+    let dir = ModelDir::open(util::model(model), Variant::Fp32).unwrap();
+    let size = dir.preprocess.output_size().unwrap();
+    let enc = ImageEncoder::load(&dir.vision_onnx, size, &SessionConfig::default()).unwrap();
+    (dir, enc)
+}
+
+#[test]
+fn image_embeddings_match_transformers_at_batch_1_3_17() {
+    for model in ["tiny-clip", "tiny-clip-odd"] {
+        let r = reference(model);
+        let (_, mut enc) = image_encoder(model);
+        let (h, w) = enc.input_size();
+        for case in r["image"].as_array().unwrap() {
+            let batch = case["batch"].as_u64().unwrap() as usize;
+            let pixels = formula_pixels(batch, h as usize, w as usize);
+            let mut out = Vec::new();
+            enc.encode(&pixels, batch, &mut out).unwrap();
+            let want: Vec<f32> = case["embeds"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(floats)
+                .collect();
+            let diff = max_abs_diff(&out, &want);
+            eprintln!("{model} image tower, batch {batch}: max |ours - transformers| = {diff:.2e}");
+            assert!(
+                diff < 1e-4,
+                "{model} batch {batch}: max abs difference {diff}"
+            );
+        }
+    }
+}
+
+#[test]
+fn text_embeddings_match_transformers() {
+    for model in ["tiny-clip", "tiny-clip-odd"] {
+        let r = reference(model);
+        let dir = ModelDir::open(util::model(model), Variant::Fp32).unwrap();
+        let mut enc = TextEncoder::load(&dir, &SessionConfig::default()).unwrap();
+        let cases = r["text"].as_array().unwrap();
+        let texts: Vec<&str> = cases.iter().map(|c| c["text"].as_str().unwrap()).collect();
+        for (case, text) in cases.iter().zip(&texts) {
+            let want_ids: Vec<u32> = case["ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_u64().unwrap() as u32)
+                .collect();
+            assert_eq!(
+                enc.tokenizer().encode(text).unwrap(),
+                want_ids,
+                "{model}: ids of {text:?}"
+            );
+        }
+        let got = enc.embed(&texts).unwrap();
+        let mut worst = 0f32;
+        for (case, g) in cases.iter().zip(&got) {
+            worst = worst.max(max_abs_diff(g, &floats(&case["embeds"])));
+        }
+        eprintln!(
+            "{model} text tower ({} texts, batched): max |ours - transformers| = {worst:.2e}",
+            texts.len()
+        );
+        assert!(worst < 1e-4, "{model}: text embeddings differ by {worst}");
+    }
+}
+
+#[test]
+fn zero_shot_probabilities_match_clip() {
+    for model in ["tiny-clip", "tiny-clip-odd"] {
+        let r = reference(model);
+        let engine = Engine::load(&EngineConfig::new(util::model(model))).unwrap();
+        assert_eq!(
+            engine.model().logit_scale as f64,
+            r["logit_scale"].as_f64().unwrap() as f32 as f64,
+            "{model}: logit scale"
+        );
+        let (h, w) = engine.model().preprocess.output_size().unwrap();
+        let mut worst = (0f32, 0f32);
+        for case in r["zeroshot"].as_array().unwrap() {
+            let n = case["images"].as_u64().unwrap() as usize;
+            let names: Vec<String> = case["labels"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_str().unwrap().to_string())
+                .collect();
+            let templates: Templates = case["templates"].as_str().unwrap().parse().unwrap();
+            let set = LabelSet::from_prompts(&names, templates.clone()).unwrap();
+            let defaults = LabelDefaults {
+                threshold: Threshold::Cosine(0.0),
+                ..LabelDefaults::default()
+            };
+            let labels = engine.compile_labels(&set, &defaults).unwrap();
+            let images = engine
+                .embed_pixels(&formula_pixels(n, h as usize, w as usize))
+                .unwrap();
+            for (i, image) in images.iter().enumerate() {
+                let s = labels.classes.score(image).unwrap();
+                let want_p = floats(&case["probs"][i]);
+                let want_c = floats(&case["cosine"][i]);
+                worst.0 = worst.0.max(max_abs_diff(&s.probability, &want_p));
+                worst.1 = worst.1.max(max_abs_diff(&s.cosine, &want_c));
+            }
+        }
+        eprintln!(
+            "{model} zero-shot: max |Δprobability| = {:.2e}, max |Δcosine| = {:.2e}",
+            worst.0, worst.1
+        );
+        assert!(
+            worst.0 < 1e-4 && worst.1 < 1e-4,
+            "{model}: zero-shot differs: {worst:?}"
+        );
+    }
+}
+
+#[test]
+fn preprocessing_of_real_photos_matches_clip_image_processor() {
+    for model in ["tiny-clip", "tiny-clip-odd"] {
+        let refs = util::local().join("fixtures/photos").join(model);
+        let index = refs.join("index.json");
+        assert!(
+            index.is_file(),
+            "{} is missing: run tools/setup.sh (it extracts the sample photos and computes the references)",
+            index.display()
+        );
+        let engine = Engine::load(&EngineConfig::new(util::model(model))).unwrap();
+        let entries = json(&index);
+        let entries = entries.as_array().expect("index.json is a list");
+        assert!(
+            entries.len() >= 6,
+            "only {} reference photos",
+            entries.len()
+        );
+        let (mut sum, mut count, mut worst, mut worst_cos) = (0f64, 0usize, 0f32, 1f32);
+        for e in entries {
+            let photo = PathBuf::from(e["photo"].as_str().unwrap());
+            let photo = if photo.is_absolute() {
+                photo
+            } else {
+                Path::new(env!("CARGO_MANIFEST_DIR")).join(photo)
+            };
+            let npy = refs.join(e["npy"].as_str().unwrap());
+            let (shape, want) = util::read_npy_f32(&npy);
+            let ours = engine.preprocess_file(&photo).unwrap();
+            assert_eq!(
+                ours.len(),
+                shape.iter().product::<usize>(),
+                "{}",
+                photo.display()
+            );
+            let d = max_abs_diff(&ours, &want);
+            worst = worst.max(d);
+            sum += ours
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs() as f64)
+                .sum::<f64>();
+            count += ours.len();
+            let embeds = engine
+                .embed_pixels(&[ours.clone(), want.clone()].concat())
+                .unwrap();
+            let c = cosine(&embeds[0], &embeds[1]);
+            worst_cos = worst_cos.min(c);
+            eprintln!(
+                "{model} {}: max |Δpixel| = {d:.4}, embedding cosine = {c:.6}",
+                photo.file_name().unwrap().to_string_lossy()
+            );
+        }
+        let mean = sum / count as f64;
+        eprintln!(
+            "{model}: {} photos, pixel tensors vs CLIPImageProcessor: mean |Δ| = {mean:.2e}, max |Δ| = {worst:.4} (one 8-bit step = {:.4}); min embedding cosine {worst_cos:.6}",
+            entries.len(),
+            1.0 / 255.0 / 0.2613
+        );
+        // One 8-bit step after normalisation is 1/255/std ~ 0.015; PIL and fast_image_resize round
+        // a few pixels differently.
+        assert!(
+            worst <= 2.0 * 0.0151,
+            "{model}: max pixel difference {worst}"
+        );
+        assert!(mean < 2e-3, "{model}: mean pixel difference {mean}");
+        assert!(worst_cos >= 0.999, "{model}: embedding cosine {worst_cos}");
+    }
+}
+
+#[test]
+fn embeddings_are_normalised_and_towers_agree_in_width() {
+    let engine = Engine::load(&EngineConfig::new(util::model("tiny-clip-odd"))).unwrap();
+    let (h, w) = engine.model().preprocess.output_size().unwrap();
+    let e = engine
+        .embed_pixels(&formula_pixels(2, h as usize, w as usize))
+        .unwrap();
+    assert_eq!(e.len(), 2);
+    assert_eq!(e[0].len(), engine.dim());
+    let mut n = e[0].clone();
+    l2_normalize(&mut n);
+    assert!(max_abs_diff(&n, &e[0]) < 1e-6);
+}
+
+mod cli {
+    use super::*;
+
+    fn solid_png(dir: &Path, name: &str, rgb: [u8; 3]) -> PathBuf {
+        let path = dir.join(name);
+        image::RgbImage::from_pixel(96, 80, image::Rgb(rgb))
+            .save(&path)
+            .unwrap();
+        path
+    }
+
+    #[test]
+    fn classify_ranks_oracle_colours() {
+        let tmp = tempfile::tempdir().unwrap();
+        let red = solid_png(tmp.path(), "red.png", [250, 10, 10]);
+        let green = solid_png(tmp.path(), "green.png", [10, 240, 20]);
+        let model = util::model("oracle-clip");
+        let out = util::run(&[
+            "classify",
+            "--model",
+            model.to_str().unwrap(),
+            "--label",
+            "red",
+            "--label",
+            "green",
+            "--label",
+            "blue",
+            "--json",
+            red.to_str().unwrap(),
+            green.to_str().unwrap(),
+        ]);
+        let (stdout, stderr) = util::text(&out);
+        assert!(out.status.success(), "{stderr}");
+        let lines: Vec<serde_json::Value> = stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0]["results"][0]["label"], "red");
+        assert_eq!(lines[1]["results"][0]["label"], "green");
+        assert!(lines[0]["results"][0]["probability"].as_f64().unwrap() > 0.9);
+
+        let table = util::run(&[
+            "classify",
+            "-m",
+            model.to_str().unwrap(),
+            "--label",
+            "red",
+            "--label",
+            "blue",
+            red.to_str().unwrap(),
+        ]);
+        let (stdout, stderr) = util::text(&table);
+        assert!(table.status.success(), "{stderr}");
+        assert!(
+            stdout.contains("red.png")
+                && stdout
+                    .lines()
+                    .nth(2)
+                    .unwrap()
+                    .trim_start()
+                    .starts_with("red"),
+            "{stdout}"
+        );
+    }
+
+    fn expect_error(args: &[&str], code: i32, needle: &str) {
+        let out = util::run(args);
+        let (stdout, stderr) = util::text(&out);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "args {args:?}\nstdout: {stdout}\nstderr: {stderr}"
+        );
+        assert!(
+            stderr.contains(needle),
+            "args {args:?}: stderr lacks {needle:?}:\n{stderr}"
+        );
+    }
+
+    #[test]
+    fn bad_input_gives_clear_errors_and_exit_codes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let t = tmp.path();
+        let img = solid_png(t, "ok.png", [1, 2, 3]);
+        let img = img.to_str().unwrap();
+        let oracle = util::model("oracle-clip");
+        let oracle = oracle.to_str().unwrap();
+
+        expect_error(
+            &[
+                "classify",
+                "-m",
+                "/nonexistent/model",
+                "--label",
+                "a",
+                "--label",
+                "b",
+                img,
+            ],
+            2,
+            "no such folder",
+        );
+
+        // A model folder with a missing and then a corrupt ONNX file.
+        let broken = t.join("broken");
+        copy_dir(Path::new(oracle), &broken);
+        std::fs::remove_file(broken.join("onnx/vision_model.onnx")).unwrap();
+        let b = broken.to_str().unwrap();
+        expect_error(
+            &["classify", "-m", b, "--label", "a", "--label", "b", img],
+            2,
+            "vision_model.onnx is missing",
+        );
+        std::fs::write(
+            broken.join("onnx/vision_model.onnx"),
+            b"this is not a protobuf",
+        )
+        .unwrap();
+        expect_error(
+            &["classify", "-m", b, "--label", "a", "--label", "b", img],
+            2,
+            "cannot be loaded",
+        );
+
+        // Towers that do not belong together: tiny-clip's image tower (width 32) with
+        // tiny-clip-odd's text tower (width 24).
+        let mixed = t.join("mixed");
+        copy_dir(&util::model("tiny-clip"), &mixed);
+        std::fs::copy(
+            util::model("tiny-clip-odd").join("onnx/text_model.onnx"),
+            mixed.join("onnx/text_model.onnx"),
+        )
+        .unwrap();
+        expect_error(
+            &[
+                "classify",
+                "-m",
+                mixed.to_str().unwrap(),
+                "--label",
+                "a",
+                "--label",
+                "b",
+                img,
+            ],
+            2,
+            "do not belong together",
+        );
+
+        // Images that are not images, or are cut short.
+        let not_image = t.join("notes.png");
+        std::fs::write(&not_image, "just text").unwrap();
+        expect_error(
+            &[
+                "classify",
+                "-m",
+                oracle,
+                "--label",
+                "a",
+                "--label",
+                "b",
+                not_image.to_str().unwrap(),
+            ],
+            2,
+            "notes.png: not a readable image",
+        );
+        let mut jpeg = Vec::new();
+        image::RgbImage::from_pixel(64, 64, image::Rgb([9, 9, 9]))
+            .write_to(
+                &mut std::io::Cursor::new(&mut jpeg),
+                image::ImageFormat::Jpeg,
+            )
+            .unwrap();
+        let cut = t.join("cut.jpg");
+        std::fs::write(&cut, &jpeg[..jpeg.len() / 2]).unwrap();
+        expect_error(
+            &[
+                "classify",
+                "-m",
+                oracle,
+                "--label",
+                "a",
+                "--label",
+                "b",
+                cut.to_str().unwrap(),
+            ],
+            2,
+            "cut.jpg: not a readable image",
+        );
+
+        // Label sets.
+        let bad_toml = t.join("bad.toml");
+        std::fs::write(
+            &bad_toml,
+            "[[label]]\nname = \"red\"\nmin_cosine = 0.2\n\n[[label]\nname = \"x\"\n",
+        )
+        .unwrap();
+        expect_error(
+            &[
+                "classify",
+                "-m",
+                oracle,
+                "--labels",
+                bad_toml.to_str().unwrap(),
+                img,
+            ],
+            2,
+            "bad.toml: line 5",
+        );
+        let bad_tpl = t.join("tpl.toml");
+        std::fs::write(
+            &bad_tpl,
+            "[[label]]\nname = \"red\"\nmin_cosine = 0.2\ntemplates = \"imagenet81\"\n",
+        )
+        .unwrap();
+        expect_error(
+            &[
+                "classify",
+                "-m",
+                oracle,
+                "--labels",
+                bad_tpl.to_str().unwrap(),
+                img,
+            ],
+            2,
+            "unknown template set `imagenet81`",
+        );
+        expect_error(
+            &[
+                "classify",
+                "-m",
+                oracle,
+                "--label",
+                "a",
+                "--templates",
+                "nope",
+                img,
+            ],
+            2,
+            "unknown template set `nope`",
+        );
+        let empty = t.join("empty.toml");
+        std::fs::write(&empty, "[defaults]\nmin_cosine = 0.2\n").unwrap();
+        expect_error(
+            &[
+                "classify",
+                "-m",
+                oracle,
+                "--labels",
+                empty.to_str().unwrap(),
+                img,
+            ],
+            2,
+            "the label set is empty",
+        );
+        expect_error(
+            &["check", empty.to_str().unwrap()],
+            2,
+            "the label set is empty",
+        );
+
+        // Usage errors.
+        expect_error(&["classify", "-m", oracle, img], 2, "--labels");
+        expect_error(
+            &[
+                "classify",
+                "-m",
+                oracle,
+                "--label",
+                "a",
+                "--providers",
+                "gpu",
+                img,
+            ],
+            2,
+            "expected tensorrt, cuda or cpu",
+        );
+    }
+
+    #[test]
+    fn require_provider_fails_without_a_gpu_build() {
+        let img_dir = tempfile::tempdir().unwrap();
+        let img = solid_png(img_dir.path(), "x.png", [5, 5, 5]);
+        let oracle = util::model("oracle-clip");
+        let out = util::run(&[
+            "classify",
+            "-m",
+            oracle.to_str().unwrap(),
+            "--label",
+            "a",
+            "--label",
+            "b",
+            "--providers",
+            "cuda,cpu",
+            "--require-provider",
+            img.to_str().unwrap(),
+        ]);
+        let (_, stderr) = util::text(&out);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("execution provider cuda"), "{stderr}");
+        // Without --require-provider it runs on the CPU, and says loudly that CUDA was not used.
+        let out = util::run(&[
+            "classify",
+            "-m",
+            oracle.to_str().unwrap(),
+            "--label",
+            "a",
+            "--label",
+            "b",
+            "--providers",
+            "cuda,cpu",
+            img.to_str().unwrap(),
+        ]);
+        let (_, stderr) = util::text(&out);
+        assert!(out.status.success(), "{stderr}");
+        assert!(
+            stderr.contains("ERROR") && stderr.contains("cuda"),
+            "{stderr}"
+        );
+    }
+
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let dest = to.join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                copy_dir(&entry.path(), &dest);
+            } else {
+                std::fs::copy(entry.path(), dest).unwrap();
+            }
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The repository's `tests/fixtures` folder.
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// A committed fixture model folder.
+pub fn model(name: &str) -> PathBuf {
+    let p = fixtures().join(name);
+    assert!(
+        p.is_dir(),
+        "fixture model {} is missing: run tools/setup.sh",
+        p.display()
+    );
+    p
+}
+
+/// Files made by tools/setup.sh (sample media, photo references).
+pub fn local() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(".local")
+}
+
+/// Reads a JSON fixture.
+pub fn json(path: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The `clipfilterd` binary.
+pub fn clipfilterd() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_clipfilterd"))
+}
+
+/// Runs `clipfilterd` with `args`.
+pub fn run(args: &[&str]) -> Output {
+    clipfilterd().args(args).output().expect("clipfilterd runs")
+}
+
+/// stdout and stderr of an output, for assertion messages.
+pub fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// The deterministic test images both sides generate (see tools/clip_tools.py):
+/// `1.5 * sin(0.1*x + 0.173*y + 1.7*c + 0.917*b + 0.05*x*y/W)`, in f64, cast to f32.
+pub fn formula_pixels(batch: usize, h: usize, w: usize) -> Vec<f32> {
+    let mut v = Vec::with_capacity(batch * 3 * h * w);
+    for b in 0..batch {
+        for c in 0..3 {
+            for y in 0..h {
+                for x in 0..w {
+                    let (xf, yf) = (x as f64, y as f64);
+                    let t = 0.1 * xf
+                        + 0.173 * yf
+                        + 1.7 * c as f64
+                        + 0.917 * b as f64
+                        + 0.05 * xf * yf / w as f64;
+                    v.push((1.5 * t.sin()) as f32);
+                }
+            }
+        }
+    }
+    v
+}
+
+/// Reads a little-endian float32, C-order `.npy` file (format 1.0/2.0).
+pub fn read_npy_f32(path: &Path) -> (Vec<usize>, Vec<f32>) {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(&bytes[..6], b"\x93NUMPY", "{} is not .npy", path.display());
+    let (header_len, start) = match bytes[6] {
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        _ => (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        ),
+    };
+    let header = std::str::from_utf8(&bytes[start..start + header_len]).expect("utf-8 header");
+    assert!(
+        header.contains("'<f4'"),
+        "{}: not float32 little-endian: {header}",
+        path.display()
+    );
+    assert!(
+        header.contains("'fortran_order': False"),
+        "{}: not C order",
+        path.display()
+    );
+    let shape_str = header
+        .split("'shape': (")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .expect("shape");
+    let shape: Vec<usize> = shape_str
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let data = bytes[start + header_len..]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    (shape, data)
+}
+
+/// Largest absolute difference.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "lengths differ");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// Cosine similarity.
+pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
+    dot / (na * nb)
+}
+
+/// Floats of a JSON array.
+pub fn floats(v: &serde_json::Value) -> Vec<f32> {
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_f64().expect("number") as f32)
+        .collect()
+}
