@@ -445,10 +445,16 @@ struct Broker {
     child: Option<Child>,
     port: u16,
     dir: tempfile::TempDir,
+    /// More configuration lines (another listener).
+    extra: String,
 }
 
 impl Broker {
     fn start() -> Broker {
+        Broker::start_with(String::new())
+    }
+
+    fn start_with(extra: String) -> Broker {
         let dir = tempfile::tempdir().unwrap();
         // mosquitto started as root switches to its own user: let it write its persistence file.
         let writable = std::os::unix::fs::PermissionsExt::from_mode(0o777);
@@ -457,6 +463,7 @@ impl Broker {
             child: None,
             port: free_port(),
             dir,
+            extra,
         };
         broker.restart();
         broker
@@ -469,9 +476,10 @@ impl Broker {
         std::fs::write(
             &conf,
             format!(
-                "listener {} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nlog_dest stderr\n",
+                "listener {} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nlog_dest stderr\n{}",
                 self.port,
-                self.dir.path().display()
+                self.dir.path().display(),
+                self.extra,
             ),
         )
         .unwrap();
@@ -665,5 +673,163 @@ fn mqtt_broker_restart_with_pending_events_delivers_them_all() {
         "every event, in order (duplicates allowed)"
     );
     wait_until("PUBACKs after the restart", || delivery.pending("ha") == 0);
+    assert!(delivery.shutdown());
+}
+
+/// Runs `openssl` in `dir`.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A certificate authority `{name}.pem` / `{name}.key` in `dir`.
+fn make_ca(dir: &Path, name: &str) {
+    let (key, pem, subject) = (
+        format!("{name}.key"),
+        format!("{name}.pem"),
+        format!("/CN={name}"),
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &pem,
+            "-days",
+            "2",
+            "-subj",
+            &subject,
+        ],
+    );
+}
+
+#[test]
+fn mqtt_over_tls_checks_the_broker_certificate() {
+    let certs = tempfile::tempdir().unwrap();
+    let dir = certs.path();
+    make_ca(dir, "ca");
+    make_ca(dir, "other-ca");
+    std::fs::write(
+        dir.join("san.cnf"),
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "san.cnf",
+        ],
+    );
+    // mosquitto started as root runs as its own user: let it read the key.
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let mode = std::os::unix::fs::PermissionsExt::from_mode(0o644);
+        std::fs::set_permissions(entry.unwrap().path(), mode).unwrap();
+    }
+    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+
+    let tls_port = free_port();
+    let d = dir.display();
+    let broker = Broker::start_with(format!(
+        "listener {tls_port} 127.0.0.1\ncafile {d}/ca.pem\ncertfile {d}/server.pem\nkeyfile {d}/server.key\n"
+    ));
+    wait_until("the TLS listener", || {
+        std::net::TcpStream::connect(("127.0.0.1", tls_port)).is_ok()
+    });
+    // The subscriber uses the plain listener of the same broker.
+    let subscriber = Subscriber::start(broker.port, "clipfilter-test");
+    let config = format!(
+        r#"
+[[output]]
+name = "secure"
+type = "mqtt"
+host = "127.0.0.1"
+port = {tls_port}
+topic_prefix = "clipfilter-test"
+client_id = "clipfilterd-secure"
+tls = true
+ca_file = "{d}/ca.pem"
+retry_initial = "50ms"
+retry_max = "300ms"
+
+[[output]]
+name = "untrusted"
+type = "mqtt"
+host = "127.0.0.1"
+port = {tls_port}
+topic_prefix = "clipfilter-test"
+client_id = "clipfilterd-untrusted"
+tls = true
+ca_file = "{d}/other-ca.pem"
+retry_initial = "50ms"
+retry_max = "300ms"
+"#
+    );
+    let state = tempfile::tempdir().unwrap();
+    let metrics = Metrics::new();
+    let delivery = Delivery::start(state.path(), &outputs(&config), &metrics).unwrap();
+    let sent = events("cam1", 3);
+    for e in &sent {
+        delivery.submit(e, &["secure", "untrusted"]).unwrap();
+    }
+    for expected in &sent {
+        assert_eq!(&subscriber.next().1, expected);
+    }
+    wait_until("PUBACKs over TLS", || delivery.pending("secure") == 0);
+    let failures = "clipfilter_output_delivery_failures_total{output=\"untrusted\"}";
+    wait_until("the untrusted broker certificate to be refused", || {
+        metric(&metrics, failures) >= 2.0
+    });
+    assert_eq!(delivery.pending("untrusted"), 3);
+    assert!(
+        subscriber.messages.try_recv().is_err(),
+        "a message came through an untrusted connection"
+    );
     assert!(delivery.shutdown());
 }

@@ -113,9 +113,10 @@ impl Delivery {
                     Box::new(move |ctx| run_sink(ctx, sink))
                 }
                 OutputConfig::Mqtt(c) => {
+                    let tls = mqtt::tls_config(c)?;
                     let c = c.clone();
                     grace = grace.max(mqtt::SHUTDOWN_WAIT);
-                    Box::new(move |ctx| mqtt::run(ctx, c))
+                    Box::new(move |ctx| mqtt::run(ctx, c, tls))
                 }
             };
             let kind = config.kind();

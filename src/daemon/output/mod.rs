@@ -19,6 +19,12 @@
 //! host = "127.0.0.1"
 //! port = 1883
 //! topic_prefix = "clipfilter"    # topic = {prefix}/{pipeline}/{label}
+//! client_id = "clipfilterd"      # default: clipfilterd-{name}
+//! username = "ha"                # optional, with password
+//! password = "..."
+//! retain = false
+//! tls = false                    # true: MQTT over TLS (rustls); ca_file = "ca.pem" to trust
+//! keep_alive = "30s"
 //! ```
 //!
 //! Every output also takes `retry_initial` (default `"1s"`), `retry_max` (default `"60s"`) and
@@ -156,6 +162,11 @@ pub struct MqttConfig {
     /// Publish with the retain flag.
     #[serde(default)]
     pub retain: bool,
+    /// Connect with TLS (MQTT over TLS usually listens on port 8883).
+    #[serde(default)]
+    pub tls: bool,
+    /// PEM file of the certificate authorities to trust with `tls` (default: the system's).
+    pub ca_file: Option<PathBuf>,
     /// Keep-alive interval (default 30s).
     #[serde(default, with = "crate::daemon::duration::option")]
     pub keep_alive: Option<Duration>,
@@ -284,6 +295,9 @@ impl OutputConfig {
                 }
                 if c.password.is_some() && c.username.is_none() {
                     return Err(err("password", "a password needs a username".into()));
+                }
+                if c.ca_file.is_some() && !c.tls {
+                    return Err(err("ca_file", "only used with tls = true".into()));
                 }
                 if c.keep_alive.is_some_and(|k| k < Duration::from_secs(1)) {
                     return Err(err("keep_alive", "must be at least 1s".into()));
@@ -493,6 +507,10 @@ max_pending = 500
             err.contains("output[0].url") && !err.contains("pw"),
             "{err}"
         );
+
+        let ca = parse("[[output]]\nname='m'\ntype='mqtt'\nhost='h'\nca_file='ca.pem'\n").unwrap();
+        let err = Outputs::new(path, ca).unwrap_err().to_string();
+        assert!(err.contains("output[0].ca_file"), "{err}");
 
         let retry = parse(
             "[[output]]\nname='a'\ntype='jsonl'\npath='-'\nretry_initial='2s'\nretry_max='1s'\n",

@@ -10,9 +10,13 @@
 //! unacknowledged event from the oldest, in order. A broker that took an event but whose PUBACK was
 //! lost gets it again (at-least-once; the event id tells duplicates apart).
 //!
+//! With `tls = true` the connection uses rustls (ring provider) and trusts `ca_file` or, without
+//! it, the system's certificate authorities; the broker's certificate must name `host`.
+//!
 //! Pipeline and label names are used as topic levels with `/`, `+`, `#` and NUL replaced by `_`.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, select};
@@ -21,6 +25,7 @@ use rumqttc::{Client, ConnectionError, Event, MqttOptions, Outgoing, Packet, QoS
 use crate::daemon::delivery::{FailureStreak, WorkerCtx};
 use crate::daemon::outbox::Pending;
 use crate::daemon::output::{DEFAULT_CLIENT_ID, MqttConfig, SendError};
+use crate::error::{Error, Result};
 
 /// Most events published and not yet acknowledged.
 pub const WINDOW: usize = 64;
@@ -51,12 +56,64 @@ pub fn client_id(config: &MqttConfig) -> String {
         .unwrap_or_else(|| format!("{DEFAULT_CLIENT_ID}-{}", config.name))
 }
 
-fn options(config: &MqttConfig) -> MqttOptions {
+/// The TLS settings of `config`, read once when delivery starts (`None` without `tls`). Fails
+/// when `ca_file` cannot be read or holds no certificate.
+pub(crate) fn tls_config(config: &MqttConfig) -> Result<Option<Arc<rustls::ClientConfig>>> {
+    if !config.tls {
+        return Ok(None);
+    }
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    match &config.ca_file {
+        Some(path) => {
+            let certs = CertificateDer::pem_file_iter(path)
+                .and_then(|certs| certs.collect::<std::result::Result<Vec<_>, _>>())
+                .map_err(|e| {
+                    Error::invalid(format!("CA file {}", path.display()), e.to_string())
+                })?;
+            let (added, _) = roots.add_parsable_certificates(certs);
+            if added == 0 {
+                return Err(Error::invalid(
+                    format!("CA file {}", path.display()),
+                    "no usable PEM certificate in it",
+                ));
+            }
+        }
+        None => {
+            let native = rustls_native_certs::load_native_certs();
+            for e in &native.errors {
+                tracing::warn!(output = %config.name, error = %e, "system CA certificates");
+            }
+            roots.add_parsable_certificates(native.certs);
+            if roots.is_empty() {
+                return Err(Error::invalid(
+                    format!("output {:?}", config.name),
+                    "tls = true but no system CA certificates were found; set ca_file",
+                ));
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::invalid(format!("output {:?}", config.name), e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Some(Arc::new(tls)))
+}
+
+fn options(config: &MqttConfig, tls: Option<&Arc<rustls::ClientConfig>>) -> MqttOptions {
     let mut options = MqttOptions::new(client_id(config), config.host.clone(), config.port);
     options
         .set_keep_alive(config.keep_alive.unwrap_or(DEFAULT_KEEP_ALIVE))
         .set_clean_session(true)
         .set_max_packet_size(MAX_PACKET, MAX_PACKET);
+    if let Some(tls) = tls {
+        options.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(Arc::clone(tls)),
+        ));
+    }
     if let Some(user) = &config.username {
         let password = config.password.as_ref().map_or("", |p| p.expose());
         options.set_credentials(user.clone(), password.to_owned());
@@ -70,12 +127,13 @@ enum SessionEnd {
 }
 
 /// The worker loop of an MQTT output.
-pub(crate) fn run(ctx: WorkerCtx, config: MqttConfig) {
+pub(crate) fn run(ctx: WorkerCtx, config: MqttConfig, tls: Option<Arc<rustls::ClientConfig>>) {
     let mut backoff = ctx.backoff();
     let mut streak = FailureStreak::default();
-    let server = format!("mqtt://{}:{}", config.host, config.port);
+    let scheme = if tls.is_some() { "mqtts" } else { "mqtt" };
+    let server = format!("{scheme}://{}:{}", config.host, config.port);
     while !ctx.stopping() {
-        let (client, mut connection) = Client::new(options(&config), WINDOW + 8);
+        let (client, mut connection) = Client::new(options(&config, tls.as_ref()), WINDOW + 8);
         let mut network = rumqttc::NetworkOptions::new();
         network.set_connection_timeout(CONNECT_TIMEOUT_SECS);
         connection.eventloop.set_network_options(network);
