@@ -833,3 +833,35 @@ retry_max = "300ms"
     );
     assert!(delivery.shutdown());
 }
+
+#[test]
+fn jsonl_file_gets_one_line_per_event_in_order() {
+    let state = tempfile::tempdir().unwrap();
+    let path = state.path().join("events.jsonl");
+    let config = format!(
+        "[[output]]\nname = \"log\"\ntype = \"jsonl\"\npath = \"{}\"\n",
+        path.display()
+    );
+    let metrics = Metrics::new();
+    let delivery = Delivery::start(state.path(), &outputs(&config), &metrics).unwrap();
+    let sent = events("cam1", 20);
+    for e in &sent {
+        delivery.submit(e, &["log"]).unwrap();
+    }
+    wait_until("the lines to be written", || delivery.pending("log") == 0);
+    assert!(delivery.shutdown());
+    let text = std::fs::read_to_string(&path).unwrap();
+    let got: Vec<Event> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(got, sent);
+
+    // A folder that does not exist is reported when delivery starts, naming the file.
+    let bad = "[[output]]\nname = \"log\"\ntype = \"jsonl\"\npath = \"/nonexistent/dir/e.jsonl\"\n";
+    let err = Delivery::start(state.path(), &outputs(bad), &metrics).unwrap_err();
+    assert!(
+        err.to_string().contains("/nonexistent/dir/e.jsonl"),
+        "{err}"
+    );
+}
