@@ -7,6 +7,7 @@ pub mod daemon;
 pub mod encoder;
 pub mod engine;
 pub mod error;
+pub mod gate;
 pub mod labels;
 pub mod matcher;
 pub mod model;

@@ -5,4 +5,6 @@ mod util;
 mod daemon_http;
 mod delivery;
 mod engine;
+mod model_fetch;
 mod sd_notify;
+mod worker;
