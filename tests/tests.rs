@@ -2,6 +2,9 @@
 
 mod util;
 
+mod daemon_http;
+mod delivery;
 mod engine;
 mod model_fetch;
+mod sd_notify;
 mod worker;
