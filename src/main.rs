@@ -23,6 +23,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
     match cli.command {
         Command::Classify(args) => clipfilter::cli::classify::run(args),
         Command::Check(args) => clipfilter::cli::check::run(args),
+        Command::Run(args) => clipfilter::cli::run::run(args),
     }
 }
 

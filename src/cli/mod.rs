@@ -2,6 +2,7 @@
 
 pub mod check;
 pub mod classify;
+pub mod run;
 
 use std::path::PathBuf;
 
@@ -42,6 +43,8 @@ pub enum Command {
     Classify(classify::ClassifyArgs),
     /// Validate label-set and daemon config files.
     Check(check::CheckArgs),
+    /// Run the daemon: supervise the configured pipelines and deliver their events.
+    Run(run::RunArgs),
 }
 
 /// Model and inference options shared by the commands that load a model.
