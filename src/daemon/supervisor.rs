@@ -599,19 +599,27 @@ impl Runner {
     }
 
     fn failed(&self, msg: &gst::Message, e: &gst::message::Error, healthy: bool) -> Outcome {
-        let from = msg.src().map(|s| s.name().to_string()).unwrap_or_default();
+        let from = match msg.src().map(|s| s.name().to_string()) {
+            // The element reading the URI: name what it reads instead.
+            Some(name) if name == "source" => self.config.source.display(),
+            Some(name) => name,
+            None => String::new(),
+        };
         let text = redact(&e.error().to_string(), &self.secrets);
         let details = e
             .debug()
             .map(|d| redact(&d, &self.secrets))
             .unwrap_or_default();
         tracing::debug!(from = %from, details = %details, "pipeline error");
-        let message = if details.is_empty() {
+        // GStreamer's debug text is "file(line): function (): element path:\nwhat happened".
+        let what = details
+            .split_once('\n')
+            .map(|(_, rest)| rest.split_whitespace().collect::<Vec<_>>().join(" "))
+            .unwrap_or_default();
+        let message = if what.is_empty() {
             format!("{from}: {text}")
         } else {
-            // The first line of the debug text says where; the rest is often long.
-            let first = details.lines().next().unwrap_or_default();
-            format!("{from}: {text} ({first})")
+            format!("{from}: {text} {what}")
         };
         Outcome::Failed { message, healthy }
     }
