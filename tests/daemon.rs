@@ -783,3 +783,159 @@ fn which(name: &str) -> Result<std::path::PathBuf, ()> {
         .find(|p| p.is_file())
         .ok_or(())
 }
+
+#[test]
+fn every_example_config_and_label_set_passes_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = crate::util::daemon::fake_hub_cache(dir.path());
+    let mut files: Vec<std::path::PathBuf> = Vec::new();
+    for folder in [
+        crate::util::daemon::examples(),
+        crate::util::daemon::examples().join("labels"),
+    ] {
+        for entry in std::fs::read_dir(folder).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                files.push(path);
+            }
+        }
+    }
+    assert!(files.len() >= 8, "{files:?}");
+    let out = crate::util::clipfilterd()
+        .arg("check")
+        .args(&files)
+        .env("CLIPFILTER_CACHE_DIR", &cache)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = crate::util::text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert_eq!(stdout.matches(": ok: daemon config").count(), 5, "{stdout}");
+    assert!(
+        stdout.contains("models--Xenova--clip-vit-base-patch32/snapshots/"),
+        "{stdout}"
+    );
+
+    // Without the model in the cache, the error says how to get it.
+    let out = crate::util::clipfilterd()
+        .args(["check"])
+        .arg(crate::util::daemon::examples().join("demo.toml"))
+        .env("CLIPFILTER_CACHE_DIR", dir.path().join("empty"))
+        .output()
+        .unwrap();
+    let (_, stderr) = crate::util::text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("clipfilterd model fetch Xenova/clip-vit-base-patch32"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_demo_watches_the_cctv_clip_as_a_live_camera() {
+    let video = crate::util::local().join("media/video/vtest.avi");
+    assert!(
+        video.is_file(),
+        "{} is missing: run tools/setup.sh",
+        video.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let cache = crate::util::daemon::fake_hub_cache(&dir.path().join("cache"));
+    let http = free_port();
+    let config = dir.path().join("demo.toml");
+    std::fs::write(
+        &config,
+        crate::util::daemon::example("demo.toml", &dir.path().join("state"), http),
+    )
+    .unwrap();
+    let daemon = Daemon::start_with(&config, Some(http), |c| {
+        c.env("CLIPFILTER_CACHE_DIR", &cache)
+    });
+    daemon.wait_pipeline("cctv", "running with frames inferred", |p| {
+        p["state"] == "running" && p["frames"]["inferred"].as_u64().unwrap() >= 3
+    });
+    let status = daemon.status();
+    assert!(
+        status["model"]["dir"]
+            .as_str()
+            .unwrap()
+            .contains("models--Xenova--clip-vit-base-patch32"),
+        "{status}"
+    );
+    assert!(daemon.stop());
+}
+
+#[test]
+fn the_moderation_example_writes_a_complete_mp4() {
+    let video = crate::util::local().join("media/video/vtest.avi");
+    assert!(
+        video.is_file(),
+        "{} is missing: run tools/setup.sh",
+        video.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let cache = crate::util::daemon::fake_hub_cache(&dir.path().join("cache"));
+    let out_file = dir.path().join("moderated.mp4");
+    let http = free_port();
+    let text = crate::util::daemon::example("moderation.toml", &dir.path().join("state"), http)
+        .lines()
+        .map(|l| {
+            if l.starts_with("sink =") {
+                format!(
+                    "sink = \"videoconvert ! x264enc speed-preset=ultrafast ! mp4mux ! filesink location={}\"",
+                    out_file.display()
+                )
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let config = dir.path().join("moderation.toml");
+    std::fs::write(&config, text).unwrap();
+    let daemon = Daemon::start_with(&config, Some(http), |c| {
+        c.env("CLIPFILTER_CACHE_DIR", &cache)
+    });
+    let p = daemon.wait_pipeline("moderate", "finished", |p| p["finished"] == true);
+    assert_eq!(p["restarts"], 0, "{p}");
+    // The new file is complete: every frame of the clip is in it.
+    let frames = count_frames(&out_file);
+    let seen = p["frames"]["seen"].as_u64().unwrap();
+    assert!(seen > 700, "{p}");
+    assert_eq!(frames, seen, "frames written vs frames seen");
+    assert!(daemon.stop());
+}
+
+/// Decodes a video file and counts its frames.
+fn count_frames(path: &Path) -> u64 {
+    use gst::prelude::*;
+    gst::init().unwrap();
+    let pipeline = gst::parse::launch(&format!(
+        "filesrc location={} ! decodebin ! fakesink name=sink",
+        path.display()
+    ))
+    .unwrap();
+    let pipeline = pipeline.downcast::<gst::Pipeline>().unwrap();
+    let sink = pipeline.by_name("sink").unwrap();
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let c = count.clone();
+    sink.static_pad("sink")
+        .unwrap()
+        .add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+            c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            gst::PadProbeReturn::Ok
+        });
+    pipeline.set_state(gst::State::Playing).unwrap();
+    for msg in pipeline
+        .bus()
+        .unwrap()
+        .iter_timed(gst::ClockTime::from_seconds(60))
+    {
+        match msg.view() {
+            gst::MessageView::Eos(_) => break,
+            gst::MessageView::Error(e) => panic!("{}: {}", path.display(), e.error()),
+            _ => {}
+        }
+    }
+    pipeline.set_state(gst::State::Null).unwrap();
+    count.load(std::sync::atomic::Ordering::Relaxed)
+}

@@ -47,7 +47,9 @@
 //! # realtime = true               # file, launch: play at the media's speed (default true)
 //! # launch = "v4l2src ! image/jpeg,width=1280 ! jpegdec"   # instead of `source`: a raw
 //! #                                 # gst-launch description whose last element feeds clipfilter
-//! # sink = "videoconvert ! x264enc ! mp4mux ! filesink location=out.mp4"   # after clipfilter
+//! # sink = "videoconvert ! x264enc ! mp4mux ! filesink location={config_dir}/out.mp4"
+//! #                                 # after clipfilter (default: a fake sink); in `launch` and
+//! #                                 # `sink`, {config_dir} is the folder of this file
 //! keyframes_only = false          # decode key frames only (when `interval` exceeds the GOP)
 //! interval = "1s"                 # time between sampled frames
 //! labels = "labels/driveway.toml" # a label set (reloaded when it changes), or:
@@ -83,6 +85,10 @@ use crate::error::{Error, Location, Result};
 use crate::labels::{Action, LabelSet, Threshold};
 use crate::model::Variant;
 use crate::zeroshot::Templates;
+
+/// In `launch` and `sink` descriptions, stands for the folder of the configuration file (file
+/// names inside descriptions are otherwise relative to the daemon's working directory).
+pub const CONFIG_DIR: &str = "{config_dir}";
 
 /// Where the daemon looks for its configuration without `--config`.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/clipfilter/clipfilterd.toml";
@@ -828,7 +834,10 @@ fn pipeline(cx: &Ctx<'_>, i: usize, p: &RawPipeline, outputs: &Outputs) -> Resul
             if l.get_ref().trim().is_empty() {
                 return Err(cx.err(Some(l.span()), at("launch"), "must not be empty"));
             }
-            Source::launch(l.get_ref())
+            Source::launch(
+                &l.get_ref()
+                    .replace(CONFIG_DIR, &cx.base.display().to_string()),
+            )
         }
         (Some(s), Some(_)) => {
             return Err(cx.err(
@@ -923,7 +932,11 @@ fn pipeline(cx: &Ctx<'_>, i: usize, p: &RawPipeline, outputs: &Outputs) -> Resul
         Some(s) if s.get_ref().trim().is_empty() => {
             return Err(cx.err(Some(s.span()), at("sink"), "must not be empty"));
         }
-        Some(s) => Some(s.get_ref().trim().to_string()),
+        Some(s) => Some(
+            s.get_ref()
+                .trim()
+                .replace(CONFIG_DIR, &cx.base.display().to_string()),
+        ),
         None => None,
     };
 

@@ -425,3 +425,45 @@ pub fn mean_colour(path: &Path) -> [f64; 3] {
     let n = f64::from(img.width() * img.height());
     sum.map(|s| s / n)
 }
+
+/// A model cache in the hub layout (what `clipfilterd model fetch` leaves) whose
+/// `Xenova/clip-vit-base-patch32` is the oracle fixture, so the example configs run here.
+pub fn fake_hub_cache(dir: &Path) -> PathBuf {
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    let repo = dir.join("models--Xenova--clip-vit-base-patch32");
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::create_dir_all(repo.join("snapshots")).unwrap();
+    std::fs::write(repo.join("refs/main"), commit).unwrap();
+    std::os::unix::fs::symlink(oracle(), repo.join("snapshots").join(commit)).unwrap();
+    dir.to_path_buf()
+}
+
+/// The repository's `pipelines/` folder.
+pub fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines")
+}
+
+/// An example config made to run in a test: relative paths made absolute, `state_dir` and the
+/// HTTP port replaced.
+pub fn example(name: &str, state: &Path, http: u16) -> String {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(examples().join(name)).unwrap();
+    let mut out = String::new();
+    if !text.lines().any(|l| l.starts_with("listen =")) {
+        out.push_str(&format!("listen = \"127.0.0.1:{http}\"\n"));
+    }
+    for line in text.lines() {
+        let line = if line.starts_with("state_dir =") {
+            format!("state_dir = \"{}\"", state.display())
+        } else if line.starts_with("listen =") {
+            format!("listen = \"127.0.0.1:{http}\"")
+        } else {
+            line.replace("\"../", &format!("\"{}/", repo.display()))
+                .replace("\"labels/", &format!("\"{}/labels/", examples().display()))
+                .replace("{config_dir}", &examples().display().to_string())
+        };
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
+}
