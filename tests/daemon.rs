@@ -458,6 +458,14 @@ fn config_reload_adds_and_removes_pipelines_and_leaves_the_others_alone() {
         .filter(|e| is(e, "keep", "red", "start"))
         .count();
     assert_eq!(keep_starts, 1, "keep's match never restarted");
+    // Every element of every pipeline used the daemon's one engine.
+    let loads = daemon
+        .stderr
+        .all()
+        .iter()
+        .filter(|l| l.contains("\"message\":\"model loaded\""))
+        .count();
+    assert_eq!(loads, 1, "the model is loaded once");
     assert!(daemon.stop());
 }
 

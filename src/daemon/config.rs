@@ -819,17 +819,14 @@ fn pipeline(cx: &Ctx<'_>, i: usize, p: &RawPipeline, outputs: &Outputs) -> Resul
         .password
         .as_ref()
         .map(|s| Secret::new(s.get_ref().clone()));
-    let source = match (&p.source, &p.launch) {
-        (Some(s), None) => {
-            let source = Source::parse(s.get_ref(), &cx.base).map_err(|m| {
-                cx.err(
-                    Some(s.span()),
-                    at("source"),
-                    format!("{}: {m}", redact_url(s.get_ref())),
-                )
-            })?;
-            source
-        }
+    let mut source = match (&p.source, &p.launch) {
+        (Some(s), None) => Source::parse(s.get_ref(), &cx.base).map_err(|m| {
+            cx.err(
+                Some(s.span()),
+                at("source"),
+                format!("{}: {m}", redact_url(s.get_ref())),
+            )
+        })?,
         (None, Some(l)) => {
             if l.get_ref().trim().is_empty() {
                 return Err(cx.err(Some(l.span()), at("launch"), "must not be empty"));
@@ -854,7 +851,6 @@ fn pipeline(cx: &Ctx<'_>, i: usize, p: &RawPipeline, outputs: &Outputs) -> Resul
             ));
         }
     };
-    let mut source = source;
     let kind = source.kind();
     let only = |field: &str, span: std::ops::Range<usize>, kinds: &[SourceKind], what: &str| {
         if kinds.contains(&kind) {
