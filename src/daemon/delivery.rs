@@ -125,9 +125,12 @@ impl Delivery {
                 .spawn(move || {
                     let span = tracing::info_span!("output", name = %ctx.name, kind);
                     let _enter = span.enter();
-                    let name = ctx.name.clone();
+                    // Reports the end of the worker, also when it panics.
+                    let _finished = Finished {
+                        tx: finished_tx,
+                        name: ctx.name.clone(),
+                    };
                     body(ctx);
-                    let _ = finished_tx.send(name);
                 })
                 .map_err(|e| Error::Worker {
                     message: format!("cannot start output thread: {e}"),
@@ -218,16 +221,19 @@ impl Delivery {
     pub fn shutdown(mut self) -> bool {
         self.stop.take();
         let deadline = Instant::now() + self.grace;
-        let mut running = self.workers.len();
-        while running > 0 {
+        let mut ended = std::collections::BTreeSet::new();
+        while ended.len() < self.workers.len() {
             match self.finished.recv_deadline(deadline) {
-                Ok(_) => running -= 1,
+                Ok(name) => {
+                    ended.insert(name);
+                }
                 Err(_) => break,
             }
         }
         let mut clean = true;
         for (name, worker) in std::mem::take(&mut self.workers) {
-            if worker.handle.is_finished() {
+            if ended.contains(&name) {
+                // Its work is done; the thread is only unwinding its stack: joining is immediate.
                 if worker.handle.join().is_err() {
                     tracing::error!(output = %name, "output worker panicked");
                     clean = false;
@@ -244,6 +250,18 @@ impl Delivery {
 impl Drop for Delivery {
     fn drop(&mut self) {
         self.stop.take();
+    }
+}
+
+/// Sends the worker's name when dropped: at the end of the worker thread, panic or not.
+struct Finished {
+    tx: Sender<String>,
+    name: String,
+}
+
+impl Drop for Finished {
+    fn drop(&mut self) {
+        let _ = self.tx.send(std::mem::take(&mut self.name));
     }
 }
 
