@@ -947,3 +947,38 @@ fn count_frames(path: &Path) -> u64 {
     pipeline.set_state(gst::State::Null).unwrap();
     count.load(std::sync::atomic::Ordering::Relaxed)
 }
+
+#[test]
+fn keyframes_only_decodes_only_key_frames() {
+    let dir = tempfile::tempdir().unwrap();
+    // 30 frames, a key frame every 5.
+    make_clip(&dir.path().join("clip.mp4"), &[("red", 15), ("green", 15)]);
+    let http = free_port();
+    let config = dir.path().join("clipfilterd.toml");
+    let text = format!(
+        r#"{head}
+[[pipeline]]
+name = "keys"
+source = "clip.mp4"
+realtime = false
+mode = "sync"
+keyframes_only = true
+interval = "0s"
+prompts = ["red", "green"]
+"#,
+        head = config_head(&dir.path().join("state"), http),
+    );
+    std::fs::write(&config, text).unwrap();
+    let daemon = Daemon::start(&config, Some(http));
+    let p = daemon.wait_pipeline("keys", "finished", |p| p["finished"] == true);
+    let seen = p["frames"]["seen"].as_u64().unwrap();
+    assert!((6..=10).contains(&seen), "only key frames reach clipfilter: {p}");
+    let starts: Vec<String> = daemon
+        .events()
+        .iter()
+        .filter(|e| e["state"] == "start")
+        .map(|e| e["label"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(starts, ["red", "green"]);
+    assert!(daemon.stop());
+}
