@@ -972,7 +972,10 @@ prompts = ["red", "green"]
     let daemon = Daemon::start(&config, Some(http));
     let p = daemon.wait_pipeline("keys", "finished", |p| p["finished"] == true);
     let seen = p["frames"]["seen"].as_u64().unwrap();
-    assert!((6..=10).contains(&seen), "only key frames reach clipfilter: {p}");
+    assert!(
+        (6..=10).contains(&seen),
+        "only key frames reach clipfilter: {p}"
+    );
     let starts: Vec<String> = daemon
         .events()
         .iter()
@@ -980,5 +983,42 @@ prompts = ["red", "green"]
         .map(|e| e["label"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(starts, ["red", "green"]);
+    assert!(daemon.stop());
+}
+
+#[test]
+fn label_files_reload_through_the_element_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let labels = dir.path().join("labels.toml");
+    let set = |names: &[&str]| {
+        names
+            .iter()
+            .map(|n| format!("[[label]]\nname = \"{n}\"\n"))
+            .collect::<String>()
+    };
+    std::fs::write(&labels, set(&["red", "green"])).unwrap();
+    let http = free_port();
+    let config = dir.path().join("clipfilterd.toml");
+    let text = format!(
+        "{}\n[[pipeline]]\nname = \"cam\"\nlaunch = \"videotestsrc is-live=true pattern=red ! video/x-raw,width=64,height=64,framerate=10/1\"\ninterval = \"200ms\"\nlabels = \"labels.toml\"\n",
+        config_head(&dir.path().join("state"), http)
+    );
+    std::fs::write(&config, text).unwrap();
+    let daemon = Daemon::start(&config, Some(http));
+    daemon.wait_event(0, "red", |e| is(e, "cam", "red", "start"));
+    let log_at = daemon.stderr.len();
+    // A broken edit is refused by the element; the set in use stays.
+    write_atomically(&labels, "[[label]]\nname = 3\n");
+    let (at, _) = daemon.wait_log(log_at, "labels not reloaded");
+    // A good edit: "red" is gone, so its match ends; "green" stays.
+    write_atomically(&labels, &set(&["blue", "green"]));
+    daemon.wait_log(at, "label set reloaded");
+    daemon.wait_event(0, "red ended by the reload", |e| is(e, "cam", "red", "end"));
+    let cam = daemon.pipeline("cam").unwrap();
+    assert_eq!(
+        (cam["restarts"].as_u64(), cam["state"].as_str()),
+        (Some(0), Some("running")),
+        "{cam}"
+    );
     assert!(daemon.stop());
 }

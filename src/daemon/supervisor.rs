@@ -556,10 +556,8 @@ impl Runner {
                             let _ = pipeline.set_state(gst::State::Playing);
                         }
                         gst::MessageView::Warning(w) => {
-                            let text = redact(&w.error().to_string(), &self.secrets);
-                            let details = w.debug().map(|d| redact(&d, &self.secrets)).unwrap_or_default();
-                            let from = msg.src().map(|s| s.path_string()).unwrap_or_default();
-                            tracing::warn!(from = %from, details = %details, "{text}");
+                            let text = self.describe(&msg, &w.error().to_string(), w.debug().as_deref());
+                            tracing::warn!("{text}");
                         }
                         _ => self.handle_event_message(&msg),
                     }
@@ -599,29 +597,31 @@ impl Runner {
     }
 
     fn failed(&self, msg: &gst::Message, e: &gst::message::Error, healthy: bool) -> Outcome {
+        let message = self.describe(msg, &e.error().to_string(), e.debug().as_deref());
+        Outcome::Failed { message, healthy }
+    }
+
+    /// One line for an error or warning from the bus: who, what, and why (credentials hidden).
+    fn describe(&self, msg: &gst::Message, text: &str, debug: Option<&str>) -> String {
         let from = match msg.src().map(|s| s.name().to_string()) {
             // The element reading the URI: name what it reads instead.
             Some(name) if name == "source" => self.config.source.display(),
             Some(name) => name,
             None => String::new(),
         };
-        let text = redact(&e.error().to_string(), &self.secrets);
-        let details = e
-            .debug()
-            .map(|d| redact(&d, &self.secrets))
-            .unwrap_or_default();
-        tracing::debug!(from = %from, details = %details, "pipeline error");
+        let text = redact(text, &self.secrets);
+        let details = debug.map(|d| redact(d, &self.secrets)).unwrap_or_default();
+        tracing::debug!(from = %from, details = %details, "{text}");
         // GStreamer's debug text is "file(line): function (): element path:\nwhat happened".
         let what = details
             .split_once('\n')
             .map(|(_, rest)| rest.split_whitespace().collect::<Vec<_>>().join(" "))
             .unwrap_or_default();
-        let message = if what.is_empty() {
+        if what.is_empty() {
             format!("{from}: {text}")
         } else {
             format!("{from}: {text} {what}")
-        };
-        Outcome::Failed { message, healthy }
+        }
     }
 
     /// Element messages of clipfilter: matches become events, scores feed the histograms.

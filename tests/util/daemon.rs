@@ -38,11 +38,11 @@ impl Lines {
                 if std::env::var_os("CLIPFILTER_TEST_ECHO").is_some() {
                     eprintln!("{echo}: {line}");
                 }
-                let mut g = l.lines.lock().unwrap();
+                let mut g = l.lines.lock().unwrap_or_else(|p| p.into_inner());
                 g.0.push(line);
                 l.changed.notify_all();
             }
-            l.lines.lock().unwrap().1 = true;
+            l.lines.lock().unwrap_or_else(|p| p.into_inner()).1 = true;
             l.changed.notify_all();
         });
         lines
