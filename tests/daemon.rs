@@ -139,10 +139,17 @@ prompts = ["red", "green"]
 
     // The password never shows: logs, events, /status, /metrics.
     let metrics = daemon.get("/metrics");
-    assert!(
-        metrics.contains("clipfilter_pipeline_restarts_total{pipeline=\"cam\"}"),
-        "{metrics}"
-    );
+    for series in [
+        "clipfilter_pipeline_restarts_total{pipeline=\"cam\"}",
+        "clipfilter_pipeline_state{pipeline=\"cam\",state=\"running\"} 1",
+        "clipfilter_pipeline_state{pipeline=\"other\",state=\"running\"} 1",
+        "clipfilter_frames_seen_total{pipeline=\"other\"}",
+        "clipfilter_label_matches_total{pipeline=\"cam\",label=\"red\"}",
+        "clipfilter_label_score_bucket{le=\"0.5\",pipeline=\"cam\",label=\"green\"}",
+        "clipfilter_execution_provider{model=\"oracle-clip\",provider=\"cpu\"} 1",
+    ] {
+        assert!(metrics.contains(series), "{series} in\n{metrics}");
+    }
     let status = daemon.status().to_string();
     assert!(status.contains("rtsp://***@127.0.0.1"), "{status}");
     drop(server);
@@ -1021,4 +1028,66 @@ fn label_files_reload_through_the_element_without_a_restart() {
         "{cam}"
     );
     assert!(daemon.stop());
+}
+
+/// Serves the files of `dir` over HTTP on 127.0.0.1 (a plain static server, like a CDN).
+fn static_server(dir: &Path) -> (u16, std::sync::Arc<tiny_http::Server>) {
+    let server = std::sync::Arc::new(tiny_http::Server::http("127.0.0.1:0").unwrap());
+    let port = server.server_addr().to_ip().unwrap().port();
+    let (s, dir) = (server.clone(), dir.to_path_buf());
+    std::thread::spawn(move || {
+        for request in s.incoming_requests() {
+            let name = request.url().trim_start_matches('/').to_string();
+            let response = match std::fs::read(dir.join(&name)) {
+                Ok(bytes) if !name.contains("..") => tiny_http::Response::from_data(bytes),
+                _ => tiny_http::Response::from_data(Vec::new()).with_status_code(404),
+            };
+            let _ = request.respond(response);
+        }
+    });
+    (port, server)
+}
+
+#[test]
+fn hls_over_http_is_watched() {
+    use gst::prelude::*;
+    let dir = tempfile::tempdir().unwrap();
+    let hls = dir.path().join("hls");
+    std::fs::create_dir(&hls).unwrap();
+    gst::init().unwrap();
+    let pipeline = gst::parse::launch(&format!(
+        "videotestsrc pattern=red num-buffers=40 ! video/x-raw,format=I420,width=64,height=64,framerate=10/1 \
+         ! x264enc key-int-max=10 speed-preset=ultrafast ! h264parse \
+         ! hlssink2 location={0}/seg%05d.ts playlist-location={0}/live.m3u8 target-duration=1 max-files=0 playlist-length=0",
+        hls.display()
+    ))
+    .unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    for msg in pipeline
+        .bus()
+        .unwrap()
+        .iter_timed(gst::ClockTime::from_seconds(60))
+    {
+        match msg.view() {
+            gst::MessageView::Eos(_) => break,
+            gst::MessageView::Error(e) => panic!("{}", e.error()),
+            _ => {}
+        }
+    }
+    pipeline.set_state(gst::State::Null).unwrap();
+    let (port, server) = static_server(&hls);
+    let http = free_port();
+    let config = dir.path().join("clipfilterd.toml");
+    let text = format!(
+        "{}\n[[pipeline]]\nname = \"stream\"\nsource = \"http://127.0.0.1:{port}/live.m3u8\"\ninterval = \"200ms\"\nprompts = [\"red\", \"green\"]\n",
+        config_head(&dir.path().join("state"), http)
+    );
+    std::fs::write(&config, text).unwrap();
+    let daemon = Daemon::start(&config, Some(http));
+    let (_, e) = daemon.wait_event(0, "red from the HLS stream", |e| {
+        is(e, "stream", "red", "start")
+    });
+    assert!(e["score"].as_f64().unwrap() > 0.99, "{e}");
+    assert!(daemon.stop());
+    server.unblock();
 }
