@@ -3,6 +3,7 @@
 //! See `ARCHITECTURE.md` for the map of modules.
 
 pub mod cli;
+pub mod element;
 pub mod encoder;
 pub mod engine;
 pub mod error;
