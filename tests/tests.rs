@@ -5,5 +5,6 @@ mod util;
 mod daemon;
 mod daemon_http;
 mod delivery;
+mod element;
 mod engine;
 mod sd_notify;
