@@ -8,6 +8,7 @@ pub mod element;
 pub mod encoder;
 pub mod engine;
 pub mod error;
+pub mod gate;
 pub mod labels;
 pub mod matcher;
 pub mod model;

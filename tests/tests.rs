@@ -7,4 +7,6 @@ mod daemon_http;
 mod delivery;
 mod element;
 mod engine;
+mod model_fetch;
 mod sd_notify;
+mod worker;

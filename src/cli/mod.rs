@@ -1,7 +1,10 @@
 //! The `clipfilterd` command line: the daemon and one-off tools on the same engine.
 
+pub mod bench;
 pub mod check;
 pub mod classify;
+pub mod model_fetch;
+pub mod model_prepare;
 pub mod run;
 
 use std::path::PathBuf;
@@ -45,6 +48,22 @@ pub enum Command {
     Check(check::CheckArgs),
     /// Run the daemon: supervise the configured pipelines and deliver their events.
     Run(run::RunArgs),
+    /// Measure throughput and latency (prints a table, writes JSON).
+    Bench(bench::BenchArgs),
+    /// Manage model folders.
+    #[command(subcommand)]
+    Model(ModelCommand),
+}
+
+/// `clipfilterd model ...`
+#[derive(Debug, Subcommand)]
+pub enum ModelCommand {
+    /// Download a model from a Hugging Face hub (HF_ENDPOINT, HF_TOKEN) into the cache and print
+    /// its folder.
+    Fetch(model_fetch::FetchArgs),
+    /// Load a model on the GPU providers ahead of time: TensorRT builds its engines into the
+    /// engine cache now instead of when the daemon starts.
+    Prepare(model_prepare::PrepareArgs),
 }
 
 /// Model and inference options shared by the commands that load a model.
