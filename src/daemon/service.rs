@@ -29,6 +29,7 @@ use crate::daemon::supervisor::{EventSink, PipelineStatus, Shared, Supervisor};
 use crate::encoder::SessionConfig;
 use crate::engine::{Engine, EngineConfig};
 use crate::error::{Error, Result};
+use crate::model::fetch::{self, FetchOptions};
 use crate::worker::BatchConfig;
 
 /// How long start-up waits for pipelines to leave `starting` before `READY=1`.
@@ -39,36 +40,9 @@ const WORKER_SILENCE: Duration = Duration::from_secs(1);
 /// `/healthz` fails when the main loop or the worker has been silent this long.
 const UNHEALTHY_AFTER: Duration = Duration::from_secs(30);
 
-/// Where models are cached when `[model] cache_dir` is not set: the same folder
-/// `clipfilterd model fetch` uses (`$CLIPFILTER_CACHE_DIR`; under systemd
-/// `$STATE_DIRECTORY/models`; else `$XDG_CACHE_HOME/clipfilter/models`).
-pub fn default_cache_dir() -> PathBuf {
-    let var = |n: &str| {
-        std::env::var(n)
-            .ok()
-            .map(|v| v.trim().to_string())
-            .filter(|v| !v.is_empty())
-    };
-    if let Some(dir) = var("CLIPFILTER_CACHE_DIR") {
-        return PathBuf::from(dir);
-    }
-    if let Some(state) = var("STATE_DIRECTORY")
-        && let Some(first) = state.split(':').find(|s| !s.is_empty())
-    {
-        return Path::new(first).join("models");
-    }
-    var("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .filter(|p| p.is_absolute())
-        .or_else(dirs::cache_dir)
-        .unwrap_or_else(std::env::temp_dir)
-        .join("clipfilter")
-        .join("models")
-}
-
 /// The model folder `[model]` names: the folder itself, or the snapshot of `repo` at `revision`
-/// in the hub cache (`models--{org}--{name}/snapshots/{commit}`, the commit read from
-/// `refs/{revision}`). The daemon never downloads: `clipfilterd model fetch` does.
+/// in the hub cache that `clipfilterd model fetch` fills (its default cache unless `cache_dir`
+/// says otherwise). The daemon never downloads.
 pub fn resolve_model(model: &ModelConfig) -> Result<PathBuf> {
     match &model.source {
         ModelSource::Path(p) => {
@@ -83,39 +57,28 @@ pub fn resolve_model(model: &ModelConfig) -> Result<PathBuf> {
             revision,
             cache_dir,
         } => {
-            let cache = cache_dir.clone().unwrap_or_else(default_cache_dir);
-            let repo_dir = cache.join(format!("models--{}", repo.replace('/', "--")));
-            let is_commit = revision.len() == 40 && revision.chars().all(|c| c.is_ascii_hexdigit());
-            let commit = if is_commit {
-                revision.to_ascii_lowercase()
-            } else {
-                let ref_path = revision
-                    .split('/')
-                    .fold(repo_dir.join("refs"), |d, part| d.join(part));
-                std::fs::read_to_string(&ref_path)
-                    .map_err(|e| {
-                        Error::model(
-                            &repo_dir,
-                            format!(
-                                "{repo} ({revision}) is not in the model cache ({}: {e}): run `clipfilterd model fetch {repo}`{}",
-                                ref_path.display(),
-                                if cache_dir.is_some() { " with --cache-dir" } else { "" }
-                            ),
-                        )
-                    })?
-                    .trim()
-                    .to_string()
-            };
-            let dir = repo_dir.join("snapshots").join(&commit);
-            if !dir.join("config.json").is_file() {
-                return Err(Error::model(
-                    &dir,
-                    format!(
-                        "the cached snapshot of {repo} is incomplete: run `clipfilterd model fetch {repo}` again"
-                    ),
-                ));
+            let mut opts = FetchOptions::from_env(repo);
+            opts.revision = revision.clone();
+            opts.variant = model.variant;
+            opts.offline = true;
+            opts.progress = false;
+            if let Some(dir) = cache_dir {
+                opts.cache_dir = dir.clone();
             }
-            Ok(dir)
+            fetch::fetch(&opts).map_err(|e| {
+                let again = match cache_dir {
+                    Some(dir) => format!(
+                        "clipfilterd model fetch {repo} --revision {revision} --variant {} --cache-dir {}",
+                        model.variant,
+                        dir.display()
+                    ),
+                    None => format!(
+                        "clipfilterd model fetch {repo} --revision {revision} --variant {}",
+                        model.variant
+                    ),
+                };
+                Error::model(&opts.cache_dir, format!("{e}; run `{again}` first"))
+            })
         }
     }
 }
