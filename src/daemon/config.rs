@@ -18,6 +18,7 @@
 //! max_batch = 8                   # largest inference batch (frames of all pipelines together)
 //!
 //! [snapshots]                     # JPEGs of the frames that start matches
+//! # dir = "/var/lib/clipfilter/snapshots"   # default: <state_dir>/snapshots
 //! max_files = 1000                # the oldest are deleted beyond either bound
 //! max_bytes = "256MiB"
 //! quality = 85
