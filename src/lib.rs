@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod daemon;
+pub mod element;
 pub mod encoder;
 pub mod engine;
 pub mod error;

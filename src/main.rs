@@ -30,6 +30,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
     match cli.command {
         Command::Classify(args) => clipfilter::cli::classify::run(args),
         Command::Check(args) => clipfilter::cli::check::run(args),
+        Command::Run(args) => clipfilter::cli::run::run(args),
         Command::Bench(args) => clipfilter::cli::bench::run(args),
         Command::Model(ModelCommand::Fetch(args)) => {
             clipfilter::cli::model_fetch::run(args).map(|()| Outcome::Ok)

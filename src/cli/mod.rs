@@ -5,6 +5,7 @@ pub mod check;
 pub mod classify;
 pub mod model_fetch;
 pub mod model_prepare;
+pub mod run;
 
 use std::path::PathBuf;
 
@@ -45,6 +46,8 @@ pub enum Command {
     Classify(classify::ClassifyArgs),
     /// Validate label-set and daemon config files.
     Check(check::CheckArgs),
+    /// Run the daemon: supervise the configured pipelines and deliver their events.
+    Run(run::RunArgs),
     /// Measure throughput and latency (prints a table, writes JSON).
     Bench(bench::BenchArgs),
     /// Manage model folders.

@@ -5,6 +5,7 @@
 //! [`http::HttpServer`]; [`notify::Notifier`] talks to systemd.
 
 pub mod backoff;
+pub mod config;
 pub mod delivery;
 pub mod duration;
 pub mod event;
@@ -13,4 +14,10 @@ pub mod metrics;
 pub mod notify;
 pub mod outbox;
 pub mod output;
+pub mod pipeline;
+pub mod reload;
 pub mod secret;
+pub mod service;
+pub mod snapshot;
+pub mod source;
+pub mod supervisor;

@@ -1,0 +1,1473 @@
+//! The `clipfilter` element's implementation (see the parent module for what it does).
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use gst::glib;
+use gst::prelude::*;
+use gst::subclass::prelude::*;
+use gst_base::prelude::*;
+use gst_base::subclass::prelude::*;
+use gst_video::prelude::*;
+use gst_video::{VideoColorMatrix, VideoColorRange};
+
+use super::actions::{self, PlaneMut};
+use super::messages::{self, MatchEvent, Position, Reason};
+use super::watch::FileWatcher;
+use super::{ClipFilterAction, ClipFilterMode, ClipFilterThresholdKind, ClipFilterVariant};
+use crate::encoder::{Provider, SessionConfig};
+use crate::engine::{Engine, EngineConfig};
+use crate::error::{Error, Result};
+use crate::labels::{Action, CompiledLabels, LabelDefaults, LabelSet, Threshold};
+use crate::matcher::{Change, Matcher, Transition};
+use crate::preprocess::{FrameRef, PixelFormat, Preprocessor, YuvColor, YuvMatrix};
+use crate::worker::{BatchConfig, Output, Stream, StreamOptions};
+use crate::zeroshot::{Scores, Templates};
+
+pub(super) static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
+    gst::DebugCategory::new(
+        "clipfilter",
+        gst::DebugColorFlags::empty(),
+        Some("CLIP zero-shot matching of video frames"),
+    )
+});
+
+const DEFAULT_VARIANT: ClipFilterVariant = ClipFilterVariant::Fp32;
+const DEFAULT_TEMPLATES: &str = "none";
+const DEFAULT_INTERVAL: gst::ClockTime = gst::ClockTime::from_mseconds(500);
+const DEFAULT_THRESHOLD: f64 = 0.5;
+const DEFAULT_THRESHOLD_KIND: ClipFilterThresholdKind = ClipFilterThresholdKind::Probability;
+const DEFAULT_EXECUTION_PROVIDER: &str = "cpu";
+const DEFAULT_REQUIRE_PROVIDER: bool = false;
+const DEFAULT_ACTION: ClipFilterAction = ClipFilterAction::None;
+const DEFAULT_ENTER_SAMPLES: u32 = 1;
+const DEFAULT_LEAVE_SAMPLES: u32 = 1;
+const DEFAULT_MODE: ClipFilterMode = ClipFilterMode::Async;
+const DEFAULT_POST_SCORES: bool = false;
+const DEFAULT_SNAPSHOT: bool = false;
+const DEFAULT_MAX_BATCH: u32 = 8;
+const DEFAULT_THREADS: u32 = 0;
+const DEFAULT_SYNC_TIMEOUT: gst::ClockTime = gst::ClockTime::from_seconds(10);
+
+/// Quiet time after the last change of a labels file before it is reloaded.
+const RELOAD_DEBOUNCE: Duration = Duration::from_millis(200);
+/// How often a waiting streaming thread looks for a flush.
+const WAIT_SLICE: Duration = Duration::from_millis(20);
+/// Inference failures in async mode are posted as warnings this often (and the first one).
+const WARN_EVERY: u64 = 100;
+
+#[derive(Debug, Clone)]
+struct Settings {
+    model: Option<PathBuf>,
+    variant: ClipFilterVariant,
+    labels: Option<PathBuf>,
+    prompts: Option<String>,
+    templates: String,
+    interval: gst::ClockTime,
+    threshold: f64,
+    threshold_kind: ClipFilterThresholdKind,
+    execution_provider: String,
+    require_provider: bool,
+    action: ClipFilterAction,
+    enter_samples: u32,
+    leave_samples: u32,
+    mode: ClipFilterMode,
+    post_scores: bool,
+    snapshot: bool,
+    max_batch: u32,
+    threads: u32,
+    sync_timeout: gst::ClockTime,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            model: None,
+            variant: DEFAULT_VARIANT,
+            labels: None,
+            prompts: None,
+            templates: DEFAULT_TEMPLATES.to_string(),
+            interval: DEFAULT_INTERVAL,
+            threshold: DEFAULT_THRESHOLD,
+            threshold_kind: DEFAULT_THRESHOLD_KIND,
+            execution_provider: DEFAULT_EXECUTION_PROVIDER.to_string(),
+            require_provider: DEFAULT_REQUIRE_PROVIDER,
+            action: DEFAULT_ACTION,
+            enter_samples: DEFAULT_ENTER_SAMPLES,
+            leave_samples: DEFAULT_LEAVE_SAMPLES,
+            mode: DEFAULT_MODE,
+            post_scores: DEFAULT_POST_SCORES,
+            snapshot: DEFAULT_SNAPSHOT,
+            max_batch: DEFAULT_MAX_BATCH,
+            threads: DEFAULT_THREADS,
+            sync_timeout: DEFAULT_SYNC_TIMEOUT,
+        }
+    }
+}
+
+impl Settings {
+    fn engine_config(&self) -> Result<EngineConfig> {
+        let model = self.model.clone().ok_or_else(|| {
+            Error::invalid(
+                "model",
+                "the `model` property is not set: give the folder of a CLIP model",
+            )
+        })?;
+        Ok(EngineConfig {
+            model_dir: model,
+            variant: self.variant.into(),
+            session: SessionConfig {
+                providers: Provider::parse_list(&self.execution_provider)?,
+                require_provider: self.require_provider,
+                intra_threads: self.threads as usize,
+                ..SessionConfig::default()
+            },
+            batch: BatchConfig {
+                max_batch: self.max_batch.max(1) as usize,
+                ..BatchConfig::default()
+            },
+        })
+    }
+
+    fn templates(&self) -> Result<Templates> {
+        let t = self.templates.trim();
+        if t.contains("{}") {
+            Templates::custom(split_list(t))
+        } else {
+            t.parse()
+        }
+    }
+
+    /// The label set: the labels file or the inline prompts.
+    fn label_set(&self) -> Result<LabelSet> {
+        let templates = self.templates()?;
+        match (&self.labels, &self.prompts) {
+            (Some(_), Some(_)) => Err(Error::invalid(
+                "labels",
+                "both `labels` and `prompts` are set: use one of them",
+            )),
+            (Some(path), None) => LabelSet::from_file(path),
+            (None, Some(prompts)) => LabelSet::from_prompts(&split_list(prompts), templates),
+            (None, None) => Err(Error::invalid(
+                "labels",
+                "neither `labels` (a label-set file) nor `prompts` is set",
+            )),
+        }
+    }
+
+    fn threshold(&self) -> Result<Threshold> {
+        let v = self.threshold;
+        match self.threshold_kind {
+            ClipFilterThresholdKind::Probability if !(v > 0.0 && v <= 1.0) => Err(Error::invalid(
+                "threshold",
+                format!("{v} is not a probability in (0, 1] (threshold-kind=probability)"),
+            )),
+            kind => Ok(kind.threshold(v)),
+        }
+    }
+
+    fn label_defaults(&self) -> Result<LabelDefaults> {
+        Ok(LabelDefaults {
+            threshold: self.threshold()?,
+            action: self.action.into(),
+            enter: self.enter_samples.max(1),
+            leave: self.leave_samples.max(1),
+        })
+    }
+
+    fn rules(&self) -> Rules {
+        Rules {
+            interval: self.interval.nseconds(),
+            mode: self.mode,
+            post_scores: self.post_scores,
+            snapshot: self.snapshot,
+            sync_timeout: Duration::from_nanos(self.sync_timeout.nseconds()),
+        }
+    }
+}
+
+/// `a;b;c` or one item per line, blanks dropped.
+fn split_list(s: &str) -> Vec<String> {
+    s.split([';', '\n'])
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// The settings the streaming thread works with (copied when they change).
+#[derive(Debug, Clone, Copy)]
+struct Rules {
+    interval: u64,
+    mode: ClipFilterMode,
+    post_scores: bool,
+    snapshot: bool,
+    sync_timeout: Duration,
+}
+
+/// Counters behind the `stats` property (they survive `stop()` until the next `start()`).
+#[derive(Debug, Default)]
+struct Counters {
+    frames: AtomicU64,
+    sampled: AtomicU64,
+    inferred: AtomicU64,
+    dropped: AtomicU64,
+    errors: AtomicU64,
+    latency_last_us: AtomicU64,
+    latency_sum_us: AtomicU64,
+    providers: Mutex<Option<(Provider, Provider)>>,
+}
+
+impl Counters {
+    fn reset(&self) {
+        for c in [
+            &self.frames,
+            &self.sampled,
+            &self.inferred,
+            &self.dropped,
+            &self.errors,
+            &self.latency_last_us,
+            &self.latency_sum_us,
+        ] {
+            c.store(0, Ordering::Relaxed);
+        }
+    }
+
+    fn structure(&self) -> gst::Structure {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let inferred = get(&self.inferred);
+        let mean_ms = if inferred == 0 {
+            0.0
+        } else {
+            get(&self.latency_sum_us) as f64 / inferred as f64 / 1000.0
+        };
+        let providers = self.providers.lock().ok().and_then(|p| *p);
+        gst::Structure::builder(messages::STATS)
+            .field("frames", get(&self.frames))
+            .field("sampled", get(&self.sampled))
+            .field("inferred", inferred)
+            .field("dropped", get(&self.dropped))
+            .field("errors", get(&self.errors))
+            .field(
+                "latency-last-ms",
+                get(&self.latency_last_us) as f64 / 1000.0,
+            )
+            .field("latency-mean-ms", mean_ms)
+            .field(
+                "execution-provider",
+                providers.map_or("", |(image, _)| image.name()),
+            )
+            .field(
+                "text-execution-provider",
+                providers.map_or("", |(_, text)| text.name()),
+            )
+            .build()
+    }
+}
+
+/// The negotiated video format.
+struct Video {
+    info: gst_video::VideoInfo,
+    format: PixelFormat,
+    color: YuvColor,
+    caps: gst::Caps,
+}
+
+/// A sampled frame waiting for its verdict.
+struct Pending {
+    seq: u64,
+    position: Position,
+    snapshot: Option<gst::Sample>,
+}
+
+/// A reloaded labels file, compiled on the watcher's thread.
+struct Reload {
+    set: LabelSet,
+    labels: CompiledLabels,
+}
+
+/// Decides which frames are sampled: one per `interval` of stream time, on a grid anchored at
+/// the first sample (so that frames at 0, 0.5 s, 1 s... are taken, not 0, 0.52, 1.04...).
+#[derive(Debug, Default)]
+struct Sampler {
+    anchor: Option<u64>,
+    untimed: u64,
+}
+
+impl Sampler {
+    fn reset(&mut self) {
+        *self = Sampler::default();
+    }
+
+    /// Whether the frame at stream time `t` is sampled. Frames without a time are sampled
+    /// every `untimed_every` frames.
+    fn due(&mut self, t: Option<u64>, interval: u64, untimed_every: u64) -> bool {
+        if interval == 0 {
+            return true;
+        }
+        let Some(t) = t else {
+            self.untimed += 1;
+            if self.untimed >= untimed_every.max(1) || self.anchor.is_none() {
+                self.untimed = 0;
+                self.anchor = Some(0);
+                return true;
+            }
+            return false;
+        };
+        match self.anchor {
+            None => {
+                self.anchor = Some(t);
+                true
+            }
+            Some(a) => {
+                let d = t.abs_diff(a);
+                if d < interval {
+                    return false;
+                }
+                let step = d - d % interval;
+                self.anchor = Some(if t >= a { a + step } else { a - step });
+                true
+            }
+        }
+    }
+}
+
+/// Something to post once the state lock is released.
+enum Post {
+    Element(gst::Structure),
+    Warning(String),
+}
+
+struct State {
+    engine: Arc<Engine>,
+    stream: Stream,
+    pre: Preprocessor,
+    set: LabelSet,
+    labels: CompiledLabels,
+    matcher: Matcher,
+    scores: Scores,
+    /// Last (cosine, probability) of each label, for the ends that no sample decides.
+    last: Vec<(f32, f32)>,
+    video: Option<Video>,
+    segment: gst::FormattedSegment<gst::ClockTime>,
+    rules: Rules,
+    generation: u64,
+    sampler: Sampler,
+    pending: VecDeque<Pending>,
+    /// Verdicts for sequence numbers below this are from before a flush.
+    discard_below: u64,
+    next_seq: u64,
+    frame: u64,
+    /// End of the last buffer seen.
+    last_position: Position,
+    action: Action,
+    passthrough: bool,
+    labels_path: Option<PathBuf>,
+    reloads: Receiver<Reload>,
+    /// Stops (and joins) the watcher thread when the state is dropped.
+    _watcher: Option<FileWatcher>,
+}
+
+impl State {
+    fn needs_writable(labels: &CompiledLabels) -> bool {
+        labels
+            .labels
+            .iter()
+            .any(|l| matches!(l.action, Action::Blank | Action::Pixelate))
+    }
+
+    fn position(&self, buf: &gst::BufferRef, frame: u64) -> Position {
+        let pts = buf.pts();
+        Position {
+            pts,
+            running_time: pts.and_then(|t| self.segment.to_running_time(t)),
+            stream_time: pts.and_then(|t| self.segment.to_stream_time(t)),
+            frame,
+        }
+    }
+
+    fn end_position(&self, buf: &gst::BufferRef, frame: u64) -> Position {
+        let end = buf
+            .pts()
+            .map(|t| t + buf.duration().unwrap_or(gst::ClockTime::ZERO));
+        Position {
+            pts: end,
+            running_time: end.and_then(|t| self.segment.to_running_time(t)),
+            stream_time: end.and_then(|t| self.segment.to_stream_time(t)),
+            frame,
+        }
+    }
+
+    /// Frames per interval, for frames without timestamps.
+    fn untimed_every(&self) -> u64 {
+        let Some(v) = &self.video else { return 1 };
+        let fps = v.info.fps();
+        if fps.numer() <= 0 || fps.denom() <= 0 {
+            return 1;
+        }
+        let per_ns = fps.numer() as f64 / fps.denom() as f64 / 1e9;
+        ((self.rules.interval as f64 * per_ns).round() as u64).max(1)
+    }
+
+    fn end_messages(&mut self, changes: Vec<Change>, reason: Reason, posts: &mut Vec<Post>) {
+        let position = self.last_position.clone();
+        for c in changes {
+            let (cosine, probability) = c
+                .index
+                .and_then(|i| self.last.get(i).copied())
+                .unwrap_or((0.0, 0.0));
+            posts.push(Post::Element(messages::match_structure(&MatchEvent {
+                start: false,
+                label: &c.label,
+                cosine,
+                probability,
+                position: &position,
+                reason,
+                snapshot: None,
+            })));
+        }
+        self.action = self.matcher.action(&self.labels);
+    }
+
+    /// Forgets verdicts in flight and ends open episodes.
+    fn reset_stream(&mut self, reason: Reason, posts: &mut Vec<Post>) {
+        self.discard_below = self.next_seq;
+        self.pending.clear();
+        self.sampler.reset();
+        let ended = self.matcher.end_all();
+        self.end_messages(ended, reason, posts);
+    }
+
+    /// Uses a reloaded label set; labels that keep their name keep their state.
+    fn apply_reload(&mut self, reload: Reload, posts: &mut Vec<Post>) {
+        // Scores of removed labels, for their end messages.
+        let old: Vec<(String, (f32, f32))> = self
+            .labels
+            .labels
+            .iter()
+            .map(|l| l.name.clone())
+            .zip(self.last.iter().copied())
+            .collect();
+        let ended = self.matcher.rebind(&reload.labels);
+        let position = self.last_position.clone();
+        for c in ended {
+            let (cosine, probability) = old
+                .iter()
+                .find(|(n, _)| *n == c.label)
+                .map_or((0.0, 0.0), |(_, s)| *s);
+            posts.push(Post::Element(messages::match_structure(&MatchEvent {
+                start: false,
+                label: &c.label,
+                cosine,
+                probability,
+                position: &position,
+                reason: Reason::Reload,
+                snapshot: None,
+            })));
+        }
+        self.last = reload
+            .labels
+            .labels
+            .iter()
+            .map(|l| {
+                old.iter()
+                    .find(|(n, _)| *n == l.name)
+                    .map_or((0.0, 0.0), |(_, s)| *s)
+            })
+            .collect();
+        self.set = reload.set;
+        self.labels = reload.labels;
+        self.action = self.matcher.action(&self.labels);
+        let names: Vec<String> = self.labels.labels.iter().map(|l| l.name.clone()).collect();
+        if let Some(path) = &self.labels_path {
+            posts.push(Post::Element(messages::reloaded_structure(path, &names)));
+        }
+    }
+
+    /// Takes one verdict: scores it, updates the episodes and queues the messages. Returns the
+    /// inference error, if inference failed.
+    fn take_output(
+        &mut self,
+        out: Output,
+        counters: &Counters,
+        posts: &mut Vec<Post>,
+    ) -> Option<String> {
+        let Output {
+            seq,
+            embedding,
+            latency,
+            pixels,
+            ..
+        } = out;
+        self.stream.recycle(pixels);
+        if seq < self.discard_below {
+            return None;
+        }
+        while self.pending.front().is_some_and(|p| p.seq < seq) {
+            self.pending.pop_front();
+        }
+        let pending = self
+            .pending
+            .front()
+            .is_some_and(|p| p.seq == seq)
+            .then(|| self.pending.pop_front())
+            .flatten()?;
+        let embedding = match embedding {
+            Ok(e) => e,
+            Err(message) => {
+                counters.errors.fetch_add(1, Ordering::Relaxed);
+                return Some(message);
+            }
+        };
+        counters.inferred.fetch_add(1, Ordering::Relaxed);
+        let us = latency.as_micros() as u64;
+        counters.latency_last_us.store(us, Ordering::Relaxed);
+        counters.latency_sum_us.fetch_add(us, Ordering::Relaxed);
+        if let Err(e) = self.labels.score_into(&embedding, &mut self.scores) {
+            counters.errors.fetch_add(1, Ordering::Relaxed);
+            return Some(e.to_string());
+        }
+        self.last.clear();
+        self.last.extend(
+            self.scores
+                .cosine
+                .iter()
+                .copied()
+                .zip(self.scores.probability.iter().copied()),
+        );
+        for c in self.matcher.update(&self.labels, &self.scores) {
+            let (cosine, probability) = c
+                .index
+                .and_then(|i| self.last.get(i).copied())
+                .unwrap_or((0.0, 0.0));
+            posts.push(Post::Element(messages::match_structure(&MatchEvent {
+                start: c.transition == Transition::Start,
+                label: &c.label,
+                cosine,
+                probability,
+                position: &pending.position,
+                reason: Reason::Sample,
+                snapshot: pending.snapshot.as_ref(),
+            })));
+        }
+        if self.rules.post_scores {
+            let names: Vec<String> = self.labels.labels.iter().map(|l| l.name.clone()).collect();
+            posts.push(Post::Element(messages::scores_structure(
+                &pending.position,
+                &names,
+                &self.scores.cosine,
+                &self.scores.probability,
+                latency,
+            )));
+        }
+        self.action = self.matcher.action(&self.labels);
+        None
+    }
+
+    /// Converts the sampled frame to the model's input and queues it for inference.
+    fn submit(
+        &mut self,
+        buf: &gst::BufferRef,
+        position: Position,
+        counters: &Counters,
+    ) -> Result<u64> {
+        let video = self
+            .video
+            .as_ref()
+            .ok_or_else(|| Error::invalid("caps", "a buffer arrived before the caps"))?;
+        let frame = gst_video::VideoFrameRef::from_buffer_ref_readable(buf, &video.info)
+            .map_err(|e| Error::invalid("frame", format!("cannot map the buffer: {e}")))?;
+        let mut planes: [&[u8]; 3] = [&[], &[], &[]];
+        let mut strides = [0usize; 3];
+        for i in 0..(frame.n_planes() as usize).min(3) {
+            planes[i] = frame
+                .plane_data(i as u32)
+                .map_err(|e| Error::invalid("frame", format!("plane {i}: {e}")))?;
+            strides[i] = usize::try_from(frame.plane_stride()[i])
+                .map_err(|_| Error::invalid("frame", "negative stride"))?;
+        }
+        let frame_ref = FrameRef {
+            format: video.format,
+            width: frame.width(),
+            height: frame.height(),
+            planes,
+            strides,
+            color: video.color,
+        };
+        let mut pixels = self.stream.buffer();
+        if let Err(e) = self.pre.run(&frame_ref, &mut pixels) {
+            self.stream.recycle(pixels);
+            return Err(e);
+        }
+        let snapshot = self.rules.snapshot.then(|| {
+            gst::Sample::builder()
+                .buffer(&buf.to_owned())
+                .caps(&video.caps)
+                .segment(&self.segment)
+                .build()
+        });
+        drop(frame);
+        let submitted = self.stream.submit(pixels)?;
+        counters.sampled.fetch_add(1, Ordering::Relaxed);
+        if let Some(old) = submitted.replaced {
+            counters.dropped.fetch_add(1, Ordering::Relaxed);
+            self.pending.retain(|p| p.seq != old);
+        }
+        self.next_seq = submitted.seq + 1;
+        self.pending.push_back(Pending {
+            seq: submitted.seq,
+            position,
+            snapshot,
+        });
+        Ok(submitted.seq)
+    }
+}
+
+/// What the streaming thread decided for one buffer.
+struct Verdict {
+    action: Action,
+    /// Format details, when the action paints the frame.
+    paint: Option<(gst_video::VideoInfo, PixelFormat, bool)>,
+}
+
+/// Why `analyse` stopped a buffer.
+enum Failure {
+    Flushing,
+    /// Already reported to the application.
+    Error,
+}
+
+#[derive(Default)]
+pub struct ClipFilter {
+    settings: Mutex<Settings>,
+    /// Bumped when a setting the streaming thread copies changes.
+    generation: AtomicU64,
+    state: Mutex<Option<State>>,
+    counters: Counters,
+    /// Set between FLUSH_START and FLUSH_STOP, and when stopping: waits give up.
+    flushing: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding these locks leaves consistent data (plain fields); go on.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl ClipFilter {
+    fn settings_error(&self, e: &Error) -> gst::ErrorMessage {
+        gst::error!(CAT, imp = self, "{e}");
+        gst::error_msg!(gst::LibraryError::Settings, ("{}", e))
+    }
+
+    fn post_all(&self, posts: Vec<Post>) {
+        let obj = self.obj();
+        for p in posts {
+            match p {
+                Post::Element(s) => messages::post(&*obj, s),
+                Post::Warning(text) => {
+                    gst::warning!(CAT, imp = self, "{text}");
+                    gst::element_imp_warning!(self, gst::LibraryError::Failed, ("{}", text));
+                }
+            }
+        }
+    }
+
+    /// Settings changes and reloaded labels, picked up on the streaming thread.
+    fn refresh(&self, state: &mut State, posts: &mut Vec<Post>) {
+        let generation = self.generation.load(Ordering::Acquire);
+        let mut relabel = false;
+        if generation != state.generation {
+            state.generation = generation;
+            let settings = lock(&self.settings).clone();
+            state.rules = settings.rules();
+            match settings
+                .label_defaults()
+                .and_then(|d| state.labels.apply_defaults(&state.set, &d))
+            {
+                Ok(()) => relabel = true,
+                Err(e) => posts.push(Post::Warning(format!(
+                    "new label defaults not applied, the previous ones stay: {e}"
+                ))),
+            }
+        }
+        let mut newest = None;
+        while let Ok(r) = state.reloads.try_recv() {
+            newest = Some(r);
+        }
+        if let Some(reload) = newest {
+            state.apply_reload(reload, posts);
+            relabel = true;
+        }
+        if relabel {
+            state.action = state.matcher.action(&state.labels);
+            let passthrough = !State::needs_writable(&state.labels);
+            if passthrough != state.passthrough {
+                state.passthrough = passthrough;
+                self.obj().set_passthrough(passthrough);
+            }
+        }
+    }
+
+    /// Everything but painting: sampling, inference, verdicts. Posts its messages itself.
+    fn analyse(&self, buf: &gst::BufferRef) -> Result<Verdict, Failure> {
+        let mut posts = Vec::new();
+        let result = {
+            let mut guard = lock(&self.state);
+            match guard.as_mut() {
+                Some(state) => self.analyse_locked(state, buf, &mut posts),
+                None => Err(Failure::Flushing),
+            }
+        };
+        self.post_all(posts);
+        result
+    }
+
+    fn analyse_locked(
+        &self,
+        state: &mut State,
+        buf: &gst::BufferRef,
+        posts: &mut Vec<Post>,
+    ) -> Result<Verdict, Failure> {
+        self.refresh(state, posts);
+        let frame = state.frame;
+        state.frame += 1;
+        self.counters.frames.fetch_add(1, Ordering::Relaxed);
+        state.last_position = state.end_position(buf, frame);
+
+        // Verdicts that arrived since the previous buffer apply from this one on.
+        while let Some(out) = state.stream.try_result() {
+            if let Some(e) = state.take_output(out, &self.counters, posts) {
+                self.inference_failed(state.rules.mode, &e, posts)?;
+            }
+        }
+
+        let position = state.position(buf, frame);
+        let t = position
+            .stream_time
+            .or(position.running_time)
+            .map(gst::ClockTime::nseconds);
+        let every = state.untimed_every();
+        if state.sampler.due(t, state.rules.interval, every) {
+            let seq = match state.submit(buf, position, &self.counters) {
+                Ok(seq) => seq,
+                Err(e) => {
+                    gst::error!(CAT, imp = self, "cannot submit the frame: {e}");
+                    gst::element_imp_error!(self, gst::StreamError::Failed, ("{}", e));
+                    return Err(Failure::Error);
+                }
+            };
+            if state.rules.mode == ClipFilterMode::Sync {
+                self.wait_for(state, seq, posts)?;
+            }
+        }
+
+        let paint = match (state.action, &state.video) {
+            (Action::Blank | Action::Pixelate, Some(v)) => {
+                Some((v.info.clone(), v.format, v.color.full_range))
+            }
+            _ => None,
+        };
+        Ok(Verdict {
+            action: state.action,
+            paint,
+        })
+    }
+
+    fn inference_failed(
+        &self,
+        mode: ClipFilterMode,
+        message: &str,
+        posts: &mut Vec<Post>,
+    ) -> Result<(), Failure> {
+        if mode == ClipFilterMode::Sync {
+            gst::error!(CAT, imp = self, "inference failed: {message}");
+            gst::element_imp_error!(
+                self,
+                gst::LibraryError::Failed,
+                ("inference failed: {}", message)
+            );
+            return Err(Failure::Error);
+        }
+        let n = self.counters.errors.load(Ordering::Relaxed);
+        if n <= 1 || n.is_multiple_of(WARN_EVERY) {
+            posts.push(Post::Warning(format!(
+                "inference failed ({n} times so far): {message}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Sync mode: waits for the verdict of `seq`, giving up on a flush or after the timeout.
+    fn wait_for(&self, state: &mut State, seq: u64, posts: &mut Vec<Post>) -> Result<(), Failure> {
+        let deadline = Instant::now() + state.rules.sync_timeout;
+        loop {
+            if !state.pending.iter().any(|p| p.seq == seq) {
+                return Ok(());
+            }
+            if self.flushing.load(Ordering::Acquire) {
+                return Err(Failure::Flushing);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                let message = format!(
+                    "no verdict from the inference worker within sync-timeout ({:?})",
+                    state.rules.sync_timeout
+                );
+                gst::error!(CAT, imp = self, "{message}");
+                gst::element_imp_error!(self, gst::LibraryError::Failed, ("{}", message));
+                return Err(Failure::Error);
+            }
+            if let Some(out) = state.stream.wait_result(WAIT_SLICE.min(deadline - now))
+                && let Some(e) = state.take_output(out, &self.counters, posts)
+            {
+                self.inference_failed(ClipFilterMode::Sync, &e, posts)?;
+            }
+        }
+    }
+
+    /// EOS: takes the verdicts still in flight (bounded wait), then ends every episode.
+    fn finish(&self, state: &mut State, posts: &mut Vec<Post>) {
+        let deadline = Instant::now() + state.rules.sync_timeout;
+        while !state.pending.is_empty() && !self.flushing.load(Ordering::Acquire) {
+            let now = Instant::now();
+            if now >= deadline {
+                gst::warning!(
+                    CAT,
+                    imp = self,
+                    "{} verdicts still missing at EOS",
+                    state.pending.len()
+                );
+                break;
+            }
+            if let Some(out) = state.stream.wait_result(WAIT_SLICE.min(deadline - now))
+                && let Some(e) = state.take_output(out, &self.counters, posts)
+            {
+                let _ = self.inference_failed(ClipFilterMode::Async, &e, posts);
+            }
+        }
+        state.pending.clear();
+        let ended = state.matcher.end_all();
+        state.end_messages(ended, Reason::Eos, posts);
+    }
+
+    fn paint(
+        &self,
+        buf: &mut gst::BufferRef,
+        action: Action,
+        (info, format, full_range): (gst_video::VideoInfo, PixelFormat, bool),
+    ) -> Result<(), gst::FlowError> {
+        let mut frame =
+            gst_video::VideoFrameRef::from_buffer_ref_writable(buf, &info).map_err(|e| {
+                gst::element_imp_error!(
+                    self,
+                    gst::CoreError::Failed,
+                    ("cannot map the frame for writing: {}", e)
+                );
+                gst::FlowError::Error
+            })?;
+        let (w, h) = (frame.width() as usize, frame.height() as usize);
+        let geometry = actions::plane_geometry(format, w, h);
+        let block = actions::block_size(w, h);
+        let mut sums = Vec::new();
+        for (i, (pw, ph, ps)) in geometry.into_iter().enumerate() {
+            let stride = frame.plane_stride()[i] as usize;
+            let data = frame
+                .plane_data_mut(i as u32)
+                .map_err(|_| gst::FlowError::Error)?;
+            let mut plane = PlaneMut {
+                data,
+                stride,
+                width: pw,
+                height: ph,
+                pstride: ps,
+            };
+            match action {
+                Action::Blank => actions::blank_plane(format, full_range, i, &mut plane),
+                Action::Pixelate => actions::pixelate_plane(w, &mut plane, block, &mut sums),
+                Action::None | Action::Drop => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn flow(failure: Failure) -> gst::FlowError {
+        match failure {
+            Failure::Flushing => gst::FlowError::Flushing,
+            Failure::Error => gst::FlowError::Error,
+        }
+    }
+
+    /// Builds the state: label set, engine (shared), compiled labels, watcher.
+    fn build_state(&self) -> Result<State> {
+        let settings = lock(&self.settings).clone();
+        let generation = self.generation.load(Ordering::Acquire);
+        let config = settings.engine_config()?;
+        let defaults = settings.label_defaults()?;
+        let set = settings.label_set()?;
+        set.check_default_threshold(defaults.threshold)?;
+        let engine = Engine::shared(&config)?;
+        let labels = engine.compile_labels(&set, &defaults)?;
+        let pre = engine.preprocessor()?;
+        let stream = engine.stream(StreamOptions::live());
+        let (reload_tx, reloads) = crossbeam_channel::unbounded();
+        let watcher = match &settings.labels {
+            Some(path) => Some(self.watch_labels(path, &engine, reload_tx)?),
+            None => None,
+        };
+        *lock(&self.counters.providers) = Some(engine.providers());
+        Ok(State {
+            matcher: Matcher::new(&labels),
+            last: vec![(0.0, 0.0); labels.labels.len()],
+            passthrough: !State::needs_writable(&labels),
+            engine,
+            stream,
+            pre,
+            set,
+            labels,
+            scores: Scores::default(),
+            video: None,
+            segment: gst::FormattedSegment::new(),
+            rules: settings.rules(),
+            generation,
+            sampler: Sampler::default(),
+            pending: VecDeque::new(),
+            discard_below: 0,
+            next_seq: 0,
+            frame: 0,
+            last_position: Position::default(),
+            action: Action::None,
+            labels_path: settings.labels.clone(),
+            reloads,
+            _watcher: watcher,
+        })
+    }
+
+    /// Watches the labels file; each change is parsed and compiled on the watcher's thread and
+    /// handed to the streaming thread, or reported as a warning.
+    fn watch_labels(
+        &self,
+        path: &std::path::Path,
+        engine: &Arc<Engine>,
+        reloads: Sender<Reload>,
+    ) -> Result<FileWatcher> {
+        let weak = self.obj().downgrade();
+        let engine = engine.clone();
+        let file = path.to_path_buf();
+        FileWatcher::start(path, RELOAD_DEBOUNCE, move || {
+            let Some(obj) = weak.upgrade() else { return };
+            let imp = obj.imp();
+            let defaults = lock(&imp.settings).label_defaults();
+            let compiled = defaults.and_then(|d| {
+                let set = LabelSet::from_file(&file)?;
+                let labels = engine.compile_labels(&set, &d)?;
+                Ok(Reload { set, labels })
+            });
+            match compiled {
+                Ok(reload) => {
+                    gst::info!(CAT, imp = imp, "reloaded {}", file.display());
+                    let _ = reloads.send(reload);
+                }
+                Err(e) => {
+                    gst::warning!(CAT, imp = imp, "labels not reloaded: {e}");
+                    gst::element_imp_warning!(
+                        imp,
+                        gst::ResourceError::Read,
+                        ("labels not reloaded, the previous set stays in use: {}", e)
+                    );
+                }
+            }
+        })
+    }
+}
+
+#[glib::object_subclass]
+impl ObjectSubclass for ClipFilter {
+    const NAME: &'static str = "GstClipFilter";
+    type Type = super::ClipFilter;
+    type ParentType = gst_base::BaseTransform;
+}
+
+impl ObjectImpl for ClipFilter {
+    fn properties() -> &'static [glib::ParamSpec] {
+        static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
+            vec![
+                glib::ParamSpecString::builder("model")
+                    .nick("Model folder")
+                    .blurb("Folder of a CLIP model in the Hugging Face ONNX layout (onnx/vision_model.onnx, onnx/text_model.onnx, tokenizer.json, preprocessor_config.json); loaded once per process and shared")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecEnum::builder_with_default("variant", DEFAULT_VARIANT)
+                    .nick("Model variant")
+                    .blurb("Which weights of the model folder to load")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("labels")
+                    .nick("Labels file")
+                    .blurb("Label-set TOML file (labels, prompts, thresholds, actions); watched and reloaded while playing, a broken edit keeps the previous set and posts a warning. Exclusive with prompts")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("prompts")
+                    .nick("Prompts")
+                    .blurb("Inline labels separated by ';' (or new lines), each named after its prompt, e.g. \"a knife;a gun;people talking\". Exclusive with labels")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("templates")
+                    .nick("Prompt templates")
+                    .blurb("Templates applied to the prompts: none, single, ensemble7, imagenet80, or your own separated by ';', each with {} for the prompt (e.g. \"a photo of {}.;a video frame of {}.\"). Label files set their own")
+                    .default_value(Some(DEFAULT_TEMPLATES))
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt64::builder("interval")
+                    .nick("Sampling interval")
+                    .blurb("Stream time between sampled frames, in nanoseconds (0: every frame)")
+                    .maximum(u64::MAX - 1)
+                    .default_value(DEFAULT_INTERVAL.nseconds())
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecDouble::builder("threshold")
+                    .nick("Threshold")
+                    .blurb("Score a sample must reach to count as a match, for labels without their own (see threshold-kind)")
+                    .minimum(-1.0)
+                    .maximum(1.0)
+                    .default_value(DEFAULT_THRESHOLD)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecEnum::builder_with_default("threshold-kind", DEFAULT_THRESHOLD_KIND)
+                    .nick("Threshold kind")
+                    .blurb("What threshold is compared with: the softmax probability among the labels, or the raw cosine similarity")
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecString::builder("execution-provider")
+                    .nick("Execution providers")
+                    .blurb("ONNX Runtime execution providers in order of preference, comma-separated: tensorrt, cuda, cpu (e.g. \"tensorrt,cuda,cpu\"); the one in use shows in stats")
+                    .default_value(Some(DEFAULT_EXECUTION_PROVIDER))
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecBoolean::builder("require-provider")
+                    .nick("Require provider")
+                    .blurb("Fail to start when the first execution provider cannot be used, instead of falling back")
+                    .default_value(DEFAULT_REQUIRE_PROVIDER)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecEnum::builder_with_default("action", DEFAULT_ACTION)
+                    .nick("Action")
+                    .blurb("What happens to frames while a matching label asks for it, for labels without their own action")
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecUInt::builder("enter-samples")
+                    .nick("Samples to enter")
+                    .blurb("Consecutive samples above the threshold before a match starts, for labels without their own")
+                    .minimum(1)
+                    .maximum(1000)
+                    .default_value(DEFAULT_ENTER_SAMPLES)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecUInt::builder("leave-samples")
+                    .nick("Samples to leave")
+                    .blurb("Consecutive samples below the threshold before a match ends, for labels without their own")
+                    .minimum(1)
+                    .maximum(1000)
+                    .default_value(DEFAULT_LEAVE_SAMPLES)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecEnum::builder_with_default("mode", DEFAULT_MODE)
+                    .nick("Mode")
+                    .blurb("async: never block the streaming thread, verdicts apply from the next buffer; sync: hold each sampled buffer until its verdict")
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecBoolean::builder("post-scores")
+                    .nick("Post scores")
+                    .blurb("Post a clipfilter-scores element message with every label's score for each sampled frame")
+                    .default_value(DEFAULT_POST_SCORES)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecBoolean::builder("snapshot")
+                    .nick("Snapshot")
+                    .blurb("Attach the frame that starts a match to the clipfilter-match start message, as a GstSample in the snapshot field")
+                    .default_value(DEFAULT_SNAPSHOT)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecUInt::builder("max-batch")
+                    .nick("Maximum batch")
+                    .blurb("Largest batch the shared inference worker gives the model (frames of all streams using the same model)")
+                    .minimum(1)
+                    .maximum(256)
+                    .default_value(DEFAULT_MAX_BATCH)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("threads")
+                    .nick("Threads")
+                    .blurb("ONNX Runtime threads per operator (0: one per core); pipelines share the cores")
+                    .maximum(1024)
+                    .default_value(DEFAULT_THREADS)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt64::builder("sync-timeout")
+                    .nick("Sync timeout")
+                    .blurb("Longest wait for a verdict in sync mode (and for verdicts in flight at EOS), in nanoseconds; a stuck worker then posts an error")
+                    .minimum(gst::ClockTime::MSECOND.nseconds())
+                    .maximum(u64::MAX - 1)
+                    .default_value(DEFAULT_SYNC_TIMEOUT.nseconds())
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
+                    .nick("Statistics")
+                    .blurb("clipfilter-stats: frames, sampled, inferred, dropped (newest frame won while inference was busy), errors, latency-last-ms, latency-mean-ms (submission to verdict), execution-provider, text-execution-provider")
+                    .read_only()
+                    .build(),
+            ]
+        });
+        PROPERTIES.as_ref()
+    }
+
+    fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
+        let mut s = lock(&self.settings);
+        let path = |v: &glib::Value| {
+            v.get::<Option<String>>()
+                .ok()
+                .flatten()
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from)
+        };
+        let string = |v: &glib::Value| v.get::<Option<String>>().ok().flatten();
+        match pspec.name() {
+            "model" => s.model = path(value),
+            "variant" => s.variant = value.get().unwrap_or(DEFAULT_VARIANT),
+            "labels" => s.labels = path(value),
+            "prompts" => s.prompts = string(value).filter(|p| !p.trim().is_empty()),
+            "templates" => {
+                s.templates = string(value).unwrap_or_else(|| DEFAULT_TEMPLATES.to_string())
+            }
+            "interval" => {
+                s.interval = gst::ClockTime::from_nseconds(
+                    value.get().unwrap_or(DEFAULT_INTERVAL.nseconds()),
+                )
+            }
+            "threshold" => s.threshold = value.get().unwrap_or(DEFAULT_THRESHOLD),
+            "threshold-kind" => s.threshold_kind = value.get().unwrap_or(DEFAULT_THRESHOLD_KIND),
+            "execution-provider" => {
+                s.execution_provider =
+                    string(value).unwrap_or_else(|| DEFAULT_EXECUTION_PROVIDER.to_string())
+            }
+            "require-provider" => {
+                s.require_provider = value.get().unwrap_or(DEFAULT_REQUIRE_PROVIDER)
+            }
+            "action" => s.action = value.get().unwrap_or(DEFAULT_ACTION),
+            "enter-samples" => s.enter_samples = value.get().unwrap_or(DEFAULT_ENTER_SAMPLES),
+            "leave-samples" => s.leave_samples = value.get().unwrap_or(DEFAULT_LEAVE_SAMPLES),
+            "mode" => s.mode = value.get().unwrap_or(DEFAULT_MODE),
+            "post-scores" => s.post_scores = value.get().unwrap_or(DEFAULT_POST_SCORES),
+            "snapshot" => s.snapshot = value.get().unwrap_or(DEFAULT_SNAPSHOT),
+            "max-batch" => s.max_batch = value.get().unwrap_or(DEFAULT_MAX_BATCH),
+            "threads" => s.threads = value.get().unwrap_or(DEFAULT_THREADS),
+            "sync-timeout" => {
+                s.sync_timeout = gst::ClockTime::from_nseconds(
+                    value.get().unwrap_or(DEFAULT_SYNC_TIMEOUT.nseconds()),
+                )
+            }
+            other => {
+                gst::warning!(CAT, imp = self, "unknown property {other}");
+                return;
+            }
+        }
+        drop(s);
+        gst::info!(
+            CAT,
+            imp = self,
+            "{} set to {}",
+            pspec.name(),
+            value
+                .serialize()
+                .map_or_else(|_| format!("{value:?}"), |v| v.to_string())
+        );
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
+        let s = lock(&self.settings);
+        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+        match pspec.name() {
+            "model" => path(&s.model).to_value(),
+            "variant" => s.variant.to_value(),
+            "labels" => path(&s.labels).to_value(),
+            "prompts" => s.prompts.to_value(),
+            "templates" => s.templates.to_value(),
+            "interval" => s.interval.nseconds().to_value(),
+            "threshold" => s.threshold.to_value(),
+            "threshold-kind" => s.threshold_kind.to_value(),
+            "execution-provider" => s.execution_provider.to_value(),
+            "require-provider" => s.require_provider.to_value(),
+            "action" => s.action.to_value(),
+            "enter-samples" => s.enter_samples.to_value(),
+            "leave-samples" => s.leave_samples.to_value(),
+            "mode" => s.mode.to_value(),
+            "post-scores" => s.post_scores.to_value(),
+            "snapshot" => s.snapshot.to_value(),
+            "max-batch" => s.max_batch.to_value(),
+            "threads" => s.threads.to_value(),
+            "sync-timeout" => s.sync_timeout.nseconds().to_value(),
+            "stats" => {
+                drop(s);
+                self.counters.structure().to_value()
+            }
+            other => {
+                gst::warning!(CAT, imp = self, "unknown property {other}");
+                pspec.default_value().clone()
+            }
+        }
+    }
+
+    fn constructed(&self) {
+        self.parent_constructed();
+        // Passthrough until labels that paint frames are loaded.
+        self.obj().set_passthrough(true);
+    }
+}
+
+impl GstObjectImpl for ClipFilter {}
+
+impl ElementImpl for ClipFilter {
+    fn metadata() -> Option<&'static gst::subclass::ElementMetadata> {
+        static ELEMENT_METADATA: LazyLock<gst::subclass::ElementMetadata> = LazyLock::new(|| {
+            gst::subclass::ElementMetadata::new(
+                "CLIP zero-shot video filter",
+                "Filter/Analyzer/Video",
+                "Samples frames, matches them against text prompts with CLIP (ONNX Runtime), posts clipfilter-match messages and can drop, blank or pixelate matching frames",
+                "clipfilter developers",
+            )
+        });
+        Some(&*ELEMENT_METADATA)
+    }
+
+    fn pad_templates() -> &'static [gst::PadTemplate] {
+        static PAD_TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
+            let formats = PixelFormat::ALL.iter().map(|f| f.gst_name());
+            let caps = gst::Caps::builder("video/x-raw")
+                .field("format", gst::List::new(formats))
+                .field("width", gst::IntRange::new(1, i32::MAX))
+                .field("height", gst::IntRange::new(1, i32::MAX))
+                .field(
+                    "framerate",
+                    gst::FractionRange::new(
+                        gst::Fraction::new(0, 1),
+                        gst::Fraction::new(i32::MAX, 1),
+                    ),
+                )
+                .build();
+            let src = gst::PadTemplate::new(
+                "src",
+                gst::PadDirection::Src,
+                gst::PadPresence::Always,
+                &caps,
+            );
+            let sink = gst::PadTemplate::new(
+                "sink",
+                gst::PadDirection::Sink,
+                gst::PadPresence::Always,
+                &caps,
+            );
+            match (src, sink) {
+                (Ok(src), Ok(sink)) => vec![src, sink],
+                _ => Vec::new(),
+            }
+        });
+        PAD_TEMPLATES.as_ref()
+    }
+
+    fn change_state(
+        &self,
+        transition: gst::StateChange,
+    ) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
+        match transition {
+            // A streaming thread waiting for a verdict gives up, so the pads can deactivate.
+            gst::StateChange::PausedToReady => self.flushing.store(true, Ordering::Release),
+            gst::StateChange::ReadyToPaused => self.flushing.store(false, Ordering::Release),
+            _ => {}
+        }
+        self.parent_change_state(transition)
+    }
+}
+
+impl BaseTransformImpl for ClipFilter {
+    const MODE: gst_base::subclass::BaseTransformMode =
+        gst_base::subclass::BaseTransformMode::AlwaysInPlace;
+    const PASSTHROUGH_ON_SAME_CAPS: bool = false;
+    const TRANSFORM_IP_ON_PASSTHROUGH: bool = true;
+
+    fn start(&self) -> Result<(), gst::ErrorMessage> {
+        self.counters.reset();
+        let state = self.build_state().map_err(|e| self.settings_error(&e))?;
+        gst::info!(
+            CAT,
+            imp = self,
+            "started: model {}, {} labels, image tower on {}",
+            state.engine.model().dir.display(),
+            state.labels.labels.len(),
+            state.engine.providers().0
+        );
+        self.obj().set_passthrough(state.passthrough);
+        *lock(&self.state) = Some(state);
+        Ok(())
+    }
+
+    fn stop(&self) -> Result<(), gst::ErrorMessage> {
+        let state = lock(&self.state).take();
+        if let Some(mut state) = state {
+            let mut posts = Vec::new();
+            let ended = state.matcher.end_all();
+            state.end_messages(ended, Reason::Stop, &mut posts);
+            // Joins the watcher; releases the stream and, with the last user, the engine.
+            drop(state);
+            self.post_all(posts);
+        }
+        gst::info!(CAT, imp = self, "stopped");
+        Ok(())
+    }
+
+    fn set_caps(&self, incaps: &gst::Caps, _outcaps: &gst::Caps) -> Result<(), gst::LoggableError> {
+        let info = gst_video::VideoInfo::from_caps(incaps)
+            .map_err(|_| gst::loggable_error!(CAT, "cannot parse caps {incaps}"))?;
+        let format = PixelFormat::from_gst_name(info.format().to_str())
+            .ok_or_else(|| gst::loggable_error!(CAT, "unsupported format {}", info.format()))?;
+        let colorimetry = info.colorimetry();
+        let color = YuvColor {
+            matrix: match colorimetry.matrix() {
+                VideoColorMatrix::Bt709 => YuvMatrix::Bt709,
+                VideoColorMatrix::Bt2020 => YuvMatrix::Bt2020,
+                _ => YuvMatrix::Bt601,
+            },
+            full_range: colorimetry.range() == VideoColorRange::Range0_255,
+        };
+        gst::debug!(CAT, imp = self, "caps {incaps}");
+        let mut guard = lock(&self.state);
+        let state = guard
+            .as_mut()
+            .ok_or_else(|| gst::loggable_error!(CAT, "caps before start"))?;
+        state.video = Some(Video {
+            info,
+            format,
+            color,
+            caps: incaps.clone(),
+        });
+        Ok(())
+    }
+
+    fn sink_event(&self, event: gst::Event) -> bool {
+        use gst::EventView;
+        let mut posts = Vec::new();
+        match event.view() {
+            EventView::FlushStart(_) => self.flushing.store(true, Ordering::Release),
+            EventView::FlushStop(_) => {
+                if let Some(state) = lock(&self.state).as_mut() {
+                    state.reset_stream(Reason::Flush, &mut posts);
+                }
+                self.flushing.store(false, Ordering::Release);
+            }
+            EventView::Segment(e) => {
+                if let Some(segment) = e.segment().downcast_ref::<gst::ClockTime>()
+                    && let Some(state) = lock(&self.state).as_mut()
+                {
+                    state.segment = segment.clone();
+                    state.sampler.reset();
+                }
+            }
+            EventView::Eos(_) => {
+                if let Some(state) = lock(&self.state).as_mut() {
+                    self.finish(state, &mut posts);
+                }
+            }
+            _ => {}
+        }
+        // Messages go out before the event travels on (so ends precede the EOS message).
+        self.post_all(posts);
+        self.parent_sink_event(event)
+    }
+
+    fn transform_ip(&self, buf: &mut gst::BufferRef) -> Result<gst::FlowSuccess, gst::FlowError> {
+        let verdict = self.analyse(buf).map_err(Self::flow)?;
+        match (verdict.action, verdict.paint) {
+            (Action::Drop, _) => Ok(gst_base::BASE_TRANSFORM_FLOW_DROPPED),
+            (action @ (Action::Blank | Action::Pixelate), Some(paint)) => {
+                self.paint(buf, action, paint)?;
+                Ok(gst::FlowSuccess::Ok)
+            }
+            _ => Ok(gst::FlowSuccess::Ok),
+        }
+    }
+
+    fn transform_ip_passthrough(
+        &self,
+        buf: &gst::Buffer,
+    ) -> Result<gst::FlowSuccess, gst::FlowError> {
+        let verdict = self.analyse(buf.as_ref()).map_err(Self::flow)?;
+        match verdict.action {
+            Action::None => Ok(gst::FlowSuccess::Ok),
+            Action::Drop => Ok(gst_base::BASE_TRANSFORM_FLOW_DROPPED),
+            Action::Blank | Action::Pixelate => {
+                // Passthrough ends with the next buffer (the labels just changed); this one
+                // cannot be painted, so it is not let through.
+                gst::debug!(CAT, imp = self, "dropping a frame that cannot be painted");
+                Ok(gst_base::BASE_TRANSFORM_FLOW_DROPPED)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_follow_a_grid_in_stream_time() {
+        let ms = 1_000_000u64;
+        let mut s = Sampler::default();
+        let taken: Vec<u64> = (0..60u64)
+            .map(|i| i * 40 * ms)
+            .filter(|t| s.due(Some(*t), 500 * ms, 1))
+            .collect();
+        assert_eq!(taken, [0, 520, 1000, 1520, 2000].map(|x| x * ms));
+        // Going backwards (reverse playback) samples on the same grid.
+        assert!(s.due(Some(1400 * ms), 500 * ms, 1));
+        assert!(!s.due(Some(1100 * ms), 500 * ms, 1));
+        assert!(s.due(Some(900 * ms), 500 * ms, 1));
+        // Every frame at interval 0; untimed frames by count.
+        assert!(s.due(Some(900 * ms), 0, 1));
+        let mut u = Sampler::default();
+        let hits = (0..10).filter(|_| u.due(None, 500 * ms, 4)).count();
+        assert_eq!(hits, 3);
+    }
+
+    #[test]
+    fn prompts_and_templates_parse() {
+        assert_eq!(split_list(" red ;green\nblue;;"), ["red", "green", "blue"]);
+        let s = Settings {
+            templates: "a photo of {}.;{} on video".into(),
+            ..Settings::default()
+        };
+        assert_eq!(
+            s.templates().unwrap(),
+            Templates::Custom(vec!["a photo of {}.".into(), "{} on video".into()])
+        );
+        let bad = Settings {
+            templates: "imagenet81".into(),
+            ..Settings::default()
+        };
+        assert!(
+            bad.templates()
+                .unwrap_err()
+                .to_string()
+                .contains("imagenet81")
+        );
+        let neither = Settings::default().label_set().unwrap_err().to_string();
+        assert!(neither.contains("prompts"), "{neither}");
+        let p = Settings {
+            threshold: -0.2,
+            ..Settings::default()
+        };
+        assert!(p.threshold().is_err());
+    }
+}

@@ -1,0 +1,221 @@
+//! The `clipfilter` GStreamer element.
+//!
+//! `clipfilter` samples raw video frames, asks the shared CLIP [`Engine`](crate::engine::Engine)
+//! how well they match the prompts of a label set, tells the application through the bus, and
+//! can drop, blank or pixelate what matches before it reaches an encoder or a viewer.
+//!
+//! ```text
+//! gst-launch-1.0 -m filesrc location=in.mp4 ! decodebin ! videoconvert ! \
+//!     clipfilter model=/var/lib/clipfilter/models/clip-vit-base-patch32 \
+//!                prompts="a knife;a gun;people talking" threshold=0.6 ! fakesink
+//! ```
+//!
+//! # Behaviour
+//! - A `BaseTransform` working in place. It is passthrough unless a label's action is `blank` or
+//!   `pixelate` (then buffers are made writable); `drop` works in passthrough too.
+//! - Caps: `video/x-raw` in RGB, BGR, RGBA, BGRA, ARGB, ABGR, RGBx, BGRx, xRGB, xBGR, GRAY8,
+//!   I420, YV12, NV12 and NV21, any size and framerate, with strides. Caps may change
+//!   mid-stream (a new resolution is fine).
+//! - Sampling: a frame is sampled when its stream time is at least `interval` past the previous
+//!   sample (on a grid anchored at the first sample), so samples follow the media, not the wall
+//!   clock. Other frames cost a timestamp check. Only sampled frames are converted and resized,
+//!   straight from the mapped frame at the model's input size.
+//! - `mode=async` (default): sampled frames go to the engine's inference worker over a bounded
+//!   channel; when it is busy the newest frame replaces the waiting one (counted in `stats` as
+//!   `dropped`). The streaming thread never waits for inference; verdicts apply from the next
+//!   buffer after they arrive. `mode=sync`: each sampled buffer is held until its verdict (at
+//!   most `sync-timeout`, then the element posts an error), so a matching frame is never let
+//!   through.
+//! - Hysteresis: a label starts matching after `enter-samples` consecutive samples pass its
+//!   threshold and stops after `leave-samples` consecutive samples fail it.
+//! - Flushes discard verdicts still in flight and end open episodes; EOS waits (at most
+//!   `sync-timeout`) for verdicts in flight, then ends open episodes, so every `start` has an
+//!   `end`.
+//! - The labels file is watched (its folder, so that editors' atomic replacements are seen) and
+//!   reloaded while playing; labels keep their state across reloads when their name stays.
+//!
+//! # Label sets
+//! Either `labels` (a TOML file, see [`crate::labels`]) or `prompts`: labels separated by `;`
+//! (or new lines), each named after its prompt, e.g. `prompts="a knife;a gun;people talking"`.
+//! Labels without their own rules take `threshold`/`threshold-kind`, `action`, `enter-samples`
+//! and `leave-samples`.
+//!
+//! # Bus messages
+//! Element messages (`gst::MessageView::Element`) whose structure is one of:
+//!
+//! `clipfilter-match`: a label started or stopped matching.
+//! - `state` (string): `start` or `end`
+//! - `label` (string): the label's name
+//! - `score` (double): cosine similarity of the deciding sample with the label
+//! - `probability` (double): softmax probability of the label among the set
+//! - `pts`, `running-time`, `stream-time` (guint64 clock times, `GST_CLOCK_TIME_NONE` when
+//!   unknown): of the deciding sample; for ends forced by EOS, a flush, a reload or a stop, the
+//!   end of the last buffer seen
+//! - `frame` (guint64): 0-based number of the frame among those the element has seen since it
+//!   started
+//! - `reason` (string): `sample` (a verdict), `eos`, `flush`, `reload` (the label was removed),
+//!   `stop`
+//! - `snapshot` (GstSample, only on `start` when `snapshot=true`): the frame that started the
+//!   match, with its caps
+//!
+//! `clipfilter-scores` (one per sampled frame when `post-scores=true`):
+//! - `pts`, `running-time`, `stream-time`, `frame`: as above
+//! - `labels` (array of strings), `scores` (array of doubles, cosine), `probabilities` (array of
+//!   doubles), in label-set order
+//! - `latency` (guint64 nanoseconds): from submission to verdict
+//!
+//! `clipfilter-labels-reloaded`: a changed labels file is in use.
+//! - `path` (string), `labels` (array of strings: the new set's names)
+//!
+//! A labels file that fails to reload posts a GStreamer warning message (`GST_MESSAGE_WARNING`)
+//! naming the file, line and field; the previous set stays in use.
+
+mod actions;
+mod imp;
+mod messages;
+mod watch;
+
+use gst::glib;
+use gst::prelude::*;
+
+use crate::labels::Action;
+use crate::labels::Threshold;
+use crate::model::Variant;
+
+glib::wrapper! {
+    /// The `clipfilter` element.
+    pub struct ClipFilter(ObjectSubclass<imp::ClipFilter>)
+        @extends gst_base::BaseTransform, gst::Element, gst::Object;
+}
+
+/// What happens to frames while a label that asks for it matches.
+#[derive(Debug, Default, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstClipFilterAction")]
+pub enum ClipFilterAction {
+    /// Report only.
+    #[default]
+    #[enum_value(name = "None: report matches only", nick = "none")]
+    None = 0,
+    /// Drop the frames.
+    #[enum_value(name = "Drop: drop the frames", nick = "drop")]
+    Drop = 1,
+    /// Paint the frames black.
+    #[enum_value(name = "Blank: paint the frames black", nick = "blank")]
+    Blank = 2,
+    /// Replace the picture with coarse blocks.
+    #[enum_value(
+        name = "Pixelate: replace the picture with coarse blocks",
+        nick = "pixelate"
+    )]
+    Pixelate = 3,
+}
+
+impl From<ClipFilterAction> for Action {
+    fn from(a: ClipFilterAction) -> Action {
+        match a {
+            ClipFilterAction::None => Action::None,
+            ClipFilterAction::Drop => Action::Drop,
+            ClipFilterAction::Blank => Action::Blank,
+            ClipFilterAction::Pixelate => Action::Pixelate,
+        }
+    }
+}
+
+/// Whether the streaming thread waits for verdicts.
+#[derive(Debug, Default, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstClipFilterMode")]
+pub enum ClipFilterMode {
+    /// Never wait: verdicts apply from the next buffer after they arrive.
+    #[default]
+    #[enum_value(
+        name = "Async: never block the streaming thread; verdicts apply from the next buffer",
+        nick = "async"
+    )]
+    Async = 0,
+    /// Hold each sampled buffer until its verdict.
+    #[enum_value(
+        name = "Sync: hold each sampled buffer until its verdict (strict moderation)",
+        nick = "sync"
+    )]
+    Sync = 1,
+}
+
+/// What the `threshold` property is compared with.
+#[derive(Debug, Default, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstClipFilterThresholdKind")]
+pub enum ClipFilterThresholdKind {
+    /// Softmax probability of the label among the set.
+    #[default]
+    #[enum_value(
+        name = "Probability: softmax probability of the label among the set, in (0, 1]",
+        nick = "probability"
+    )]
+    Probability = 0,
+    /// Raw cosine similarity between the frame and the label.
+    #[enum_value(
+        name = "Cosine: cosine similarity between frame and label, in [-1, 1]",
+        nick = "cosine"
+    )]
+    Cosine = 1,
+}
+
+impl ClipFilterThresholdKind {
+    /// The library's threshold of this kind at `value`.
+    pub fn threshold(self, value: f64) -> Threshold {
+        match self {
+            ClipFilterThresholdKind::Probability => Threshold::Probability(value as f32),
+            ClipFilterThresholdKind::Cosine => Threshold::Cosine(value as f32),
+        }
+    }
+}
+
+/// Which weights of the model folder to load.
+#[derive(Debug, Default, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstClipFilterVariant")]
+pub enum ClipFilterVariant {
+    /// `*_model.onnx`: float32.
+    #[default]
+    #[enum_value(name = "fp32: onnx/*_model.onnx, float32 weights", nick = "fp32")]
+    Fp32 = 0,
+    /// `*_model_fp16.onnx`: half precision (GPUs).
+    #[enum_value(
+        name = "fp16: onnx/*_model_fp16.onnx, half precision (GPUs)",
+        nick = "fp16"
+    )]
+    Fp16 = 1,
+    /// `*_model_quantized.onnx`: int8 (fast on CPUs).
+    #[enum_value(
+        name = "quantized: onnx/*_model_quantized.onnx, int8 (fast on CPUs)",
+        nick = "quantized"
+    )]
+    Quantized = 2,
+}
+
+impl From<ClipFilterVariant> for Variant {
+    fn from(v: ClipFilterVariant) -> Variant {
+        match v {
+            ClipFilterVariant::Fp32 => Variant::Fp32,
+            ClipFilterVariant::Fp16 => Variant::Fp16,
+            ClipFilterVariant::Quantized => Variant::Quantized,
+        }
+    }
+}
+
+/// Registers `clipfilter` with `plugin`, or statically (for the process only) with `None`.
+/// Loads neither ONNX Runtime nor a model.
+pub fn register(plugin: Option<&gst::Plugin>) -> Result<(), glib::BoolError> {
+    ClipFilterAction::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
+    ClipFilterMode::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
+    ClipFilterThresholdKind::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
+    ClipFilterVariant::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
+    gst::Element::register(
+        plugin,
+        "clipfilter",
+        gst::Rank::NONE,
+        ClipFilter::static_type(),
+    )
+}

@@ -1,0 +1,745 @@
+//! The `clipfilter` element in real GStreamer pipelines, with the oracle model (frames' mean
+//! colour -> colour words) so that the right answers are known.
+
+use std::path::{Path, PathBuf};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use gst::prelude::*;
+
+use crate::util;
+
+fn init() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        gst::init().expect("GStreamer initialises");
+        clipfilter::element::register(None).expect("clipfilter registers");
+    });
+}
+
+const MS: u64 = 1_000_000;
+const RED: [u8; 3] = [255, 0, 0];
+const GREEN: [u8; 3] = [0, 255, 0];
+
+fn oracle() -> String {
+    util::model("oracle-clip").display().to_string()
+}
+
+/// A pipeline that is set to NULL when dropped (also when a test fails half-way).
+struct Pipe(gst::Pipeline);
+
+impl std::ops::Deref for Pipe {
+    type Target = gst::Pipeline;
+
+    fn deref(&self) -> &gst::Pipeline {
+        &self.0
+    }
+}
+
+impl Drop for Pipe {
+    fn drop(&mut self) {
+        let _ = self.0.set_state(gst::State::Null);
+    }
+}
+
+fn pipeline(desc: &str) -> Pipe {
+    init();
+    Pipe(
+        gst::parse::launch(desc)
+            .unwrap_or_else(|e| panic!("{desc}: {e}"))
+            .downcast::<gst::Pipeline>()
+            .expect("a pipeline"),
+    )
+}
+
+fn by_name<T: IsA<gst::Element>>(p: &gst::Pipeline, name: &str) -> T {
+    p.by_name(name)
+        .unwrap_or_else(|| panic!("no element {name}"))
+        .downcast::<T>()
+        .unwrap_or_else(|_| panic!("{name} has another type"))
+}
+
+/// A `clipfilter-match` message.
+#[derive(Debug, Clone)]
+struct Match {
+    start: bool,
+    label: String,
+    score: f64,
+    stream_time: Option<gst::ClockTime>,
+    reason: String,
+    snapshot: Option<gst::Sample>,
+}
+
+fn as_match(msg: &gst::Message) -> Option<Match> {
+    let gst::MessageView::Element(e) = msg.view() else {
+        return None;
+    };
+    let s = e.structure()?;
+    if s.name() != "clipfilter-match" {
+        return None;
+    }
+    Some(Match {
+        start: s.get::<&str>("state").expect("state") == "start",
+        label: s.get::<String>("label").expect("label"),
+        score: s.get::<f64>("score").expect("score"),
+        stream_time: s
+            .get::<Option<gst::ClockTime>>("stream-time")
+            .expect("stream-time"),
+        reason: s.get::<String>("reason").expect("reason"),
+        snapshot: s.get::<gst::Sample>("snapshot").ok(),
+    })
+}
+
+fn structure_name(msg: &gst::Message) -> Option<String> {
+    match msg.view() {
+        gst::MessageView::Element(e) => e.structure().map(|s| s.name().to_string()),
+        _ => None,
+    }
+}
+
+/// Plays `p` to EOS and returns every message on the way; panics on an error or after 60 s.
+/// The pipeline stays in PLAYING (appsinks keep their samples) until it is dropped.
+fn run_to_eos(p: &gst::Pipeline) -> Vec<gst::Message> {
+    let bus = p.bus().expect("bus");
+    p.set_state(gst::State::Playing).expect("pipeline plays");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut out = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let msg = bus
+            .timed_pop(gst::ClockTime::from_nseconds(left.as_nanos() as u64))
+            .expect("EOS within 60 s");
+        match msg.view() {
+            gst::MessageView::Eos(_) => break,
+            gst::MessageView::Error(e) => panic!("pipeline error: {} ({:?})", e.error(), e.debug()),
+            _ => out.push(msg),
+        }
+    }
+    out
+}
+
+fn matches(msgs: &[gst::Message]) -> Vec<Match> {
+    msgs.iter().filter_map(as_match).collect()
+}
+
+fn solid_rgb(w: usize, h: usize, rgb: [u8; 3]) -> Vec<u8> {
+    rgb.iter().copied().cycle().take(w * h * 3).collect()
+}
+
+/// `n` frames of 25 fps video, the first `switch` of colour `a`, then colour `b`.
+fn push_frames(src: &gst_app::AppSrc, n: u64, switch: u64, pixels: impl Fn(bool) -> Vec<u8>) {
+    for i in 0..n {
+        let mut buf = gst::Buffer::from_mut_slice(pixels(i < switch));
+        {
+            let b = buf.get_mut().expect("new buffer");
+            b.set_pts(gst::ClockTime::from_nseconds(i * 40 * MS));
+            b.set_duration(gst::ClockTime::from_nseconds(40 * MS));
+        }
+        src.push_buffer(buf).expect("appsrc takes the buffer");
+    }
+}
+
+fn pull_all(sink: &gst_app::AppSink) -> Vec<gst::Sample> {
+    std::iter::from_fn(|| sink.try_pull_sample(gst::ClockTime::ZERO)).collect()
+}
+
+fn pixels(sample: &gst::Sample) -> Vec<u8> {
+    let map = sample
+        .buffer()
+        .expect("buffer")
+        .map_readable()
+        .expect("readable");
+    map.as_slice().to_vec()
+}
+
+fn labels_file(dir: &Path, body: &str) -> PathBuf {
+    let path = dir.join("labels.toml");
+    replace_file(&path, body);
+    path
+}
+
+/// Writes a file the way editors do: a temporary file renamed over the old one.
+fn replace_file(path: &Path, body: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, body).expect("write");
+    std::fs::rename(&tmp, path).expect("rename");
+}
+
+fn close_to(t: Option<gst::ClockTime>, expected_ms: u64, tolerance_ms: u64) -> bool {
+    t.is_some_and(|t| t.mseconds().abs_diff(expected_ms) <= tolerance_ms)
+}
+
+#[test]
+fn red_then_green_file_gives_one_episode_each_at_the_right_stream_times() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("red-green.mp4");
+    // 2 s red then 2 s green, H.264 in MP4.
+    let enc = pipeline(&format!(
+        "appsrc name=src format=time caps=video/x-raw,format=RGB,width=64,height=48,framerate=25/1 \
+         ! videoconvert ! video/x-raw,format=I420 ! x264enc speed-preset=ultrafast tune=zerolatency key-int-max=25 \
+         ! mp4mux ! filesink location={}",
+        file.display()
+    ));
+    let src: gst_app::AppSrc = by_name(&enc, "src");
+    push_frames(&src, 100, 50, |red| {
+        solid_rgb(64, 48, if red { RED } else { GREEN })
+    });
+    src.end_of_stream().unwrap();
+    run_to_eos(&enc);
+
+    // Decoded (I420) and watched in sync mode: every sample gets its verdict.
+    let p = pipeline(&format!(
+        "filesrc location={} ! decodebin ! clipfilter name=cf model={} prompts=\"red;green;blue\" \
+         mode=sync interval={} ! fakesink",
+        file.display(),
+        oracle(),
+        500 * MS
+    ));
+    let m = matches(&run_to_eos(&p));
+    let summary: Vec<(bool, &str, Option<u64>, &str)> = m
+        .iter()
+        .map(|m| {
+            (
+                m.start,
+                m.label.as_str(),
+                m.stream_time.map(|t| t.mseconds()),
+                m.reason.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(m.len(), 4, "{summary:?}");
+    let interval = 500;
+    assert!(m[0].start && m[0].label == "red" && close_to(m[0].stream_time, 0, interval));
+    assert!(m[0].score > 0.9, "{summary:?}");
+    // The red end and the green start come from the same sample, near 2 s.
+    let end_red = m.iter().position(|m| !m.start && m.label == "red").unwrap();
+    let start_green = m
+        .iter()
+        .position(|m| m.start && m.label == "green")
+        .unwrap();
+    assert!(
+        close_to(m[end_red].stream_time, 2000, interval),
+        "{summary:?}"
+    );
+    assert!(
+        close_to(m[start_green].stream_time, 2000, interval),
+        "{summary:?}"
+    );
+    assert_eq!(m[end_red].reason, "sample");
+    // EOS ends the green episode at the end of the stream.
+    let last = &m[3];
+    assert!(
+        !last.start && last.label == "green" && last.reason == "eos",
+        "{summary:?}"
+    );
+    assert!(close_to(last.stream_time, 4000, interval), "{summary:?}");
+}
+
+const RED_BLANKS: &str = r#"
+[defaults]
+min_cosine = 0.9
+
+[[label]]
+name = "red"
+action = "blank"
+
+[[label]]
+name = "green"
+"#;
+
+fn blank_pipeline(labels: &Path, mode: &str, interval_ms: u64, sync: bool) -> Pipe {
+    pipeline(&format!(
+        "appsrc name=src format=time caps=video/x-raw,format=RGBA,width=32,height=24,framerate=25/1 \
+         ! clipfilter name=cf model={} labels={} mode={mode} interval={} snapshot=true \
+         ! appsink name=sink sync={sync} wait-on-eos=false",
+        oracle(),
+        labels.display(),
+        interval_ms * MS
+    ))
+}
+
+fn rgba(rgb: [u8; 3]) -> Vec<u8> {
+    [rgb[0], rgb[1], rgb[2], 255]
+        .into_iter()
+        .cycle()
+        .take(32 * 24 * 4)
+        .collect()
+}
+
+fn is_blank(px: &[u8]) -> bool {
+    px.chunks_exact(4).all(|p| p == [0, 0, 0, 255])
+}
+
+#[test]
+fn sync_blank_blanks_exactly_the_matched_frames_and_snapshots_the_original() {
+    let dir = tempfile::tempdir().unwrap();
+    let labels = labels_file(dir.path(), RED_BLANKS);
+    let p = blank_pipeline(&labels, "sync", 400, false);
+    let src: gst_app::AppSrc = by_name(&p, "src");
+    let sink: gst_app::AppSink = by_name(&p, "sink");
+    // Green, red from 1 s to 3 s (frames 25..75), green again.
+    for i in 0..100u64 {
+        let red = (25..75).contains(&i);
+        let mut buf = gst::Buffer::from_mut_slice(rgba(if red { RED } else { GREEN }));
+        let b = buf.get_mut().unwrap();
+        b.set_pts(gst::ClockTime::from_nseconds(i * 40 * MS));
+        b.set_duration(gst::ClockTime::from_nseconds(40 * MS));
+        src.push_buffer(buf).unwrap();
+    }
+    src.end_of_stream().unwrap();
+    let msgs = run_to_eos(&p);
+    let frames = pull_all(&sink);
+    assert_eq!(frames.len(), 100);
+    // Samples at 0, 0.4 s ... 1.2 s is the first red sample: red matches from frame 30 (1.2 s)
+    // to frame 75 (3.0 s, the first green sample after it, 3.2 s -> frame 80).
+    let blanked: Vec<usize> = frames
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| is_blank(&pixels(s)))
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(blanked, (30..80).collect::<Vec<_>>());
+    for (i, s) in frames.iter().enumerate() {
+        if !blanked.contains(&i) {
+            let want = if (25..75).contains(&i) { RED } else { GREEN };
+            assert_eq!(pixels(s), rgba(want), "frame {i} is changed");
+        }
+    }
+    let m = matches(&msgs);
+    let start = m.iter().find(|m| m.start && m.label == "red").unwrap();
+    assert!(close_to(start.stream_time, 1200, 0));
+    // The snapshot holds the frame as it came in, not the blanked copy sent downstream.
+    let snap = start.snapshot.as_ref().expect("snapshot on start");
+    assert_eq!(pixels(snap), rgba(RED));
+    let caps = snap.caps().unwrap().structure(0).unwrap().to_owned();
+    assert_eq!(caps.get::<i32>("width").unwrap(), 32);
+}
+
+#[test]
+fn async_blank_applies_from_the_first_verdict_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let labels = labels_file(dir.path(), RED_BLANKS);
+    // Paced at real time by the sink so that verdicts arrive while frames flow.
+    let p = blank_pipeline(&labels, "async", 200, true);
+    let src: gst_app::AppSrc = by_name(&p, "src");
+    let sink: gst_app::AppSink = by_name(&p, "sink");
+    push_frames(&src, 50, 25, |red| rgba(if red { RED } else { GREEN }));
+    src.end_of_stream().unwrap();
+    run_to_eos(&p);
+    let blank: Vec<bool> = pull_all(&sink)
+        .iter()
+        .map(|s| is_blank(&pixels(s)))
+        .collect();
+    assert_eq!(blank.len(), 50);
+    // Blanking starts with some red frame (the one after the first verdict) and covers every
+    // red frame from there; it stops within the green stretch and never comes back.
+    let first = blank
+        .iter()
+        .position(|b| *b)
+        .expect("red frames get blanked");
+    assert!(first < 25, "first blanked frame {first} is not red");
+    assert!(blank[first..25].iter().all(|b| *b), "{blank:?}");
+    let stop = first
+        + blank[first..]
+            .iter()
+            .position(|b| !*b)
+            .expect("green frames pass");
+    assert!(stop >= 25 && blank[stop..].iter().all(|b| !*b), "{blank:?}");
+}
+
+#[test]
+fn sync_drop_drops_the_matched_frames() {
+    let dir = tempfile::tempdir().unwrap();
+    let labels = labels_file(dir.path(), &RED_BLANKS.replace("blank", "drop"));
+    let p = blank_pipeline(&labels, "sync", 0, false);
+    let src: gst_app::AppSrc = by_name(&p, "src");
+    let sink: gst_app::AppSink = by_name(&p, "sink");
+    push_frames(&src, 40, 15, |red| rgba(if red { RED } else { GREEN }));
+    src.end_of_stream().unwrap();
+    run_to_eos(&p);
+    let out = pull_all(&sink);
+    assert_eq!(out.len(), 25, "the 15 red frames are dropped");
+    assert!(out.iter().all(|s| pixels(s) == rgba(GREEN)));
+    assert_eq!(
+        out[0].buffer().unwrap().pts(),
+        Some(gst::ClockTime::from_mseconds(600))
+    );
+}
+
+fn scores_labels(msg: &gst::Message) -> Option<Vec<String>> {
+    let gst::MessageView::Element(e) = msg.view() else {
+        return None;
+    };
+    let s = e.structure().filter(|s| s.name() == "clipfilter-scores")?;
+    let labels = s.get::<gst::Array>("labels").ok()?;
+    Some(
+        labels
+            .iter()
+            .filter_map(|v| v.get::<String>().ok())
+            .collect(),
+    )
+}
+
+#[test]
+fn labels_file_edits_apply_while_playing_and_broken_edits_keep_the_old_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let v1 = "[defaults]\nmin_cosine = 0.9\n\n[[label]]\nname = \"green\"\n\n[[label]]\nname = \"blue\"\n";
+    let v2 = format!("{v1}\n[[label]]\nname = \"red\"\n");
+    let labels = labels_file(dir.path(), v1);
+    let p = pipeline(&format!(
+        "videotestsrc is-live=true pattern=red ! video/x-raw,width=32,height=24,framerate=30/1 \
+         ! clipfilter name=cf model={} labels={} interval={} post-scores=true ! fakesink",
+        oracle(),
+        labels.display(),
+        100 * MS
+    ));
+    let bus = p.bus().unwrap();
+    p.set_state(gst::State::Playing).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let next = || {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let msg = bus
+            .timed_pop(gst::ClockTime::from_nseconds(left.as_nanos() as u64))
+            .expect("the expected messages within 60 s");
+        if let gst::MessageView::Error(e) = msg.view() {
+            panic!("pipeline error: {}", e.error());
+        }
+        msg
+    };
+
+    // Running with green and blue: a red stream matches nothing.
+    loop {
+        let msg = next();
+        assert!(as_match(&msg).is_none(), "{msg:?}");
+        if scores_labels(&msg).is_some() {
+            break;
+        }
+    }
+    replace_file(&labels, &v2);
+    let mut reloaded = false;
+    loop {
+        let msg = next();
+        if structure_name(&msg).as_deref() == Some("clipfilter-labels-reloaded") {
+            reloaded = true;
+        }
+        if let Some(m) = as_match(&msg) {
+            assert!(reloaded && m.start && m.label == "red", "{m:?}");
+            break;
+        }
+    }
+    // A broken edit: a warning naming the file, and the set with red stays.
+    replace_file(&labels, "[[label]\nname = \"red\"\n");
+    loop {
+        let msg = next();
+        assert!(as_match(&msg).is_none(), "{msg:?}");
+        if let gst::MessageView::Warning(w) = msg.view() {
+            let text = w.error().to_string();
+            assert!(
+                text.contains("labels.toml") && text.contains("line 1"),
+                "{text}"
+            );
+            break;
+        }
+    }
+    let mut scored = 0;
+    while scored < 3 {
+        let msg = next();
+        assert!(as_match(&msg).is_none(), "{msg:?}");
+        if let Some(l) = scores_labels(&msg) {
+            assert_eq!(l, ["green", "blue", "red"]);
+            scored += 1;
+        }
+    }
+    p.send_event(gst::event::Eos::new());
+    let mut end = None;
+    loop {
+        let msg = next();
+        if let Some(m) = as_match(&msg) {
+            end = Some(m);
+        }
+        if let gst::MessageView::Eos(_) = msg.view() {
+            break;
+        }
+    }
+    p.set_state(gst::State::Null).unwrap();
+    let end = end.expect("the red episode ends");
+    assert!(
+        !end.start && end.label == "red" && end.reason == "eos",
+        "{end:?}"
+    );
+}
+
+#[test]
+fn a_slow_model_never_stalls_the_stream_in_async_mode() {
+    let p = pipeline(&format!(
+        "videotestsrc num-buffers=60 pattern=red ! video/x-raw,width=32,height=24,framerate=30/1 \
+         ! clipfilter name=cf model={} prompts=\"red;green\" interval=0 threads=1 \
+         ! appsink name=sink sync=false wait-on-eos=false",
+        util::model("oracle-slow").display()
+    ));
+    let sink: gst_app::AppSink = by_name(&p, "sink");
+    let cf: gst::Element = by_name(&p, "cf");
+    let msgs = run_to_eos(&p);
+    assert_eq!(pull_all(&sink).len(), 60, "every buffer comes out");
+    let stats = cf.property::<gst::Structure>("stats");
+    let get = |f: &str| stats.get::<u64>(f).unwrap();
+    // Every frame was sampled; inference (>= 150 ms per image) could not keep up, and the
+    // streaming thread did not wait for it: newer frames replaced waiting ones.
+    assert_eq!(get("frames"), 60);
+    assert_eq!(get("sampled"), 60);
+    assert!(get("dropped") > 0, "{stats}");
+    assert!(get("inferred") < 60, "{stats}");
+    assert_eq!(get("inferred") + get("dropped"), 60, "{stats}");
+    assert_eq!(stats.get::<&str>("execution-provider").unwrap(), "cpu");
+    // Verdicts still arrived, with a start and an end.
+    let m = matches(&msgs);
+    assert!(
+        m.first().is_some_and(|m| m.start && m.label == "red"),
+        "{m:?}"
+    );
+    assert!(
+        m.last().is_some_and(|m| !m.start && m.reason == "eos"),
+        "{m:?}"
+    );
+}
+
+#[test]
+fn caps_change_mid_stream() {
+    let p = pipeline(&format!(
+        "appsrc name=src format=time caps=video/x-raw,format=RGB,width=64,height=48,framerate=25/1 \
+         ! clipfilter model={} prompts=\"red;green\" mode=sync interval={} ! appsink name=sink sync=false wait-on-eos=false",
+        oracle(),
+        200 * MS
+    ));
+    let src: gst_app::AppSrc = by_name(&p, "src");
+    let sink: gst_app::AppSink = by_name(&p, "sink");
+    push_frames(&src, 25, 25, |_| solid_rgb(64, 48, RED));
+    // Second half: another size and format (BGRx, green).
+    src.set_caps(Some(
+        &gst::Caps::builder("video/x-raw")
+            .field("format", "BGRx")
+            .field("width", 80)
+            .field("height", 60)
+            .field("framerate", gst::Fraction::new(25, 1))
+            .build(),
+    ));
+    for i in 25..50u64 {
+        let data: Vec<u8> = [0u8, 255, 0, 0]
+            .into_iter()
+            .cycle()
+            .take(80 * 60 * 4)
+            .collect();
+        let mut buf = gst::Buffer::from_mut_slice(data);
+        let b = buf.get_mut().unwrap();
+        b.set_pts(gst::ClockTime::from_nseconds(i * 40 * MS));
+        b.set_duration(gst::ClockTime::from_nseconds(40 * MS));
+        src.push_buffer(buf).unwrap();
+    }
+    src.end_of_stream().unwrap();
+    let m = matches(&run_to_eos(&p));
+    let got: Vec<(bool, String, u64)> = m
+        .iter()
+        .map(|m| (m.start, m.label.clone(), m.stream_time.unwrap().mseconds()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (true, "red".to_string(), 0),
+            (false, "red".to_string(), 1000),
+            (true, "green".to_string(), 1000),
+            (false, "green".to_string(), 2000),
+        ]
+    );
+    let out = pull_all(&sink);
+    assert_eq!(out.len(), 50);
+    let last_caps = out[49].caps().unwrap().structure(0).unwrap().to_owned();
+    assert_eq!(last_caps.get::<i32>("width").unwrap(), 80);
+}
+
+#[test]
+fn seek_ends_open_episodes_and_restarts_sampling_at_the_new_position() {
+    let p = pipeline(&format!(
+        "videotestsrc pattern=red ! video/x-raw,width=32,height=24,framerate=30/1 \
+         ! clipfilter model={} prompts=\"red;green\" interval={} ! fakesink sync=true",
+        oracle(),
+        100 * MS
+    ));
+    let bus = p.bus().unwrap();
+    p.set_state(gst::State::Playing).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let next_match = || loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let msg = bus
+            .timed_pop(gst::ClockTime::from_nseconds(left.as_nanos() as u64))
+            .expect("messages within 60 s");
+        if let gst::MessageView::Error(e) = msg.view() {
+            panic!("pipeline error: {}", e.error());
+        }
+        if let Some(m) = as_match(&msg) {
+            return m;
+        }
+    };
+    let first = next_match();
+    assert!(first.start && first.label == "red" && close_to(first.stream_time, 0, 100));
+    p.seek_simple(
+        gst::SeekFlags::FLUSH | gst::SeekFlags::ACCURATE,
+        gst::ClockTime::from_seconds(10),
+    )
+    .expect("seek");
+    let end = next_match();
+    assert!(
+        !end.start && end.label == "red" && end.reason == "flush",
+        "{end:?}"
+    );
+    let again = next_match();
+    assert!(again.start && again.label == "red", "{again:?}");
+    assert!(close_to(again.stream_time, 10_000, 100), "{again:?}");
+    p.set_state(gst::State::Null).unwrap();
+}
+
+fn threads_of_this_process() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("Threads: in /proc/self/status")
+}
+
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS: in /proc/self/status")
+}
+
+const CHILD: &str = "CLIPFILTER_ELEMENT_TEST_CHILD";
+
+/// Runs this test alone in a child process (thread counts must not see other tests' threads).
+fn in_own_process(test: &str) -> bool {
+    if std::env::var_os(CHILD).is_some() {
+        return true;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD, "1")
+        .output()
+        .expect("the test binary runs");
+    let (stdout, stderr) = util::text(&out);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "{test} in its own process failed:\n{stdout}\n{stderr}"
+    );
+    false
+}
+
+#[test]
+fn fifty_null_playing_cycles_leave_no_threads_behind() {
+    if !in_own_process("element::fifty_null_playing_cycles_leave_no_threads_behind") {
+        return;
+    }
+    let p = pipeline(&format!(
+        "videotestsrc pattern=red ! video/x-raw,width=32,height=24,framerate=30/1 \
+         ! clipfilter name=cf model={} prompts=\"red;green\" interval=0 post-scores=true \
+         ! fakesink sync=false",
+        oracle()
+    ));
+    let bus = p.bus().unwrap();
+    let cycle = |i: usize| {
+        p.set_state(gst::State::Playing).unwrap();
+        // Wait for a verdict, so that every cycle really runs the model.
+        let msg = bus
+            .timed_pop_filtered(
+                gst::ClockTime::from_seconds(30),
+                &[gst::MessageType::Element, gst::MessageType::Error],
+            )
+            .unwrap_or_else(|| panic!("cycle {i}: no verdict"));
+        assert!(
+            structure_name(&msg).is_some_and(|n| n.starts_with("clipfilter-")),
+            "cycle {i}: {msg:?}"
+        );
+        p.set_state(gst::State::Null).unwrap();
+        while bus.pop().is_some() {}
+    };
+    // Warm-up: the first cycles fill allocator pools and GStreamer's thread pool.
+    for i in 0..10 {
+        cycle(i);
+    }
+    let (threads, rss) = (threads_of_this_process(), rss_kib());
+    for i in 10..60 {
+        cycle(i);
+    }
+    // Threads end asynchronously (notify's, GStreamer's pool): give them a moment.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while threads_of_this_process() > threads && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        threads_of_this_process() <= threads,
+        "threads: {threads} after 10 cycles, {} after 60",
+        threads_of_this_process()
+    );
+    let grown = rss_kib().saturating_sub(rss);
+    println!("RSS grew by {grown} KiB over 50 cycles");
+    assert!(grown < 8 * 1024, "RSS grew by {grown} KiB over 50 cycles");
+}
+
+fn start_error(desc: &str) -> String {
+    let p = pipeline(desc);
+    let bus = p.bus().unwrap();
+    assert!(
+        p.set_state(gst::State::Playing).is_err(),
+        "{desc} must fail to start"
+    );
+    let msg = bus
+        .timed_pop_filtered(gst::ClockTime::from_seconds(30), &[gst::MessageType::Error])
+        .expect("an error message");
+    p.set_state(gst::State::Null).unwrap();
+    match msg.view() {
+        gst::MessageView::Error(e) => e.error().to_string(),
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn bad_input_fails_the_start_with_a_message_naming_the_problem() {
+    let src = "videotestsrc num-buffers=1 ! video/x-raw,width=32,height=24";
+    let e = start_error(&format!(
+        "{src} ! clipfilter model=/nonexistent/clip prompts=\"red;green\" ! fakesink"
+    ));
+    assert!(e.contains("/nonexistent/clip"), "{e}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let broken = labels_file(
+        dir.path(),
+        "[[label]]\nname = \"red\"\nmin_cosine = 0.9\naction = \"explode\"\n",
+    );
+    let e = start_error(&format!(
+        "{src} ! clipfilter model={} labels={} ! fakesink",
+        oracle(),
+        broken.display()
+    ));
+    assert!(
+        e.contains("labels.toml") && e.contains("line 4") && e.contains("explode"),
+        "{e}"
+    );
+
+    let e = start_error(&format!(
+        "{src} ! clipfilter model={} prompts=\"red;green\" templates=imagenet81 ! fakesink",
+        oracle()
+    ));
+    assert!(e.contains("imagenet81"), "{e}");
+
+    let e = start_error(&format!(
+        "{src} ! clipfilter prompts=\"red;green\" ! fakesink"
+    ));
+    assert!(e.contains("model"), "{e}");
+
+    let e = start_error(&format!(
+        "{src} ! clipfilter model={} prompts=red ! fakesink",
+        oracle()
+    ));
+    assert!(e.contains("probability"), "{e}");
+}
