@@ -70,11 +70,12 @@ impl Location {
 #[non_exhaustive]
 pub enum Error {
     /// Reading or writing a file failed.
-    #[error("{}: {source}", path.display())]
+    /// (The cause is part of the message, not a separate `source`, so that `{:#}` does not
+    /// print it twice.)
+    #[error("{}: {cause}", path.display())]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 
     /// A configuration or label file is invalid.
@@ -98,12 +99,8 @@ pub enum Error {
     RuntimeLibrary { message: String },
 
     /// ONNX Runtime failed while creating a session or running a model.
-    #[error("{context}: {source}")]
-    Onnx {
-        context: String,
-        #[source]
-        source: ort::Error,
-    },
+    #[error("{context}: {cause}")]
+    Onnx { context: String, cause: ort::Error },
 
     /// An execution provider that was required is not available.
     #[error("execution provider {provider}: {message}")]
@@ -126,11 +123,10 @@ pub enum Error {
     Worker { message: String },
 
     /// The event outbox database could not be opened, read or written.
-    #[error("event outbox {}: {source}", path.display())]
+    #[error("event outbox {}: {cause}", path.display())]
     Outbox {
         path: PathBuf,
-        #[source]
-        source: rusqlite::Error,
+        cause: rusqlite::Error,
     },
 
     /// A server socket (metrics and health HTTP) could not be bound.
@@ -143,7 +139,7 @@ impl Error {
     pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.as_ref().to_path_buf(),
-            source,
+            cause: source,
         }
     }
 
@@ -176,7 +172,7 @@ impl Error {
     pub fn onnx(context: impl Into<String>, source: ort::Error) -> Self {
         Error::Onnx {
             context: context.into(),
-            source,
+            cause: source,
         }
     }
 
@@ -189,8 +185,8 @@ impl Error {
             | Error::Model { .. }
             | Error::Image { .. }
             | Error::Tokenizer { .. } => true,
-            Error::Io { source, .. } => matches!(
-                source.kind(),
+            Error::Io { cause, .. } => matches!(
+                cause.kind(),
                 std::io::ErrorKind::NotFound
                     | std::io::ErrorKind::PermissionDenied
                     | std::io::ErrorKind::InvalidData

@@ -86,7 +86,7 @@ APT_PACKAGES=(
     libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev libgstreamer-plugins-bad1.0-dev
     libgstrtspserver-1.0-dev gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
     gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav mosquitto opencv-doc
-    pkg-config unzip python3-venv ca-certificates
+    pkg-config unzip python3-venv ca-certificates systemd
 )
 if [[ $DO_APT -eq 0 ]]; then
     info "skipped (--no-apt)"

@@ -103,7 +103,7 @@ impl Outbox {
         let path = state_dir.join(FILE_NAME);
         let db = |source| Error::Outbox {
             path: path.clone(),
-            source,
+            cause: source,
         };
         let conn = Connection::open(&path).map_err(db)?;
         // Waiting briefly covers a previous owner that is still closing; longer means that
@@ -202,7 +202,7 @@ impl Outbox {
         } = &mut *guard;
         let db = |source| Error::Outbox {
             path: self.path.clone(),
-            source,
+            cause: source,
         };
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -268,7 +268,7 @@ impl Outbox {
         let guard = self.lock();
         let db = |source| Error::Outbox {
             path: self.path.clone(),
-            source,
+            cause: source,
         };
         let mut stmt = guard
             .conn
@@ -306,7 +306,7 @@ impl Outbox {
         let State { conn, counts, .. } = &mut *guard;
         let db = |source| Error::Outbox {
             path: self.path.clone(),
-            source,
+            cause: source,
         };
         // A deletion need not be fsynced: if it is lost (power cut, not a process kill: the WAL
         // is in the page cache), the event is delivered again, which at-least-once allows. The
@@ -366,7 +366,7 @@ impl Outbox {
             .map(Option::flatten)
             .map_err(|source| Error::Outbox {
                 path: self.path.clone(),
-                source,
+                cause: source,
             })
     }
 

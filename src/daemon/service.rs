@@ -286,6 +286,10 @@ pub fn run(path: &Path) -> Result<()> {
 fn register_model_metrics(metrics: &Metrics, model: &ElementModel, engine: &Arc<Engine>) {
     let label = model_label(model);
     metrics.set_execution_provider(&label, engine.providers().0.name());
+    let model_metrics = metrics.model(&label);
+    engine
+        .stats()
+        .on_batch(move |took, n| model_metrics.observe_batch(took, n));
     let stats = engine.stats().clone();
     metrics.set_queue_depth_source(&label, move || {
         stats.queue_depth.load(std::sync::atomic::Ordering::Relaxed) as i64

@@ -1,12 +1,12 @@
-//! Counters of the inference worker, readable from any thread (metrics, health, bench).
+//! Counters of the inference worker, readable from any thread (metrics, health, bench), and
+//! callbacks for per-batch figures (the daemon's latency and batch-size histograms).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets, linear_buckets};
+use std::sync::Mutex;
 
 /// What the worker has done. Histograms are `prometheus-client` types, shareable with a registry.
-#[derive(Debug)]
 pub struct WorkerStats {
     started: Instant,
     /// Milliseconds since `started` of the worker's last sign of life.
@@ -20,10 +20,21 @@ pub struct WorkerStats {
     pub queue_depth: AtomicU64,
     /// Total time spent in the model, in microseconds.
     pub busy_us: AtomicU64,
-    /// Seconds per batch in the model.
-    pub latency: Histogram,
-    /// Images per batch.
-    pub batch_size: Histogram,
+    /// Called after every batch with its time in the model and its size (metrics).
+    observers: Mutex<Vec<BatchObserver>>,
+}
+
+/// A callback told about every batch: its time in the model and its size.
+pub type BatchObserver = Box<dyn Fn(Duration, usize) + Send + Sync>;
+
+impl std::fmt::Debug for WorkerStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerStats")
+            .field("images", &self.images)
+            .field("batches", &self.batches)
+            .field("dropped", &self.dropped)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for WorkerStats {
@@ -43,8 +54,7 @@ impl WorkerStats {
             errors: AtomicU64::new(0),
             queue_depth: AtomicU64::new(0),
             busy_us: AtomicU64::new(0),
-            latency: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
-            batch_size: Histogram::new(linear_buckets(1.0, 1.0, 32)),
+            observers: Mutex::new(Vec::new()),
         }
     }
 
@@ -58,9 +68,23 @@ impl WorkerStats {
         self.batches.fetch_add(1, Ordering::Relaxed);
         self.busy_us
             .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
-        self.latency.observe(took.as_secs_f64());
-        self.batch_size.observe(n as f64);
+        for observe in self
+            .observers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            observe(took, n);
+        }
         self.beat();
+    }
+
+    /// Calls `observe` after every batch from now on.
+    pub fn on_batch(&self, observe: impl Fn(Duration, usize) + Send + Sync + 'static) {
+        self.observers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Box::new(observe));
     }
 
     /// Time since the worker last showed it is alive (it beats at least every 500 ms when
