@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use clipfilter::cli::{Cli, Command, LogFormat, Outcome};
+use clipfilter::cli::{BenchCommand, Cli, Command, LogFormat, Outcome};
 use tracing_subscriber::EnvFilter;
 
 fn init_logging(cli: &Cli) {
@@ -23,6 +23,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
     match cli.command {
         Command::Classify(args) => clipfilter::cli::classify::run(args),
         Command::Check(args) => clipfilter::cli::check::run(args),
+        Command::Bench(BenchCommand::Element(args)) => clipfilter::cli::bench_element::run(args),
     }
 }
 

@@ -1,5 +1,6 @@
 //! The `clipfilterd` command line: the daemon and one-off tools on the same engine.
 
+pub mod bench_element;
 pub mod check;
 pub mod classify;
 
@@ -42,6 +43,17 @@ pub enum Command {
     Classify(classify::ClassifyArgs),
     /// Validate label-set and daemon config files.
     Check(check::CheckArgs),
+    /// Measure what clipfilter costs.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+/// `clipfilterd bench ...`
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Per-frame cost of the clipfilter element (unsampled and sampled frames) against
+    /// identity, and pipeline throughput with and without it.
+    Element(bench_element::BenchElementArgs),
 }
 
 /// Model and inference options shared by the commands that load a model.
