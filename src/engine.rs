@@ -95,12 +95,41 @@ impl Engine {
             )
         })?;
         let mut image = ImageEncoder::load(&model.vision_onnx, size, &config.session)?;
-        let mut text = TextEncoder::load(&model, &config.session)?;
+        // The text tower runs once per label change, with prompts of every length: on TensorRT
+        // each new shape would build an engine, so it runs on the next provider in the list.
+        let mut text_session = config.session.clone();
+        text_session.providers.retain(|p| *p != Provider::TensorRt);
+        if text_session.providers.is_empty() {
+            text_session.providers.push(Provider::Cpu);
+        }
+        if text_session.require_provider
+            && config.session.providers.first() == Some(&Provider::TensorRt)
+        {
+            text_session.require_provider = false;
+        }
+        let mut text = TextEncoder::load(&model, &text_session)?;
 
         // One image and one text through the towers: catches towers that don't belong together
-        // before any frame arrives, and warms the providers up.
+        // before any frame arrives, and warms the providers up. On a GPU the largest batch runs
+        // too, so that TensorRT builds (or loads from its cache) an engine whose shape profile
+        // covers every batch size the worker will use.
         let mut out = Vec::new();
         image.encode(&vec![0.0; image.image_len()], 1, &mut out)?;
+        let max_batch = config.batch.max_batch.max(1);
+        if image.provider() != Provider::Cpu && max_batch > 1 {
+            let started = std::time::Instant::now();
+            let mut big = Vec::new();
+            image.encode(
+                &vec![0.0; max_batch * image.image_len()],
+                max_batch,
+                &mut big,
+            )?;
+            tracing::info!(
+                batch = max_batch,
+                seconds = started.elapsed().as_secs_f32(),
+                "warmed up the largest batch"
+            );
+        }
         let text_dim = text.embed(&["a photo"])?.first().map_or(0, Vec::len);
         if out.len() != text_dim {
             return Err(Error::model(

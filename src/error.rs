@@ -124,6 +124,18 @@ pub enum Error {
     /// The inference worker stopped or refused the work.
     #[error("inference worker: {message}")]
     Worker { message: String },
+
+    /// The event outbox database could not be opened, read or written.
+    #[error("event outbox {}: {source}", path.display())]
+    Outbox {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+
+    /// A server socket (metrics and health HTTP) could not be bound.
+    #[error("cannot listen on {addr}: {message}")]
+    Bind { addr: String, message: String },
 }
 
 impl Error {
@@ -189,7 +201,9 @@ impl Error {
             | Error::Onnx { .. }
             | Error::Provider { .. }
             | Error::Download { .. }
-            | Error::Worker { .. } => false,
+            | Error::Worker { .. }
+            | Error::Outbox { .. } => false,
+            Error::Bind { .. } => true,
         }
     }
 }

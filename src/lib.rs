@@ -3,10 +3,12 @@
 //! See `ARCHITECTURE.md` for the map of modules.
 
 pub mod cli;
+pub mod daemon;
 pub mod element;
 pub mod encoder;
 pub mod engine;
 pub mod error;
+pub mod gate;
 pub mod labels;
 pub mod matcher;
 pub mod model;

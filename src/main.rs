@@ -3,11 +3,18 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use clipfilter::cli::{BenchCommand, Cli, Command, LogFormat, Outcome};
+use clipfilter::cli::{Cli, Command, LogFormat, ModelCommand, Outcome};
 use tracing_subscriber::EnvFilter;
 
 fn init_logging(cli: &Cli) {
-    let filter = EnvFilter::try_new(&cli.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+    // ort's own info lines (library version notes, device discovery) are noise for users.
+    let directives = if cli.log_level.contains('=') {
+        cli.log_level.clone()
+    } else {
+        format!("{},ort=warn", cli.log_level)
+    };
+    let filter =
+        EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new("info,ort=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -23,7 +30,13 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
     match cli.command {
         Command::Classify(args) => clipfilter::cli::classify::run(args),
         Command::Check(args) => clipfilter::cli::check::run(args),
-        Command::Bench(BenchCommand::Element(args)) => clipfilter::cli::bench_element::run(args),
+        Command::Run(args) => clipfilter::cli::run::run(args),
+        Command::Bench(args) => clipfilter::cli::bench::run(args),
+        Command::BenchElement(args) => clipfilter::cli::bench_element::run(args),
+        Command::Model(ModelCommand::Fetch(args)) => {
+            clipfilter::cli::model_fetch::run(args).map(|()| Outcome::Ok)
+        }
+        Command::Model(ModelCommand::Prepare(args)) => clipfilter::cli::model_prepare::run(args),
     }
 }
 
@@ -33,6 +46,9 @@ fn exit_code(err: &anyhow::Error) -> u8 {
         cause
             .downcast_ref::<clipfilter::Error>()
             .is_some_and(clipfilter::Error::is_user_error)
+            || cause
+                .downcast_ref::<clipfilter::model::fetch::FetchError>()
+                .is_some_and(|e| e.is_user_error())
     });
     if user { 2 } else { 1 }
 }

@@ -84,11 +84,12 @@ fn load() -> std::result::Result<Loaded, String> {
         .with_name("clipfilter")
         .build()
         .map_err(|e| format!("creating the ONNX Runtime environment: {e}"))?;
-    let version = ort::info()
-        .split(',')
-        .find_map(|part| part.trim().strip_prefix("git-branch=rel-"))
-        .unwrap_or("unknown")
-        .to_string();
+    // The wheel's library is named libonnxruntime.so.<version> (the set-up links to it).
+    let version = std::fs::canonicalize(&path)
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .and_then(|n| n.strip_prefix("libonnxruntime.so.").map(str::to_string))
+        .unwrap_or_else(|| "unknown".to_string());
     tracing::info!(path = %path.display(), %version, "loaded ONNX Runtime");
     Ok(Loaded {
         environment,

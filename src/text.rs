@@ -4,9 +4,10 @@
 //! crate. Before it, the text is cleaned the way OpenAI's `SimpleTokenizer` does
 //! (`basic_clean` + `whitespace_clean`): HTML entities are unescaped twice and the text goes
 //! through the parts of `ftfy.fix_text` that change realistic prompts (curly quotes, full-width
-//! forms, Latin ligatures, line breaks and control characters, NFC). `tokenizer.json` alone,
-//! as transformers' fast tokenizer uses it, skips that cleaning; for ordinary prompts both agree.
-//! Mojibake repair (ftfy's `fix_encoding`) is not reproduced.
+//! forms, Latin ligatures, line breaks and control characters, C1 controls, NFC) and its
+//! commonest mojibake repair: UTF-8 that was decoded as Windows-1252 ("cafÃ©" -> "café").
+//! `tokenizer.json` alone, as transformers' fast tokenizer uses it, skips that cleaning; for
+//! ordinary prompts both agree.
 
 use std::path::{Path, PathBuf};
 
@@ -121,8 +122,9 @@ pub fn clean(text: &str) -> String {
         }
         s = next;
     }
+    let s = fix_mojibake(&s);
     let mut out = String::with_capacity(s.len());
-    for c in s.nfc() {
+    for c in s.nfc().map(fix_c1_control) {
         match c {
             // ftfy uncurl_quotes
             '\u{2018}' | '\u{2019}' | '\u{201A}' | '\u{201B}' => out.push('\''),
@@ -155,6 +157,71 @@ pub fn clean(text: &str) -> String {
     out.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// Windows-1252's characters for bytes 0x80..=0x9F (ftfy's "sloppy" variant keeps the five
+/// undefined ones as C1 controls).
+const CP1252_HIGH: [char; 32] = [
+    '€', '\u{81}', '‚', 'ƒ', '„', '…', '†', '‡', 'ˆ', '‰', 'Š', '‹', 'Œ', '\u{8D}', 'Ž', '\u{8F}',
+    '\u{90}', '‘', '’', '“', '”', '•', '–', '—', '˜', '™', 'š', '›', 'œ', '\u{9D}', 'ž', 'Ÿ',
+];
+
+/// The byte `c` came from if text was decoded as (sloppy) Windows-1252.
+fn cp1252_byte(c: char) -> Option<u8> {
+    match u32::from(c) {
+        0x00..=0x7F | 0xA0..=0xFF => Some(u32::from(c) as u8),
+        _ => CP1252_HIGH
+            .iter()
+            .position(|h| *h == c)
+            .map(|i| 0x80 + i as u8),
+    }
+}
+
+/// ftfy's fix_c1_controls: C1 control characters become their Windows-1252 meaning.
+fn fix_c1_control(c: char) -> char {
+    match u32::from(c) {
+        n @ 0x80..=0x9F => CP1252_HIGH[(n - 0x80) as usize],
+        _ => c,
+    }
+}
+
+/// Repairs UTF-8 that was decoded as Windows-1252: every run of characters that are single
+/// Windows-1252 bytes and together form a valid multi-byte UTF-8 character is replaced by it.
+fn fix_mojibake(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.is_ascii() {
+        return s.into();
+    }
+    let chars: Vec<char> = s.chars().collect();
+    let mut out = String::with_capacity(s.len());
+    let mut changed = false;
+    let mut i = 0;
+    while i < chars.len() {
+        let lead = cp1252_byte(chars[i]).filter(|b| (0xC2..=0xF4).contains(b));
+        let need = match lead {
+            Some(0xC2..=0xDF) => 1,
+            Some(0xE0..=0xEF) => 2,
+            Some(_) => 3,
+            None => 0,
+        };
+        if need > 0 && i + need < chars.len() {
+            let bytes: Option<Vec<u8>> = chars[i..=i + need]
+                .iter()
+                .map(|c| cp1252_byte(*c))
+                .collect();
+            if let Some(Ok(decoded)) = bytes
+                .filter(|b| b[1..].iter().all(|x| (0x80..=0xBF).contains(x)))
+                .map(String::from_utf8)
+            {
+                out.push_str(&decoded);
+                i += need + 1;
+                changed = true;
+                continue;
+            }
+        }
+        out.push(chars[i]);
+        i += 1;
+    }
+    if changed { out.into() } else { s.into() }
+}
+
 #[cfg(test)]
 mod tests {
     use super::clean;
@@ -167,6 +234,9 @@ mod tests {
         assert_eq!(clean("ＡＢＣ１２３，"), "ABC123,");
         assert_eq!(clean("ﬁsh"), "fish");
         assert_eq!(clean("e\u{301}"), "é");
+        assert_eq!(clean("cafÃ© crÃ¨me"), "café crème");
+        assert_eq!(clean("itâ€™s"), "it's");
+        assert_eq!(clean("Ã and Â alone"), "Ã and Â alone");
         assert_eq!(clean(""), "");
     }
 }

@@ -2,5 +2,11 @@
 
 mod util;
 
+mod daemon;
+mod daemon_http;
+mod delivery;
 mod element;
 mod engine;
+mod model_fetch;
+mod sd_notify;
+mod worker;

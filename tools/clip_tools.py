@@ -213,8 +213,9 @@ def save_tokenizer_files(fast, folder: Path):
 
 
 class Tokenizers:
-    """The three reference tokenizers: OpenAI's (open_clip SimpleTokenizer), transformers' slow
-    CLIPTokenizer (with ftfy) and the converted fast one whose tokenizer.json we ship."""
+    """The reference tokenizers: OpenAI's own (`clip.simple_tokenizer` from the openai-clip package,
+    the code CLIP was trained with), open_clip's port of it, transformers' slow CLIPTokenizer (with
+    ftfy) and the converted fast one whose tokenizer.json we ship."""
 
     def __init__(self, workdir: Path):
         import ftfy  # noqa: F401  (hf slow must run WITH ftfy)
@@ -232,6 +233,15 @@ class Tokenizers:
         # reload from the saved tokenizer.json: exactly what users and the Rust side get
         self.slow = slow
         self.fast = CLIPTokenizerFast.from_pretrained(str(fast_dir))
+        # Load clip/simple_tokenizer.py on its own: the package's __init__ imports pkg_resources.
+        import importlib.util
+        clip_dir = Path(importlib.util.find_spec("clip").submodule_search_locations[0])
+        spec = importlib.util.spec_from_file_location("openai_clip_simple_tokenizer", clip_dir / "simple_tokenizer.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        self.original = module.SimpleTokenizer()
+        if dict(self.original.encoder) != self.vocab:
+            raise RuntimeError("vocab.json differs from OpenAI's SimpleTokenizer vocabulary")
         self.openai = SimpleTokenizer()
         assert self.openai.sot_token_id == SOT and self.openai.eot_token_id == EOT
         # vocabulary identical to open_clip's (its special tokens are spelled <start_of_text>/<end_of_text>)
@@ -241,7 +251,15 @@ class Tokenizers:
         if oc != self.vocab:
             raise RuntimeError("vocab.json differs from open_clip's SimpleTokenizer vocabulary")
 
-    def ids_openai(self, text: str):
+    def ids_original(self, text: str):
+        """OpenAI's clip.tokenize(text, truncate=True): start, BPE, end; truncated keeping the end."""
+        ids = [SOT] + self.original.encode(text) + [EOT]
+        if len(ids) > CONTEXT_LENGTH:
+            ids = ids[:CONTEXT_LENGTH]
+            ids[-1] = EOT
+        return ids
+
+    def ids_open_clip(self, text: str):
         ids = [SOT] + self.openai.encode(text) + [EOT]
         if len(ids) > CONTEXT_LENGTH:
             ids = ids[:CONTEXT_LENGTH]
@@ -337,8 +355,9 @@ TOKENIZER_CASES = [
 def make_tokenizer_cases(tok: Tokenizers):
     cases, divergent = [], []
     for text, group in TOKENIZER_CASES:
-        o, s, f = tok.ids_openai(text), tok.ids_hf_slow(text), tok.ids_hf_fast(text)
-        for name, ids in (("openai", o), ("hf_slow", s), ("hf_fast", f)):
+        o, s, f = tok.ids_original(text), tok.ids_hf_slow(text), tok.ids_hf_fast(text)
+        oc = tok.ids_open_clip(text)
+        for name, ids in (("openai", o), ("open_clip", oc), ("hf_slow", s), ("hf_fast", f)):
             if not (ids[0] == SOT and ids[-1] == EOT and len(ids) <= CONTEXT_LENGTH):
                 raise RuntimeError(f"{name} ids malformed for {text!r}: {ids}")
         diffs = []
@@ -348,9 +367,11 @@ def make_tokenizer_cases(tok: Tokenizers):
             diffs.append("openai!=hf_fast")
         if s != f:
             diffs.append("hf_slow!=hf_fast")
+        if o != oc:
+            diffs.append("openai!=open_clip")
         if group == "plain" and diffs:
             raise RuntimeError(f"tokenizers disagree on plain case {text!r}: {diffs}\n{o}\n{s}\n{f}")
-        cases.append({"text": text, "group": group, "openai": o, "hf_slow": s, "hf_fast": f})
+        cases.append({"text": text, "group": group, "openai": o, "open_clip": oc, "hf_slow": s, "hf_fast": f})
         if diffs:
             divergent.append({"text": text, "group": group, "differs": diffs})
     return cases, divergent
@@ -907,7 +928,7 @@ def oracle_word_ids(tok: Tokenizers):
     by_id = {tid: k for tid, k in out.values()}
     for word, k in PALETTE_WORDS.items():
         for text in (word, f"a {word} screen"):
-            for ids in (tok.ids_hf_fast(text), tok.ids_openai(text)):
+            for ids in (tok.ids_hf_fast(text), tok.ids_original(text)):
                 hits = [by_id[i] for i in ids if i in by_id]
                 if hits != [k]:
                     raise RuntimeError(f"oracle: {text!r} -> {ids} does not hit exactly dimension {k}: {hits}")
@@ -1084,8 +1105,10 @@ that git compresses the 49408-row table: ids i and i+P share an embedding.
 
 ## reference/
 - `tokenizer_cases.json`: `{"context_length": 77, "description", "cases": [{"text", "group", "openai": [ids],
-  "hf_slow": [ids], "hf_fast": [ids]}], "divergent": [{"text", "group", "differs": [...]}]}`; ids with
-  49406/49407, no padding, truncated to 77 with 49407 last. `hf_fast` = this tokenizer.json.
+  "open_clip": [ids], "hf_slow": [ids], "hf_fast": [ids]}], "divergent": [{"text", "group", "differs": [...]}]}`; ids with
+  49406/49407, no padding, truncated to 77 with 49407 last. `openai` = OpenAI's own
+  `clip.simple_tokenizer` (openai-clip 1.0.1), `open_clip` = open_clip's port, `hf_slow` = transformers'
+  CLIPTokenizer with ftfy, `hf_fast` = this tokenizer.json alone.
 - `templates.json`: `{"single": [1], "ensemble7": [7], "imagenet80": [80]}` (OpenAI's lists, `{}` = label).
 - `tiny-clip.json`, `tiny-clip-odd.json`: `{"model", "logit_scale", "image_size", "token_embedding_period",
   "image_formula", "text_input", "onnx_vs_torch_max_abs": {"vision", "text"},
@@ -1130,10 +1153,12 @@ def cmd_make_fixtures(args):
         write_json(out_root / "reference" / "tokenizer_cases.json", {
             "context_length": CONTEXT_LENGTH,
             "description": ("ids include 49406 (start) and 49407 (end), no padding, truncated to 77 with the end "
-                            "token kept last. openai = open_clip.tokenizer.SimpleTokenizer (OpenAI's BPE, ftfy + "
-                            "double html.unescape + whitespace clean + lower); hf_slow = transformers CLIPTokenizer "
+                            "token kept last. openai = OpenAI's clip.simple_tokenizer.SimpleTokenizer (openai-clip "
+                            "1.0.1: ftfy + double html.unescape + whitespace clean + lower, special tokens "
+                            "<|startoftext|>/<|endoftext|> recognised in text); open_clip = open_clip's port (it "
+                            "spells the special tokens <start_of_text>/<end_of_text>); hf_slow = transformers CLIPTokenizer "
                             "with ftfy (no html.unescape); hf_fast = tokenizer.json (NFC + whitespace + lower, no "
-                            "ftfy, no html.unescape). Group 'plain' cases agree in all three."),
+                            "ftfy, no html.unescape). Group 'plain' cases agree in all four."),
             "cases": cases,
             "divergent": divergent,
         })

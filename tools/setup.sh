@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # clipfilter: the one idempotent set-up script. Run from anywhere; a second run takes seconds.
 #
-#   bash tools/setup.sh [--gpu] [--no-apt] [--help]
+#   bash tools/setup.sh [--build] [--gpu] [--no-apt] [--help]
 #
 # Steps (each skipped when already done):
 #   1. apt packages (GStreamer dev + plugins, mosquitto, opencv-doc, ...)
@@ -9,7 +9,8 @@
 #   3. sample media into .local/media/ (photos from scikit-image's wheel and opencv-doc, vtest.avi)
 #   4. committed fixtures in tests/fixtures/ present? (regenerated with the torch venv only if missing)
 #   5. light Python venv .local/venv-ref and the photo pixel references in .local/fixtures/photos/
-#   6. Rust build and GStreamer plugin install (owned by the Rust side, at the end of this file)
+#   6. with --build: release build of clipfilterd and the GStreamer plugin, plugin linked into the
+#      user's GStreamer plugin folder
 set -euo pipefail
 
 ORT_VERSION=1.31.1
@@ -18,7 +19,7 @@ PY_TAG=3.11
 
 usage() {
     cat <<'USAGE'
-Usage: bash tools/setup.sh [--gpu] [--no-apt] [--help]
+Usage: bash tools/setup.sh [--build] [--gpu] [--no-apt] [--help]
 
 Sets up everything clipfilter needs on a Debian 12 machine, idempotently:
   1. apt packages: GStreamer (dev, tools, base/good/bad/ugly/libav plugins, rtsp-server), mosquitto,
@@ -29,9 +30,12 @@ Sets up everything clipfilter needs on a Debian 12 machine, idempotently:
   4. tests/fixtures/: regenerated (with the torch venv, ~6 GB) only when files are missing
   5. .local/venv-ref (transformers, pillow, numpy, onnxruntime; no torch) and photo pixel
      references -> .local/fixtures/photos/<model>/*.npy
-  6. Rust build + GStreamer plugin install (Rust side)
+  6. with --build: `cargo build --release --workspace` (clipfilterd and libgstclipfilter.so), and
+     libgstclipfilter.so linked into ~/.local/share/gstreamer-1.0/plugins/ so that gst-launch-1.0
+     and gst-inspect-1.0 find the clipfilter element without GST_PLUGIN_PATH
 
 Options:
+  --build   also do step 6
   --gpu     also install onnxruntime-gpu 1.31.1 (CUDA 13 / TensorRT providers) into
             .local/onnxruntime-gpu/lib/; .local/env.sh then points ORT_DYLIB_PATH there
   --no-apt  skip step 1 (no root/sudo needed)
@@ -42,8 +46,10 @@ USAGE
 
 WANT_GPU=0
 DO_APT=1
+DO_BUILD=0
 for arg in "$@"; do
     case "$arg" in
+        --build) DO_BUILD=1 ;;
         --gpu) WANT_GPU=1 ;;
         --no-apt) DO_APT=0 ;;
         -h|--help) usage; exit 0 ;;
@@ -293,3 +299,16 @@ echo "==> steps 1-5 done in $((SECONDS - T0)) s"
 # ------------------------------------------------------------------------------------------------
 # Rust build and GStreamer plugin install — owned by the Rust side
 # (step 6: cargo build + plugin symlink go below this line; the tools/ owners do not edit it)
+step 6 "Rust build and GStreamer plugin"
+if [[ $DO_BUILD -eq 0 ]]; then
+    info "skipped (pass --build for the release build and the plugin link)"
+else
+    command -v cargo >/dev/null || die "cargo not found: install Rust (https://rustup.rs)"
+    cargo build --release --workspace --locked || die "cargo build failed"
+    PLUGIN_DIR="${XDG_DATA_HOME:-$HOME/.local/share}/gstreamer-1.0/plugins"
+    mkdir -p "$PLUGIN_DIR"
+    ln -sfn "$ROOT/target/release/libgstclipfilter.so" "$PLUGIN_DIR/libgstclipfilter.so"
+    info "clipfilterd: target/release/clipfilterd"
+    info "plugin: $PLUGIN_DIR/libgstclipfilter.so -> target/release/libgstclipfilter.so"
+fi
+echo "==> done in $((SECONDS - T0)) s"

@@ -1,4 +1,4 @@
-//! `clipfilterd bench element`: what the `clipfilter` element costs a pipeline.
+//! `clipfilterd bench-element`: what the `clipfilter` element costs a pipeline.
 //!
 //! 1. Per-frame cost on the streaming thread, measured between buffer probes on the element's
 //!    sink and src pads (so only the element's own work counts), for 1080p NV12 frames fed by

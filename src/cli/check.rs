@@ -60,11 +60,7 @@ pub fn check_file(path: &Path) -> Result<String, Error> {
                 set.labels.len()
             ))
         }
-        FileKind::DaemonConfig => Err(Error::config(
-            path,
-            Location::default(),
-            "daemon config validation is not built yet",
-        )), // TODO(daemon): wire daemon::config
+        FileKind::DaemonConfig => crate::daemon::config::check_file(path, &text),
     }
 }
 

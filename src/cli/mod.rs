@@ -1,8 +1,12 @@
 //! The `clipfilterd` command line: the daemon and one-off tools on the same engine.
 
+pub mod bench;
 pub mod bench_element;
 pub mod check;
 pub mod classify;
+pub mod model_fetch;
+pub mod model_prepare;
+pub mod run;
 
 use std::path::PathBuf;
 
@@ -43,17 +47,27 @@ pub enum Command {
     Classify(classify::ClassifyArgs),
     /// Validate label-set and daemon config files.
     Check(check::CheckArgs),
-    /// Measure what clipfilter costs.
+    /// Run the daemon: supervise the configured pipelines and deliver their events.
+    Run(run::RunArgs),
+    /// Measure throughput and latency (prints a table, writes JSON).
+    Bench(bench::BenchArgs),
+    /// Per-frame cost of the clipfilter element (unsampled and sampled frames) against
+    /// identity, and decoding throughput with and without it.
+    BenchElement(bench_element::BenchElementArgs),
+    /// Manage model folders.
     #[command(subcommand)]
-    Bench(BenchCommand),
+    Model(ModelCommand),
 }
 
-/// `clipfilterd bench ...`
+/// `clipfilterd model ...`
 #[derive(Debug, Subcommand)]
-pub enum BenchCommand {
-    /// Per-frame cost of the clipfilter element (unsampled and sampled frames) against
-    /// identity, and pipeline throughput with and without it.
-    Element(bench_element::BenchElementArgs),
+pub enum ModelCommand {
+    /// Download a model from a Hugging Face hub (HF_ENDPOINT, HF_TOKEN) into the cache and print
+    /// its folder.
+    Fetch(model_fetch::FetchArgs),
+    /// Load a model on the GPU providers ahead of time: TensorRT builds its engines into the
+    /// engine cache now instead of when the daemon starts.
+    Prepare(model_prepare::PrepareArgs),
 }
 
 /// Model and inference options shared by the commands that load a model.

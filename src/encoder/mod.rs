@@ -16,6 +16,7 @@ use std::str::FromStr;
 
 use ort::ep::{self, ExecutionProvider as _};
 use ort::session::Session;
+use ort::session::builder::GraphOptimizationLevel;
 use ort::value::TensorElementType;
 
 use crate::error::{Error, Result};
@@ -154,7 +155,10 @@ pub(crate) fn build_session(
 ) -> Result<(Session, Provider)> {
     let env = crate::runtime::environment()?;
     let context = || format!("{what} {}", path.display());
-    let mut builder = Session::builder(env).map_err(|e| ort_error(&context(), e))?;
+    let mut builder = Session::builder(env)
+        .map_err(|e| ort_error(&context(), e))?
+        .with_optimization_level(GraphOptimizationLevel::All)
+        .map_err(|e| ort_error(&context(), e))?;
     if cfg.intra_threads > 0 {
         builder = builder
             .with_intra_threads(cfg.intra_threads)

@@ -249,6 +249,11 @@ impl Stream {
                 ),
             ));
         }
+        if !self.shared.alive.load(Ordering::Acquire) {
+            return Err(Error::Worker {
+                message: "the inference worker has stopped".into(),
+            });
+        }
         let seq = self.next_seq;
         self.next_seq += 1;
         let mut job = Job {

@@ -1,0 +1,225 @@
+//! Building one GStreamer pipeline from a `[[pipeline]]` table:
+//!
+//! ```text
+//! <source part> ! videoconvert ! clipfilter ! <sink part, default: fakesink>
+//! ```
+//!
+//! The source part comes from [`crate::daemon::source::Source::build`]; `clipfilter` gets the
+//! model, labels and rules as properties, with `post-scores` on (for the score histograms) and
+//! `snapshot` on when snapshots are kept.
+
+use std::path::PathBuf;
+
+use gst::prelude::*;
+
+use crate::daemon::config::{LabelSource, ModelConfig, PipelineConfig};
+use crate::daemon::source::{SourceKind, make};
+use crate::encoder::Provider;
+use crate::error::{Error, Result};
+use crate::labels::{Action, Threshold};
+
+/// The model settings every `clipfilter` element of the daemon gets (identical for all, so that
+/// they share one engine).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ElementModel {
+    /// The resolved model folder.
+    pub dir: PathBuf,
+    pub config: ModelConfig,
+}
+
+impl ElementModel {
+    /// The `execution-provider` property value: `cuda,cpu`.
+    pub fn providers(&self) -> String {
+        self.config
+            .providers
+            .iter()
+            .map(|p: &Provider| p.name())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// A built (not yet started) pipeline.
+#[derive(Debug)]
+pub struct Built {
+    pub pipeline: gst::Pipeline,
+    /// The `clipfilter` element.
+    pub filter: gst::Element,
+    /// Whether a sink part was configured (it may need an EOS to finish its file).
+    pub custom_sink: bool,
+}
+
+fn err(name: &str, message: impl std::fmt::Display) -> Error {
+    Error::invalid(format!("pipeline {name}"), message.to_string())
+}
+
+/// Sets `clipfilter`'s properties for `cfg`.
+pub fn configure_filter(filter: &gst::Element, cfg: &PipelineConfig, model: &ElementModel) {
+    filter.set_property("model", model.dir.display().to_string());
+    filter.set_property_from_str("variant", model.config.variant.name());
+    filter.set_property("execution-provider", model.providers());
+    filter.set_property("require-provider", model.config.require_provider);
+    filter.set_property("max-batch", model.config.max_batch);
+    filter.set_property("threads", model.config.threads);
+    if let Some(cache) = &model.config.tensorrt_cache
+        && filter.find_property("tensorrt-cache").is_some()
+    {
+        filter.set_property("tensorrt-cache", cache.display().to_string());
+    }
+    match &cfg.labels {
+        LabelSource::File(path) => filter.set_property("labels", path.display().to_string()),
+        LabelSource::Prompts(prompts) => filter.set_property("prompts", prompts.join(";")),
+    }
+    if let Some(t) = &cfg.templates {
+        filter.set_property("templates", t);
+    }
+    filter.set_property(
+        "interval",
+        u64::try_from(cfg.interval.as_nanos()).unwrap_or(u64::MAX),
+    );
+    match cfg.threshold {
+        Some(Threshold::Probability(v)) => {
+            filter.set_property_from_str("threshold-kind", "probability");
+            filter.set_property("threshold", f64::from(v));
+        }
+        Some(Threshold::Cosine(v)) => {
+            filter.set_property_from_str("threshold-kind", "cosine");
+            filter.set_property("threshold", f64::from(v));
+        }
+        None => {}
+    }
+    if let Some(action) = cfg.action {
+        filter.set_property_from_str("action", Action::name(action));
+    }
+    if let Some(n) = cfg.enter {
+        filter.set_property("enter-samples", n);
+    }
+    if let Some(n) = cfg.leave {
+        filter.set_property("leave-samples", n);
+    }
+    filter.set_property_from_str("mode", cfg.mode.name());
+    filter.set_property("post-scores", true);
+    filter.set_property("snapshot", cfg.snapshots);
+}
+
+/// Builds the pipeline for `cfg`. Failures name the pipeline and what is missing or wrong.
+pub fn build(cfg: &PipelineConfig, model: &ElementModel) -> Result<Built> {
+    let name = &cfg.name;
+    let pipeline = gst::Pipeline::with_name(name);
+    let source = cfg.source.build(&pipeline).map_err(|e| err(name, e))?;
+    let convert = make("videoconvert", "convert").map_err(|e| err(name, e))?;
+    let filter = make("clipfilter", "clipfilter").map_err(|e| err(name, e))?;
+    configure_filter(&filter, cfg, model);
+    let (sink, custom_sink): (gst::Element, bool) = match &cfg.sink {
+        Some(description) => {
+            let bin = gst::parse::bin_from_description(description, true)
+                .map_err(|e| err(name, format!("sink `{description}`: {e}")))?;
+            if bin.static_pad("sink").is_none() {
+                return Err(err(
+                    name,
+                    format!("sink `{description}`: its first element has no free sink pad"),
+                ));
+            }
+            bin.set_property("name", "sink");
+            (bin.upcast(), true)
+        }
+        None => {
+            let sink = make("fakesink", "sink").map_err(|e| err(name, e))?;
+            sink.set_property("sync", cfg.source.sync());
+            sink.set_property("enable-last-sample", false);
+            (sink, false)
+        }
+    };
+    pipeline
+        .add_many([&filter, &sink])
+        .map_err(|e| err(name, e))?;
+    filter.link(&sink).map_err(|e| err(name, e))?;
+    if cfg.source.kind() != SourceKind::Launch {
+        pipeline.add(&convert).map_err(|e| err(name, e))?;
+        convert.link(&filter).map_err(|e| err(name, e))?;
+    }
+
+    if cfg.source.options.keyframes_only {
+        keyframes_only(&pipeline);
+    }
+
+    match cfg.source.kind() {
+        // The launch bin ends in its own videoconvert.
+        SourceKind::Launch => source.link(&filter).map_err(|e| {
+            err(
+                name,
+                format!("cannot link the launch description to clipfilter: {e}"),
+            )
+        })?,
+        _ => link_decoded_video(&source, &convert),
+    }
+    Ok(Built {
+        pipeline,
+        filter,
+        custom_sink,
+    })
+}
+
+/// Links the first video pad `uridecodebin` exposes to `convert`; posts an error when the
+/// source turns out to have no video at all.
+fn link_decoded_video(decode: &gst::Element, convert: &gst::Element) {
+    let weak = convert.downgrade();
+    decode.connect_pad_added(move |_, pad| {
+        let Some(convert) = weak.upgrade() else {
+            return;
+        };
+        let Some(sink) = convert.static_pad("sink") else {
+            return;
+        };
+        if sink.is_linked() {
+            return;
+        }
+        let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
+        let video = caps
+            .structure(0)
+            .is_some_and(|s| s.name().starts_with("video/"));
+        if video && let Err(e) = pad.link(&sink) {
+            tracing::warn!(error = ?e, "cannot link the decoded video");
+        }
+    });
+    let weak = convert.downgrade();
+    decode.connect_no_more_pads(move |decode| {
+        let Some(convert) = weak.upgrade() else {
+            return;
+        };
+        let linked = convert.static_pad("sink").is_some_and(|p| p.is_linked());
+        if !linked {
+            let msg = gst::message::Error::builder(
+                gst::StreamError::WrongType,
+                "the source has no video stream",
+            )
+            .src(decode)
+            .build();
+            let _ = decode.post_message(msg);
+        }
+    });
+}
+
+/// Drops every frame that is not a key frame before each video decoder of `pipeline` (the
+/// decoders are added later by `decodebin`, or are in a launch description).
+fn keyframes_only(pipeline: &gst::Pipeline) {
+    pipeline.connect_deep_element_added(|_, _, element| {
+        let Some(factory) = element.factory() else {
+            return;
+        };
+        let klass = factory.klass();
+        if !(klass.contains("Decoder") && klass.contains("Video")) {
+            return;
+        }
+        let Some(sink) = element.static_pad("sink") else {
+            return;
+        };
+        tracing::debug!(decoder = %factory.name(), "decoding key frames only");
+        sink.add_probe(gst::PadProbeType::BUFFER, |_, info| match info.buffer() {
+            Some(buf) if buf.flags().contains(gst::BufferFlags::DELTA_UNIT) => {
+                gst::PadProbeReturn::Drop
+            }
+            _ => gst::PadProbeReturn::Ok,
+        });
+    });
+}

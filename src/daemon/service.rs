@@ -1,0 +1,495 @@
+//! `clipfilterd run`: the daemon's life from start-up to shutdown.
+//!
+//! 1. Read and validate the configuration (a bad file stops here, exit status 2).
+//! 2. Register the `clipfilter` element, load the model once ([`Engine::shared`]; every element
+//!    of every pipeline then uses it), open the snapshot folder, start event delivery (events
+//!    left pending by an earlier run go first) and the metrics/health server.
+//! 3. Start the pipelines; once none is still starting, tell systemd `READY=1`.
+//! 4. Loop: beat the watchdog heartbeats (the supervisor's own, and the inference worker's when
+//!    the worker has shown life recently), keep `STATUS=` up to date ("3 pipelines running,
+//!    1 backing off"), reload the configuration on `SIGHUP` or when the file changes.
+//! 5. On `SIGTERM`/`SIGINT`: `STOPPING=1`, stop the pipelines (their open matches end with
+//!    events), stop delivery (pending events stay in the outbox for the next run).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::select;
+
+use crate::daemon::config::{Config, ModelConfig, ModelSource};
+use crate::daemon::delivery::Delivery;
+use crate::daemon::http::HttpServer;
+use crate::daemon::metrics::Metrics;
+use crate::daemon::notify::{Heartbeat, Notifier};
+use crate::daemon::pipeline::ElementModel;
+use crate::daemon::reload::{DEBOUNCE, Trigger, Triggers};
+use crate::daemon::snapshot::SnapshotStore;
+use crate::daemon::supervisor::{EventSink, PipelineStatus, Shared, Supervisor};
+use crate::encoder::SessionConfig;
+use crate::engine::{Engine, EngineConfig};
+use crate::error::{Error, Result};
+use crate::model::fetch::{self, FetchOptions};
+use crate::worker::BatchConfig;
+
+/// How long start-up waits for pipelines to leave `starting` before `READY=1`.
+const READY_WAIT: Duration = Duration::from_secs(15);
+/// The inference worker beats at least every 500 ms while idle; longer silence means it is
+/// busy with one batch (or stuck).
+const WORKER_SILENCE: Duration = Duration::from_secs(1);
+/// `/healthz` fails when the main loop or the worker has been silent this long.
+const UNHEALTHY_AFTER: Duration = Duration::from_secs(30);
+
+/// The model folder `[model]` names: the folder itself, or the snapshot of `repo` at `revision`
+/// in the hub cache that `clipfilterd model fetch` fills (its default cache unless `cache_dir`
+/// says otherwise). The daemon never downloads.
+pub fn resolve_model(model: &ModelConfig) -> Result<PathBuf> {
+    match &model.source {
+        ModelSource::Path(p) => {
+            if p.is_dir() {
+                Ok(p.clone())
+            } else {
+                Err(Error::model(p, "not a folder (give a CLIP model folder)"))
+            }
+        }
+        ModelSource::Repo {
+            repo,
+            revision,
+            cache_dir,
+        } => {
+            let mut opts = FetchOptions::from_env(repo);
+            opts.revision = revision.clone();
+            opts.variant = model.variant;
+            opts.offline = true;
+            opts.progress = false;
+            if let Some(dir) = cache_dir {
+                opts.cache_dir = dir.clone();
+            }
+            fetch::fetch(&opts).map_err(|e| {
+                let again = match cache_dir {
+                    Some(dir) => format!(
+                        "clipfilterd model fetch {repo} --revision {revision} --variant {} --cache-dir {}",
+                        model.variant,
+                        dir.display()
+                    ),
+                    None => format!(
+                        "clipfilterd model fetch {repo} --revision {revision} --variant {}",
+                        model.variant
+                    ),
+                };
+                Error::model(&opts.cache_dir, format!("{e}; run `{again}` first"))
+            })
+        }
+    }
+}
+
+/// The engine settings the `clipfilter` elements derive from the same model settings (they
+/// must be equal for the elements to share the daemon's engine).
+pub fn engine_config(model: &ElementModel, element_has_trt_cache: bool) -> EngineConfig {
+    EngineConfig {
+        model_dir: model.dir.clone(),
+        variant: model.config.variant,
+        session: SessionConfig {
+            providers: model.config.providers.clone(),
+            require_provider: model.config.require_provider,
+            intra_threads: model.config.threads as usize,
+            tensorrt_cache: model
+                .config
+                .tensorrt_cache
+                .clone()
+                .filter(|_| element_has_trt_cache),
+            ..SessionConfig::default()
+        },
+        batch: BatchConfig {
+            max_batch: model.config.max_batch.max(1) as usize,
+            ..BatchConfig::default()
+        },
+    }
+}
+
+fn element_has_property(name: &str) -> bool {
+    gst::ElementFactory::make("clipfilter")
+        .build()
+        .is_ok_and(|e| gst::prelude::ObjectExt::find_property(&e, name).is_some())
+}
+
+/// Loads the model of `config` (shared with the elements).
+fn load_engine(config: &ModelConfig) -> Result<(ElementModel, Arc<Engine>)> {
+    let dir = resolve_model(config)?;
+    let model = ElementModel {
+        dir,
+        config: config.clone(),
+    };
+    let trt = element_has_property("tensorrt-cache");
+    if config.tensorrt_cache.is_some() && !trt {
+        tracing::warn!(
+            "this clipfilter element has no tensorrt-cache property: [model] tensorrt_cache is not used"
+        );
+    }
+    let engine = Engine::shared(&engine_config(&model, trt))?;
+    Ok((model, engine))
+}
+
+fn model_label(model: &ElementModel) -> String {
+    match &model.config.source {
+        ModelSource::Repo { repo, .. } => repo.clone(),
+        ModelSource::Path(p) => p.file_name().map_or_else(
+            || p.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        ),
+    }
+}
+
+/// Everything the HTTP callbacks read.
+struct View {
+    started: Instant,
+    config_path: PathBuf,
+    engine: RwLock<(ElementModel, Arc<Engine>)>,
+    pipelines: Arc<RwLock<Vec<Arc<PipelineStatus>>>>,
+    events: Arc<EventSink>,
+    main_beat: Heartbeat,
+}
+
+impl View {
+    fn status(&self) -> serde_json::Value {
+        let (model, engine) = self
+            .engine
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let stats = engine.stats();
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        let (image, text) = engine.providers();
+        let pipelines: Vec<serde_json::Value> = self
+            .pipelines
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|p| p.to_json())
+            .collect();
+        serde_json::json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "config": self.config_path.display().to_string(),
+            "uptime_seconds": self.started.elapsed().as_secs_f64(),
+            "model": {
+                "name": model_label(&model),
+                "dir": model.dir.display().to_string(),
+                "variant": model.config.variant.name(),
+                "image_provider": image.name(),
+                "text_provider": text.name(),
+                "max_batch": model.config.max_batch,
+            },
+            "inference": {
+                "images": load(&stats.images),
+                "batches": load(&stats.batches),
+                "dropped": load(&stats.dropped),
+                "errors": load(&stats.errors),
+                "queue_depth": load(&stats.queue_depth),
+                "seconds_since_last_beat": stats.since_last_beat().as_secs_f64(),
+            },
+            "pipelines": pipelines,
+            "events": {
+                "submitted": self.events.submitted(),
+                "pending": self.events.pending_counts(),
+            },
+        })
+    }
+
+    fn health(&self) -> std::result::Result<(), String> {
+        let engine = self
+            .engine
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .clone();
+        let worker = engine.stats().since_last_beat();
+        if worker > UNHEALTHY_AFTER {
+            return Err(format!(
+                "the inference worker has been silent for {worker:.0?}"
+            ));
+        }
+        let main = self.main_beat.age();
+        if main > UNHEALTHY_AFTER {
+            return Err(format!(
+                "the supervisor loop has been silent for {main:.0?}"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The running daemon.
+struct Daemon {
+    config: Config,
+    notifier: Notifier,
+    metrics: Arc<Metrics>,
+    supervisor: Supervisor,
+    view: Arc<View>,
+    http: Option<HttpServer>,
+    inference_beat: Heartbeat,
+    last_status: String,
+}
+
+/// Runs the daemon with the configuration file at `path` until `SIGTERM` or `SIGINT`.
+pub fn run(path: &Path) -> Result<()> {
+    let config = Config::load(path)?;
+    gst::init().map_err(|e| Error::invalid("GStreamer", e.to_string()))?;
+    crate::element::register(None)
+        .map_err(|e| Error::invalid("GStreamer", format!("cannot register clipfilter: {e}")))?;
+    // Signals first: a SIGTERM during the model load is not lost.
+    let triggers = Triggers::start(path)?;
+    let notifier = Notifier::from_env();
+    notifier.status("loading the model");
+    let (model, engine) = load_engine(&config.model)?;
+    let metrics = Arc::new(Metrics::new());
+    register_model_metrics(&metrics, &model, &engine);
+
+    let snapshots = SnapshotStore::open(&config.snapshots)?;
+    let delivery = Delivery::start(&config.state_dir, &config.outputs, &metrics)?;
+    let events = Arc::new(EventSink::new(delivery));
+    let shared = Arc::new(Shared {
+        events: events.clone(),
+        snapshots: RwLock::new(Some(Arc::new(snapshots))),
+        metrics: metrics.clone(),
+        restart: RwLock::new(config.restart),
+    });
+    let supervisor = Supervisor::new(shared);
+    let view = Arc::new(View {
+        started: Instant::now(),
+        config_path: config.path.clone(),
+        engine: RwLock::new((model.clone(), engine)),
+        pipelines: supervisor.statuses(),
+        events,
+        main_beat: notifier.heartbeat("supervisor"),
+    });
+    let http = match config.listen {
+        Some(addr) => Some(start_http(&addr.to_string(), &metrics, &view)?),
+        None => None,
+    };
+    let inference_beat = notifier.heartbeat("inference");
+    let mut daemon = Daemon {
+        config,
+        notifier,
+        metrics,
+        supervisor,
+        view,
+        http,
+        inference_beat,
+        last_status: String::new(),
+    };
+    daemon.start(&model);
+    daemon.main_loop(&triggers);
+    daemon.shutdown();
+    Ok(())
+}
+
+fn register_model_metrics(metrics: &Metrics, model: &ElementModel, engine: &Arc<Engine>) {
+    let label = model_label(model);
+    metrics.set_execution_provider(&label, engine.providers().0.name());
+    let stats = engine.stats().clone();
+    metrics.set_queue_depth_source(&label, move || {
+        stats.queue_depth.load(std::sync::atomic::Ordering::Relaxed) as i64
+    });
+}
+
+fn start_http(addr: &str, metrics: &Arc<Metrics>, view: &Arc<View>) -> Result<HttpServer> {
+    let (health, status) = (view.clone(), view.clone());
+    HttpServer::start(
+        addr,
+        metrics.clone(),
+        move || health.health(),
+        move || status.status(),
+    )
+}
+
+impl Daemon {
+    fn beat(&mut self) {
+        self.view.main_beat.beat();
+        let engine = self
+            .view
+            .engine
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .clone();
+        if engine.stats().since_last_beat() <= WORKER_SILENCE {
+            self.inference_beat.beat();
+        }
+        let dead = self.supervisor.dead_threads();
+        let mut status = self.supervisor.counts().to_string();
+        if !dead.is_empty() {
+            status.push_str(&format!("; pipeline threads died: {}", dead.join(", ")));
+        }
+        if status != self.last_status {
+            tracing::info!(status = %status, "status");
+            self.notifier.status(&status);
+            self.last_status = status;
+        }
+    }
+
+    fn start(&mut self, model: &ElementModel) {
+        let changes = self.supervisor.apply(&self.config.pipelines, model);
+        tracing::info!(pipelines = changes.added.len(), "pipelines started");
+        let deadline = Instant::now() + READY_WAIT;
+        while self.supervisor.counts().starting > 0 && Instant::now() < deadline {
+            self.beat();
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.beat();
+        self.notifier.ready();
+        tracing::info!(status = %self.last_status, "ready");
+    }
+
+    fn main_loop(&mut self, triggers: &Triggers) {
+        let period = self.notifier.beat_period().min(Duration::from_millis(500));
+        let mut reload_at: Option<Instant> = None;
+        loop {
+            let wait = reload_at
+                .map(|t| t.saturating_duration_since(Instant::now()))
+                .unwrap_or(period)
+                .min(period);
+            select! {
+                recv(triggers.receiver()) -> t => match t {
+                    Ok(Trigger::Hangup) => {
+                        tracing::info!("SIGHUP: reloading the configuration");
+                        reload_at = None;
+                        self.reload();
+                    }
+                    Ok(Trigger::FileChanged) => reload_at = Some(Instant::now() + DEBOUNCE),
+                    Ok(Trigger::Stop(signal)) => {
+                        tracing::info!(signal, "stopping");
+                        return;
+                    }
+                    Err(_) => return,
+                },
+                default(wait) => {}
+            }
+            if reload_at.is_some_and(|t| Instant::now() >= t) {
+                reload_at = None;
+                tracing::info!(config = %self.config.path.display(), "the configuration file changed: reloading");
+                self.reload();
+            }
+            self.beat();
+        }
+    }
+
+    /// Reads the configuration again and applies the differences; an invalid file (or a model
+    /// that does not load) is refused and the running configuration stays.
+    fn reload(&mut self) {
+        let new = match Config::load(&self.config.path) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "configuration NOT reloaded, the running one stays: {e}");
+                self.notifier.status(&format!(
+                    "{}; configuration reload refused: {e}",
+                    self.last_status
+                ));
+                return;
+            }
+        };
+        let mut model = self
+            .view
+            .engine
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .clone();
+        if new.model != self.config.model {
+            match load_engine(&new.model) {
+                Ok((m, engine)) => {
+                    tracing::info!(model = %m.dir.display(), "new model loaded");
+                    register_model_metrics(&self.metrics, &m, &engine);
+                    model = m.clone();
+                    // The old engine stays alive while the old pipelines hold it.
+                    let old = std::mem::replace(
+                        &mut *self.view.engine.write().unwrap_or_else(|p| p.into_inner()),
+                        (m, engine),
+                    );
+                    if model_label(&old.0) != model_label(&model) {
+                        self.metrics.remove_model(&model_label(&old.0));
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "configuration NOT reloaded (the new model does not load), the running one stays: {e}");
+                    return;
+                }
+            }
+        }
+        let mut new = new;
+        if new.state_dir != self.config.state_dir {
+            tracing::warn!(
+                running = %self.config.state_dir.display(),
+                new = %new.state_dir.display(),
+                "state_dir changes take effect at the next start"
+            );
+            new.state_dir = self.config.state_dir.clone();
+        }
+        let shared = self.supervisor.shared().clone();
+        if new.snapshots != self.config.snapshots {
+            match SnapshotStore::open(&new.snapshots) {
+                Ok(store) => {
+                    *shared.snapshots.write().unwrap_or_else(|p| p.into_inner()) =
+                        Some(Arc::new(store));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "new [snapshots] settings not applied");
+                    new.snapshots = self.config.snapshots.clone();
+                }
+            }
+        }
+        *shared.restart.write().unwrap_or_else(|p| p.into_inner()) = new.restart;
+        if new.listen != self.config.listen {
+            match new.listen {
+                Some(addr) => match start_http(&addr.to_string(), &self.metrics, &self.view) {
+                    Ok(server) => {
+                        if let Some(old) = self.http.replace(server) {
+                            old.shutdown();
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "new listen address not used");
+                        new.listen = self.config.listen;
+                    }
+                },
+                None => {
+                    if let Some(old) = self.http.take() {
+                        old.shutdown();
+                    }
+                }
+            }
+        }
+        if new.output_configs != self.config.output_configs {
+            let (state_dir, metrics) = (new.state_dir.clone(), self.metrics.clone());
+            let outputs = new.outputs.clone();
+            if let Err(e) = shared
+                .events
+                .replace(|| Delivery::start(&state_dir, &outputs, &metrics))
+            {
+                tracing::error!(error = %e, "the new outputs do not start; going back to the running ones");
+                let old = self.config.outputs.clone();
+                if let Err(e) = shared
+                    .events
+                    .replace(|| Delivery::start(&state_dir, &old, &metrics))
+                {
+                    tracing::error!(error = %e, "event delivery is down");
+                }
+                return;
+            }
+        }
+        let changes = self.supervisor.apply(&new.pipelines, &model);
+        tracing::info!(%changes, "configuration reloaded");
+        self.config = new;
+    }
+
+    fn shutdown(mut self) {
+        self.notifier.stopping();
+        self.notifier.status("stopping");
+        self.supervisor.shutdown();
+        self.supervisor.shared().events.shutdown();
+        if let Some(http) = self.http.take() {
+            http.shutdown();
+        }
+        self.notifier.shutdown();
+        tracing::info!("stopped");
+    }
+}

@@ -1,0 +1,243 @@
+//! Snapshots: the frame that starts a match, saved as a JPEG in the state folder.
+//!
+//! Files are named `{event id}_{pipeline}.jpg`; event ids are UUIDv7, so names sort by time and
+//! the oldest files are the first in name order. The folder is bounded by a number of files and a
+//! number of bytes: after each save the oldest files are deleted until both bounds hold. Files are
+//! written under a temporary name and renamed, so a file an event names is always complete.
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use gst_video::VideoFrameExt;
+
+use crate::daemon::config::SnapshotConfig;
+use crate::error::{Error, Result};
+use crate::preprocess::{FrameRef, PixelFormat, YuvColor, YuvMatrix, frame_to_rgb8};
+
+#[derive(Debug, Default)]
+struct Files {
+    /// Oldest first: (path, bytes).
+    list: VecDeque<(PathBuf, u64)>,
+    bytes: u64,
+}
+
+/// The snapshot folder with its bounds. Shared by every pipeline.
+#[derive(Debug)]
+pub struct SnapshotStore {
+    config: SnapshotConfig,
+    files: Mutex<Files>,
+}
+
+fn is_snapshot_name(name: &str) -> bool {
+    name.ends_with(".jpg")
+        && name
+            .split('_')
+            .next()
+            .is_some_and(|id| uuid::Uuid::parse_str(id).is_ok())
+}
+
+impl SnapshotStore {
+    /// Opens (creating) the folder and takes stock of the snapshots already there.
+    pub fn open(config: &SnapshotConfig) -> Result<SnapshotStore> {
+        let dir = &config.dir;
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let mut found: Vec<(PathBuf, u64)> = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+            let entry = entry.map_err(|e| Error::io(dir, e))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if name.starts_with('.') && name.ends_with(".tmp") {
+                // Left by a crash in the middle of a save.
+                let _ = std::fs::remove_file(entry.path());
+                continue;
+            }
+            if !is_snapshot_name(name) {
+                continue;
+            }
+            let len = entry.metadata().map(|m| m.len()).unwrap_or(0);
+            found.push((entry.path(), len));
+        }
+        found.sort();
+        let bytes = found.iter().map(|(_, n)| n).sum();
+        let store = SnapshotStore {
+            config: config.clone(),
+            files: Mutex::new(Files {
+                list: found.into(),
+                bytes,
+            }),
+        };
+        store.evict();
+        Ok(store)
+    }
+
+    /// The folder.
+    pub fn dir(&self) -> &Path {
+        &self.config.dir
+    }
+
+    /// (files, bytes) currently kept.
+    pub fn usage(&self) -> (usize, u64) {
+        let files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        (files.list.len(), files.bytes)
+    }
+
+    /// Encodes `sample` (a raw video frame with its caps) as a JPEG named after the event and
+    /// the pipeline; returns its path.
+    pub fn save(&self, event: uuid::Uuid, pipeline: &str, sample: &gst::Sample) -> Result<PathBuf> {
+        let _span = tracing::debug_span!("snapshot", pipeline, %event).entered();
+        let (rgb, width, height) = sample_to_rgb8(sample)?;
+        let path = self.config.dir.join(format!("{event}_{pipeline}.jpg"));
+        let tmp = self.config.dir.join(format!(".{event}_{pipeline}.jpg.tmp"));
+        let write = || -> std::io::Result<u64> {
+            let mut file = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+            image::codecs::jpeg::JpegEncoder::new_with_quality(&mut file, self.config.quality)
+                .encode(&rgb, width, height, image::ExtendedColorType::Rgb8)
+                .map_err(std::io::Error::other)?;
+            file.flush()?;
+            let file = file.into_inner().map_err(|e| e.into_error())?;
+            let len = file.metadata()?.len();
+            drop(file);
+            std::fs::rename(&tmp, &path)?;
+            Ok(len)
+        };
+        let len = write().map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            Error::io(&path, e)
+        })?;
+        {
+            let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+            files.list.push_back((path.clone(), len));
+            files.bytes += len;
+        }
+        self.evict();
+        Ok(path)
+    }
+
+    /// Deletes the oldest files until both bounds hold (the newest file always stays).
+    fn evict(&self) {
+        let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        while files.list.len() > 1
+            && (files.list.len() as u64 > self.config.max_files
+                || files.bytes > self.config.max_bytes)
+        {
+            let Some((path, len)) = files.list.pop_front() else {
+                break;
+            };
+            files.bytes = files.bytes.saturating_sub(len);
+            if let Err(e) = std::fs::remove_file(&path)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(path = %path.display(), error = %e, "cannot delete an old snapshot");
+            }
+        }
+    }
+}
+
+/// A raw video sample as tightly packed 8-bit RGB: (pixels, width, height).
+pub fn sample_to_rgb8(sample: &gst::Sample) -> Result<(Vec<u8>, u32, u32)> {
+    let bad = |m: String| Error::invalid("snapshot", m);
+    let caps = sample
+        .caps()
+        .ok_or_else(|| bad("the sample has no caps".into()))?;
+    let buffer = sample
+        .buffer()
+        .ok_or_else(|| bad("the sample has no buffer".into()))?;
+    let info = gst_video::VideoInfo::from_caps(caps)
+        .map_err(|e| bad(format!("not raw video ({caps}): {e}")))?;
+    let format = PixelFormat::from_gst_name(info.format().to_str())
+        .ok_or_else(|| bad(format!("unsupported format {}", info.format().to_str())))?;
+    let frame = gst_video::VideoFrameRef::from_buffer_ref_readable(buffer, &info)
+        .map_err(|e| bad(format!("cannot map the frame: {e}")))?;
+    let mut planes: [&[u8]; 3] = [&[], &[], &[]];
+    let mut strides = [0usize; 3];
+    for i in 0..(frame.n_planes() as usize).min(3) {
+        planes[i] = frame
+            .plane_data(i as u32)
+            .map_err(|e| bad(format!("plane {i}: {e}")))?;
+        strides[i] =
+            usize::try_from(frame.plane_stride()[i]).map_err(|_| bad("negative stride".into()))?;
+    }
+    let colorimetry = info.colorimetry();
+    let color = YuvColor {
+        matrix: match colorimetry.matrix() {
+            gst_video::VideoColorMatrix::Bt709 => YuvMatrix::Bt709,
+            gst_video::VideoColorMatrix::Bt2020 => YuvMatrix::Bt2020,
+            _ => YuvMatrix::Bt601,
+        },
+        full_range: colorimetry.range() == gst_video::VideoColorRange::Range0_255,
+    };
+    let frame_ref = FrameRef {
+        format,
+        width: frame.width(),
+        height: frame.height(),
+        planes,
+        strides,
+        color,
+    };
+    let rgb = frame_to_rgb8(&frame_ref)?;
+    Ok((rgb, frame.width(), frame.height()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn red_sample(w: u32, h: u32) -> gst::Sample {
+        gst::init().unwrap();
+        let info = gst_video::VideoInfo::builder(gst_video::VideoFormat::I420, w, h)
+            .build()
+            .unwrap();
+        let mut buffer = gst::Buffer::with_size(info.size()).unwrap();
+        {
+            let b = buffer.get_mut().unwrap();
+            let mut frame = gst_video::VideoFrameRef::from_buffer_ref_writable(b, &info).unwrap();
+            // BT.601 studio-range red: Y 81, U 90, V 240.
+            for (plane, value) in [(0u32, 81u8), (1, 90), (2, 240)] {
+                frame.plane_data_mut(plane).unwrap().fill(value);
+            }
+        }
+        gst::Sample::builder()
+            .buffer(&buffer)
+            .caps(&info.to_caps().unwrap())
+            .build()
+    }
+
+    #[test]
+    fn saves_jpegs_and_keeps_within_bounds() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = SnapshotConfig {
+            dir: dir.path().join("snaps"),
+            max_files: 3,
+            max_bytes: 1 << 20,
+            quality: 90,
+        };
+        let store = SnapshotStore::open(&config).unwrap();
+        let sample = red_sample(64, 48);
+        let mut paths = Vec::new();
+        for _ in 0..5 {
+            paths.push(store.save(uuid::Uuid::now_v7(), "cam-1", &sample).unwrap());
+        }
+        assert_eq!(store.usage().0, 3);
+        assert!(!paths[0].exists() && !paths[1].exists());
+        let img = image::open(&paths[4]).unwrap().to_rgb8();
+        assert_eq!(img.dimensions(), (64, 48));
+        let px = img.get_pixel(10, 10);
+        assert!(px[0] > 200 && px[1] < 60 && px[2] < 60, "{px:?}");
+
+        // Reopening takes stock; a tighter byte bound deletes the oldest.
+        let one = std::fs::metadata(&paths[4]).unwrap().len();
+        let tight = SnapshotConfig {
+            max_bytes: one * 2 + one / 2,
+            ..config.clone()
+        };
+        std::fs::write(config.dir.join(".stale.jpg.tmp"), b"x").unwrap();
+        std::fs::write(config.dir.join("notes.txt"), b"keep me").unwrap();
+        let store = SnapshotStore::open(&tight).unwrap();
+        assert_eq!(store.usage().0, 2);
+        assert!(!paths[2].exists() && paths[3].exists() && paths[4].exists());
+        assert!(!config.dir.join(".stale.jpg.tmp").exists());
+        assert!(config.dir.join("notes.txt").exists());
+    }
+}

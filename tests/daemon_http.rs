@@ -1,0 +1,154 @@
+//! The metrics and health HTTP server, scraped over real HTTP on 127.0.0.1.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use clipfilter::daemon::http::HttpServer;
+use clipfilter::daemon::metrics::{CONTENT_TYPE, FrameCounts, Metrics, PipelineState};
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(20)))
+        .build()
+        .into()
+}
+
+/// (status, content type, body) of a GET.
+fn get(agent: &ureq::Agent, url: &str) -> (u16, String, String) {
+    let mut response = agent.get(url).call().unwrap();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let body = response.body_mut().read_to_string().unwrap();
+    (response.status().as_u16(), content_type, body)
+}
+
+#[test]
+fn metrics_healthz_and_status_over_http() {
+    let metrics = Arc::new(Metrics::new());
+    let seen = Arc::new(AtomicU64::new(1000));
+    {
+        let seen = Arc::clone(&seen);
+        metrics.set_frame_source("cam1", move || FrameCounts {
+            seen: seen.load(Ordering::Relaxed),
+            sampled: 100,
+            inferred: 98,
+            dropped: 2,
+            skipped_by_gate: 40,
+        });
+    }
+    let pipeline = metrics.pipeline("cam1");
+    pipeline.set_state(PipelineState::Running);
+    pipeline.restarted();
+    metrics
+        .model("clip-vit-b32")
+        .observe_batch(Duration::from_millis(20), 4);
+    metrics.set_execution_provider("clip-vit-b32", "cpu");
+    metrics.label("cam1", "white van").observe_score(0.3);
+    metrics.output("alerts").delivered.inc_by(7);
+
+    let healthy = Arc::new(AtomicBool::new(true));
+    let reason = Arc::new(Mutex::new(String::new()));
+    let server = {
+        let healthy = Arc::clone(&healthy);
+        let reason = Arc::clone(&reason);
+        HttpServer::start(
+            "127.0.0.1:0",
+            Arc::clone(&metrics),
+            move || {
+                if healthy.load(Ordering::SeqCst) {
+                    Ok(())
+                } else {
+                    Err(reason.lock().unwrap().clone())
+                }
+            },
+            || serde_json::json!({ "pipelines": { "cam1": { "state": "running" } } }),
+        )
+        .unwrap()
+    };
+    let base = format!("http://{}", server.local_addr());
+    let agent = agent();
+
+    let (status, content_type, body) = get(&agent, &format!("{base}/metrics"));
+    assert_eq!(status, 200);
+    assert_eq!(content_type, CONTENT_TYPE);
+    for line in [
+        "clipfilter_frames_seen_total{pipeline=\"cam1\"} 1000",
+        "clipfilter_frames_sampled_total{pipeline=\"cam1\"} 100",
+        "clipfilter_frames_inferred_total{pipeline=\"cam1\"} 98",
+        "clipfilter_frames_dropped_total{pipeline=\"cam1\"} 2",
+        "clipfilter_frames_skipped_by_gate_total{pipeline=\"cam1\"} 40",
+        "clipfilter_pipeline_state{pipeline=\"cam1\",state=\"running\"} 1",
+        "clipfilter_pipeline_state{pipeline=\"cam1\",state=\"starting\"} 0",
+        "clipfilter_pipeline_restarts_total{pipeline=\"cam1\"} 1",
+        "clipfilter_inference_latency_seconds_count{model=\"clip-vit-b32\"} 1",
+        "clipfilter_inference_batch_size_sum{model=\"clip-vit-b32\"} 4.0",
+        "clipfilter_execution_provider{model=\"clip-vit-b32\",provider=\"cpu\"} 1",
+        "clipfilter_label_score_count{pipeline=\"cam1\",label=\"white van\"} 1",
+        "clipfilter_output_events_delivered_total{output=\"alerts\"} 7",
+        "# TYPE clipfilter_inference_latency_seconds histogram",
+        "# UNIT clipfilter_inference_latency_seconds seconds",
+        "# EOF",
+    ] {
+        assert!(
+            body.lines().any(|l| l == line),
+            "missing {line:?} in\n{body}"
+        );
+    }
+    // Scrape-time values are read at each scrape.
+    seen.store(1234, Ordering::Relaxed);
+    let (_, _, body) = get(&agent, &format!("{base}/metrics?x=1"));
+    assert!(body.contains("clipfilter_frames_seen_total{pipeline=\"cam1\"} 1234\n"));
+
+    assert_eq!(
+        get(&agent, &format!("{base}/healthz")),
+        (200, "text/plain; charset=utf-8".into(), "ok\n".into())
+    );
+    *reason.lock().unwrap() = "inference worker stalled for 12s".into();
+    healthy.store(false, Ordering::SeqCst);
+    let (status, _, body) = get(&agent, &format!("{base}/healthz"));
+    assert_eq!(
+        (status, body.as_str()),
+        (503, "inference worker stalled for 12s\n")
+    );
+
+    let (status, content_type, body) = get(&agent, &format!("{base}/status"));
+    assert_eq!((status, content_type.as_str()), (200, "application/json"));
+    let status_doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status_doc["pipelines"]["cam1"]["state"], "running");
+
+    assert_eq!(get(&agent, &format!("{base}/nope")).0, 404);
+    let response = agent.post(&format!("{base}/metrics")).send("x").unwrap();
+    assert_eq!(response.status().as_u16(), 405);
+
+    server.shutdown();
+    // tiny_http closes its listening socket on its own thread: a connection made just now may
+    // still be accepted by the kernel, but no request is answered any more.
+    let quick: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(3)))
+        .build()
+        .into();
+    assert!(
+        quick.get(&format!("{base}/healthz")).call().is_err(),
+        "still serving after shutdown"
+    );
+}
+
+#[test]
+fn a_taken_address_is_a_clear_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let err = HttpServer::start(
+        &addr,
+        Arc::new(Metrics::new()),
+        || Ok(()),
+        || serde_json::json!({}),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains(&addr), "{err}");
+    assert!(err.is_user_error());
+}
