@@ -32,6 +32,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Check(args) => clipfilter::cli::check::run(args),
         Command::Run(args) => clipfilter::cli::run::run(args),
         Command::Bench(args) => clipfilter::cli::bench::run(args),
+        Command::BenchElement(args) => clipfilter::cli::bench_element::run(args),
         Command::Model(ModelCommand::Fetch(args)) => {
             clipfilter::cli::model_fetch::run(args).map(|()| Outcome::Ok)
         }

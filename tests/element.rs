@@ -6,6 +6,7 @@ use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use gst::prelude::*;
+use gst_video::prelude::*;
 
 use crate::util;
 
@@ -742,4 +743,42 @@ fn bad_input_fails_the_start_with_a_message_naming_the_problem() {
         oracle()
     ));
     assert!(e.contains("probability"), "{e}");
+}
+
+#[test]
+fn pixelate_paints_uniform_blocks_on_planar_frames_with_padded_strides() {
+    // 50x30 I420 has padded strides (52 for luma, 28 for chroma). A cosine threshold of -1
+    // matches every frame, so every frame is pixelated: 4x4 luma blocks, 2x2 chroma blocks.
+    let p = pipeline(&format!(
+        "videotestsrc num-buffers=5 pattern=smpte ! video/x-raw,format=I420,width=50,height=30 \
+         ! clipfilter model={} prompts=\"red;green\" threshold-kind=cosine threshold=-1 \
+           action=pixelate mode=sync interval=0 \
+         ! appsink name=sink sync=false wait-on-eos=false",
+        oracle()
+    ));
+    let sink: gst_app::AppSink = by_name(&p, "sink");
+    run_to_eos(&p);
+    let frames = pull_all(&sink);
+    assert_eq!(frames.len(), 5);
+    for s in &frames {
+        let info = gst_video::VideoInfo::from_caps(s.caps().unwrap()).unwrap();
+        let frame =
+            gst_video::VideoFrameRef::from_buffer_ref_readable(s.buffer().unwrap(), &info).unwrap();
+        for (plane, block, w, h) in [
+            (0u32, 4usize, 50usize, 30usize),
+            (1, 2, 25, 15),
+            (2, 2, 25, 15),
+        ] {
+            let stride = frame.plane_stride()[plane as usize] as usize;
+            let data = frame.plane_data(plane).unwrap();
+            for y in 0..h {
+                for x in 0..w {
+                    let corner = data[(y / block * block) * stride + x / block * block];
+                    assert_eq!(data[y * stride + x], corner, "plane {plane} ({x},{y})");
+                }
+            }
+            // Still a picture (the bars, coarsely), not a flat frame.
+            assert_ne!(data[0], data[w - 1], "plane {plane}");
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! The `clipfilterd` command line: the daemon and one-off tools on the same engine.
 
 pub mod bench;
+pub mod bench_element;
 pub mod check;
 pub mod classify;
 pub mod model_fetch;
@@ -50,6 +51,9 @@ pub enum Command {
     Run(run::RunArgs),
     /// Measure throughput and latency (prints a table, writes JSON).
     Bench(bench::BenchArgs),
+    /// Per-frame cost of the clipfilter element (unsampled and sampled frames) against
+    /// identity, and decoding throughput with and without it.
+    BenchElement(bench_element::BenchElementArgs),
     /// Manage model folders.
     #[command(subcommand)]
     Model(ModelCommand),

@@ -73,6 +73,9 @@
 mod actions;
 mod imp;
 mod messages;
+mod sampler;
+mod state;
+mod stats;
 mod watch;
 
 use gst::glib;

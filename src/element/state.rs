@@ -1,0 +1,352 @@
+//! What the element holds between `start()` and `stop()`, and the work done on it.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use crossbeam_channel::Receiver;
+use gst_video::prelude::*;
+
+use super::ClipFilterMode;
+use super::messages::{self, MatchEvent, Position, Reason};
+use super::sampler::Sampler;
+use super::stats::Counters;
+use super::watch::FileWatcher;
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::labels::{Action, CompiledLabels, LabelSet};
+use crate::matcher::{Change, Matcher, Transition};
+use crate::preprocess::{FrameRef, PixelFormat, Preprocessor, YuvColor};
+use crate::worker::{Output, Stream};
+use crate::zeroshot::Scores;
+
+/// The settings the streaming thread works with (copied when they change).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Rules {
+    pub(super) interval: u64,
+    pub(super) mode: ClipFilterMode,
+    pub(super) post_scores: bool,
+    pub(super) snapshot: bool,
+    pub(super) sync_timeout: Duration,
+}
+
+/// The negotiated video format.
+pub(super) struct Video {
+    pub(super) info: gst_video::VideoInfo,
+    pub(super) format: PixelFormat,
+    pub(super) color: YuvColor,
+    pub(super) caps: gst::Caps,
+}
+
+/// A sampled frame waiting for its verdict.
+pub(super) struct Pending {
+    pub(super) seq: u64,
+    pub(super) position: Position,
+    pub(super) snapshot: Option<gst::Sample>,
+}
+
+/// A reloaded labels file, compiled on the watcher's thread.
+pub(super) struct Reload {
+    pub(super) set: LabelSet,
+    pub(super) labels: CompiledLabels,
+}
+
+/// Something to post once the state lock is released.
+pub(super) enum Post {
+    Element(gst::Structure),
+    Warning(String),
+}
+
+/// Everything the element builds in `start()` (and drops in `stop()`), used by the streaming
+/// thread under one lock.
+pub(super) struct State {
+    pub(super) engine: Arc<Engine>,
+    pub(super) stream: Stream,
+    pub(super) pre: Preprocessor,
+    pub(super) set: LabelSet,
+    pub(super) labels: CompiledLabels,
+    pub(super) matcher: Matcher,
+    pub(super) scores: Scores,
+    /// Last (cosine, probability) of each label, for the ends that no sample decides.
+    pub(super) last: Vec<(f32, f32)>,
+    pub(super) video: Option<Video>,
+    pub(super) segment: gst::FormattedSegment<gst::ClockTime>,
+    pub(super) rules: Rules,
+    pub(super) generation: u64,
+    pub(super) sampler: Sampler,
+    pub(super) pending: VecDeque<Pending>,
+    /// Verdicts for sequence numbers below this are from before a flush.
+    pub(super) discard_below: u64,
+    pub(super) next_seq: u64,
+    pub(super) frame: u64,
+    /// End of the last buffer seen.
+    pub(super) last_position: Position,
+    pub(super) action: Action,
+    pub(super) passthrough: bool,
+    pub(super) labels_path: Option<PathBuf>,
+    pub(super) reloads: Receiver<Reload>,
+    /// Stops (and joins) the watcher thread when the state is dropped.
+    pub(super) _watcher: Option<FileWatcher>,
+}
+
+impl State {
+    pub(super) fn needs_writable(labels: &CompiledLabels) -> bool {
+        labels
+            .labels
+            .iter()
+            .any(|l| matches!(l.action, Action::Blank | Action::Pixelate))
+    }
+
+    pub(super) fn position(&self, buf: &gst::BufferRef, frame: u64) -> Position {
+        let pts = buf.pts();
+        Position {
+            pts,
+            running_time: pts.and_then(|t| self.segment.to_running_time(t)),
+            stream_time: pts.and_then(|t| self.segment.to_stream_time(t)),
+            frame,
+        }
+    }
+
+    pub(super) fn end_position(&self, buf: &gst::BufferRef, frame: u64) -> Position {
+        let end = buf
+            .pts()
+            .map(|t| t + buf.duration().unwrap_or(gst::ClockTime::ZERO));
+        Position {
+            pts: end,
+            running_time: end.and_then(|t| self.segment.to_running_time(t)),
+            stream_time: end.and_then(|t| self.segment.to_stream_time(t)),
+            frame,
+        }
+    }
+
+    /// Frames per interval, for frames without timestamps.
+    pub(super) fn untimed_every(&self) -> u64 {
+        let Some(v) = &self.video else { return 1 };
+        let fps = v.info.fps();
+        if fps.numer() <= 0 || fps.denom() <= 0 {
+            return 1;
+        }
+        let per_ns = fps.numer() as f64 / fps.denom() as f64 / 1e9;
+        ((self.rules.interval as f64 * per_ns).round() as u64).max(1)
+    }
+
+    pub(super) fn end_messages(
+        &mut self,
+        changes: Vec<Change>,
+        reason: Reason,
+        posts: &mut Vec<Post>,
+    ) {
+        let position = self.last_position.clone();
+        for c in changes {
+            let (cosine, probability) = c
+                .index
+                .and_then(|i| self.last.get(i).copied())
+                .unwrap_or((0.0, 0.0));
+            posts.push(Post::Element(messages::match_structure(&MatchEvent {
+                start: false,
+                label: &c.label,
+                cosine,
+                probability,
+                position: &position,
+                reason,
+                snapshot: None,
+            })));
+        }
+        self.action = self.matcher.action(&self.labels);
+    }
+
+    /// Forgets verdicts in flight and ends open episodes.
+    pub(super) fn reset_stream(&mut self, reason: Reason, posts: &mut Vec<Post>) {
+        self.discard_below = self.next_seq;
+        self.pending.clear();
+        self.sampler.reset();
+        let ended = self.matcher.end_all();
+        self.end_messages(ended, reason, posts);
+    }
+
+    /// Uses a reloaded label set; labels that keep their name keep their state.
+    pub(super) fn apply_reload(&mut self, reload: Reload, posts: &mut Vec<Post>) {
+        // Scores of removed labels, for their end messages.
+        let old: Vec<(String, (f32, f32))> = self
+            .labels
+            .labels
+            .iter()
+            .map(|l| l.name.clone())
+            .zip(self.last.iter().copied())
+            .collect();
+        let ended = self.matcher.rebind(&reload.labels);
+        let position = self.last_position.clone();
+        for c in ended {
+            let (cosine, probability) = old
+                .iter()
+                .find(|(n, _)| *n == c.label)
+                .map_or((0.0, 0.0), |(_, s)| *s);
+            posts.push(Post::Element(messages::match_structure(&MatchEvent {
+                start: false,
+                label: &c.label,
+                cosine,
+                probability,
+                position: &position,
+                reason: Reason::Reload,
+                snapshot: None,
+            })));
+        }
+        self.last = reload
+            .labels
+            .labels
+            .iter()
+            .map(|l| {
+                old.iter()
+                    .find(|(n, _)| *n == l.name)
+                    .map_or((0.0, 0.0), |(_, s)| *s)
+            })
+            .collect();
+        self.set = reload.set;
+        self.labels = reload.labels;
+        self.action = self.matcher.action(&self.labels);
+        let names: Vec<String> = self.labels.labels.iter().map(|l| l.name.clone()).collect();
+        if let Some(path) = &self.labels_path {
+            posts.push(Post::Element(messages::reloaded_structure(path, &names)));
+        }
+    }
+
+    /// Takes one verdict: scores it, updates the episodes and queues the messages. Returns the
+    /// inference error, if inference failed.
+    pub(super) fn take_output(
+        &mut self,
+        out: Output,
+        counters: &Counters,
+        posts: &mut Vec<Post>,
+    ) -> Option<String> {
+        let Output {
+            seq,
+            embedding,
+            latency,
+            pixels,
+            ..
+        } = out;
+        self.stream.recycle(pixels);
+        if seq < self.discard_below {
+            return None;
+        }
+        while self.pending.front().is_some_and(|p| p.seq < seq) {
+            self.pending.pop_front();
+        }
+        let pending = self
+            .pending
+            .front()
+            .is_some_and(|p| p.seq == seq)
+            .then(|| self.pending.pop_front())
+            .flatten()?;
+        let embedding = match embedding {
+            Ok(e) => e,
+            Err(message) => {
+                counters.errors.fetch_add(1, Ordering::Relaxed);
+                return Some(message);
+            }
+        };
+        counters.inferred.fetch_add(1, Ordering::Relaxed);
+        let us = latency.as_micros() as u64;
+        counters.latency_last_us.store(us, Ordering::Relaxed);
+        counters.latency_sum_us.fetch_add(us, Ordering::Relaxed);
+        if let Err(e) = self.labels.score_into(&embedding, &mut self.scores) {
+            counters.errors.fetch_add(1, Ordering::Relaxed);
+            return Some(e.to_string());
+        }
+        self.last.clear();
+        self.last.extend(
+            self.scores
+                .cosine
+                .iter()
+                .copied()
+                .zip(self.scores.probability.iter().copied()),
+        );
+        for c in self.matcher.update(&self.labels, &self.scores) {
+            let (cosine, probability) = c
+                .index
+                .and_then(|i| self.last.get(i).copied())
+                .unwrap_or((0.0, 0.0));
+            posts.push(Post::Element(messages::match_structure(&MatchEvent {
+                start: c.transition == Transition::Start,
+                label: &c.label,
+                cosine,
+                probability,
+                position: &pending.position,
+                reason: Reason::Sample,
+                snapshot: pending.snapshot.as_ref(),
+            })));
+        }
+        if self.rules.post_scores {
+            let names: Vec<String> = self.labels.labels.iter().map(|l| l.name.clone()).collect();
+            posts.push(Post::Element(messages::scores_structure(
+                &pending.position,
+                &names,
+                &self.scores.cosine,
+                &self.scores.probability,
+                latency,
+            )));
+        }
+        self.action = self.matcher.action(&self.labels);
+        None
+    }
+
+    /// Converts the sampled frame to the model's input and queues it for inference.
+    pub(super) fn submit(
+        &mut self,
+        buf: &gst::BufferRef,
+        position: Position,
+        counters: &Counters,
+    ) -> Result<u64> {
+        let video = self
+            .video
+            .as_ref()
+            .ok_or_else(|| Error::invalid("caps", "a buffer arrived before the caps"))?;
+        let frame = gst_video::VideoFrameRef::from_buffer_ref_readable(buf, &video.info)
+            .map_err(|e| Error::invalid("frame", format!("cannot map the buffer: {e}")))?;
+        let mut planes: [&[u8]; 3] = [&[], &[], &[]];
+        let mut strides = [0usize; 3];
+        for i in 0..(frame.n_planes() as usize).min(3) {
+            planes[i] = frame
+                .plane_data(i as u32)
+                .map_err(|e| Error::invalid("frame", format!("plane {i}: {e}")))?;
+            strides[i] = usize::try_from(frame.plane_stride()[i])
+                .map_err(|_| Error::invalid("frame", "negative stride"))?;
+        }
+        let frame_ref = FrameRef {
+            format: video.format,
+            width: frame.width(),
+            height: frame.height(),
+            planes,
+            strides,
+            color: video.color,
+        };
+        let mut pixels = self.stream.buffer();
+        if let Err(e) = self.pre.run(&frame_ref, &mut pixels) {
+            self.stream.recycle(pixels);
+            return Err(e);
+        }
+        let snapshot = self.rules.snapshot.then(|| {
+            gst::Sample::builder()
+                .buffer(&buf.to_owned())
+                .caps(&video.caps)
+                .segment(&self.segment)
+                .build()
+        });
+        drop(frame);
+        let submitted = self.stream.submit(pixels)?;
+        counters.sampled.fetch_add(1, Ordering::Relaxed);
+        if let Some(old) = submitted.replaced {
+            counters.dropped.fetch_add(1, Ordering::Relaxed);
+            self.pending.retain(|p| p.seq != old);
+        }
+        self.next_seq = submitted.seq + 1;
+        self.pending.push_back(Pending {
+            seq: submitted.seq,
+            position,
+            snapshot,
+        });
+        Ok(submitted.seq)
+    }
+}
