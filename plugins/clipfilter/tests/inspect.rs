@@ -15,7 +15,8 @@ fn plugin_dir() -> PathBuf {
         .to_path_buf();
     assert!(
         dir.join("libgstclipfilter.so").is_file(),
-        "{} has no libgstclipfilter.so",
+        "{} has no libgstclipfilter.so: `cargo test` builds only the rlib; run `cargo build --workspace` \
+         first (tools/test.sh does)",
         dir.display()
     );
     dir
