@@ -782,3 +782,62 @@ fn pixelate_paints_uniform_blocks_on_planar_frames_with_padded_strides() {
         }
     }
 }
+
+/// Live (camera-like) RGB frames through clipfilter in sync mode, with `extra` properties.
+fn gate_run(live: bool, extra: &str) -> (gst::Structure, Vec<Match>) {
+    let p = pipeline(&format!(
+        "appsrc name=src is-live={live} format=time \
+         caps=video/x-raw,format=RGB,width=64,height=48,framerate=25/1 \
+         ! clipfilter name=cf model={} prompts=\"red;green\" interval=100000000 mode=sync {extra} \
+         ! fakesink sync=false",
+        oracle()
+    ));
+    let src: gst_app::AppSrc = by_name(&p, "src");
+    let cf: gst::Element = by_name(&p, "cf");
+    push_frames(&src, 80, 40, |red| {
+        solid_rgb(64, 48, if red { RED } else { GREEN })
+    });
+    src.end_of_stream().unwrap();
+    let msgs = run_to_eos(&p);
+    (cf.property::<gst::Structure>("stats"), matches(&msgs))
+}
+
+#[test]
+fn scene_gate_infers_a_static_camera_once_and_again_when_it_changes() {
+    // 3.2 s of live video sampled every 100 ms: 32 samples, two different scenes.
+    let (stats, m) = gate_run(true, "");
+    let get = |f: &str| stats.get::<u64>(f).unwrap();
+    assert_eq!(get("sampled"), 32, "{stats}");
+    assert_eq!(get("inferred"), 2, "one inference per scene: {stats}");
+    assert_eq!(get("skipped"), 30, "{stats}");
+    // The skipped samples repeat the last verdict: the episodes are the same as without the gate.
+    let starts: Vec<(&str, bool)> = m.iter().map(|m| (m.label.as_str(), m.start)).collect();
+    assert_eq!(
+        starts,
+        [
+            ("red", true),
+            ("red", false),
+            ("green", true),
+            ("green", false)
+        ],
+        "{m:?}"
+    );
+    assert!(close_to(m[1].stream_time, 1600, 100), "{m:?}");
+    assert!(close_to(m[2].stream_time, 1600, 100), "{m:?}");
+
+    // Off on request, and off by default for sources that are not live (files).
+    let (off, _) = gate_run(true, "scene-gate=0");
+    assert_eq!(
+        (
+            off.get::<u64>("inferred").unwrap(),
+            off.get::<u64>("skipped").unwrap()
+        ),
+        (32, 0),
+        "{off}"
+    );
+    let (file, _) = gate_run(false, "");
+    assert_eq!(file.get::<u64>("skipped").unwrap(), 0, "{file}");
+    // An explicit threshold gates files too.
+    let (forced, _) = gate_run(false, "scene-gate=2");
+    assert_eq!(forced.get::<u64>("inferred").unwrap(), 2, "{forced}");
+}

@@ -52,6 +52,8 @@
 //! #                                 # after clipfilter (default: a fake sink); in `launch` and
 //! #                                 # `sink`, {config_dir} is the folder of this file
 //! keyframes_only = false          # decode key frames only (when `interval` exceeds the GOP)
+//! # scene_gate = 3.0              # skip inference while the picture does not change (mean
+//! #                               # 8-bit level difference; 0: off; default: on for live sources)
 //! interval = "1s"                 # time between sampled frames
 //! labels = "labels/driveway.toml" # a label set (reloaded when it changes), or:
 //! # prompts = ["a person", "a car"]
@@ -205,6 +207,7 @@ struct RawPipeline {
     enter: Option<Spanned<u32>>,
     leave: Option<Spanned<u32>>,
     mode: Option<Spanned<String>>,
+    scene_gate: Option<Spanned<f64>>,
     snapshots: Option<bool>,
     outputs: Option<Spanned<Vec<String>>>,
 }
@@ -310,6 +313,9 @@ pub struct PipelineConfig {
     pub enter: Option<u32>,
     pub leave: Option<u32>,
     pub mode: Mode,
+    /// Scene-change gate threshold (the element's `scene-gate`); `None`: automatic, on for
+    /// live sources.
+    pub scene_gate: Option<f64>,
     pub snapshots: bool,
     /// Names of the outputs its events go to (already checked against `[[output]]`).
     pub outputs: Vec<String>,
@@ -1061,6 +1067,19 @@ fn pipeline(cx: &Ctx<'_>, i: usize, p: &RawPipeline, outputs: &Outputs) -> Resul
     };
     let enter = count(&p.enter, "enter")?;
     let leave = count(&p.leave, "leave")?;
+    let scene_gate = match &p.scene_gate {
+        Some(g) if !(0.0..=255.0).contains(g.get_ref()) => {
+            return Err(cx.err(
+                Some(g.span()),
+                at("scene_gate"),
+                format!(
+                    "{} is outside 0..=255 (mean 8-bit level difference; 0 turns the gate off)",
+                    g.get_ref()
+                ),
+            ));
+        }
+        g => g.as_ref().map(|g| *g.get_ref()),
+    };
     let mode = match &p.mode {
         Some(m) => match m.get_ref().as_str() {
             "async" => Mode::Async,
@@ -1106,6 +1125,7 @@ fn pipeline(cx: &Ctx<'_>, i: usize, p: &RawPipeline, outputs: &Outputs) -> Resul
         action,
         enter,
         leave,
+        scene_gate,
         mode,
         snapshots: p.snapshots.unwrap_or(true),
         outputs,

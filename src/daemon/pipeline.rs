@@ -61,9 +61,7 @@ pub fn configure_filter(filter: &gst::Element, cfg: &PipelineConfig, model: &Ele
     filter.set_property("require-provider", model.config.require_provider);
     filter.set_property("max-batch", model.config.max_batch);
     filter.set_property("threads", model.config.threads);
-    if let Some(cache) = &model.config.tensorrt_cache
-        && filter.find_property("tensorrt-cache").is_some()
-    {
+    if let Some(cache) = &model.config.tensorrt_cache {
         filter.set_property("tensorrt-cache", cache.display().to_string());
     }
     match &cfg.labels {
@@ -98,6 +96,9 @@ pub fn configure_filter(filter: &gst::Element, cfg: &PipelineConfig, model: &Ele
         filter.set_property("leave-samples", n);
     }
     filter.set_property_from_str("mode", cfg.mode.name());
+    if let Some(g) = cfg.scene_gate {
+        filter.set_property("scene-gate", g);
+    }
     filter.set_property("post-scores", true);
     filter.set_property("snapshot", cfg.snapshots);
 }

@@ -85,7 +85,7 @@ pub fn resolve_model(model: &ModelConfig) -> Result<PathBuf> {
 
 /// The engine settings the `clipfilter` elements derive from the same model settings (they
 /// must be equal for the elements to share the daemon's engine).
-pub fn engine_config(model: &ElementModel, element_has_trt_cache: bool) -> EngineConfig {
+pub fn engine_config(model: &ElementModel) -> EngineConfig {
     EngineConfig {
         model_dir: model.dir.clone(),
         variant: model.config.variant,
@@ -93,11 +93,7 @@ pub fn engine_config(model: &ElementModel, element_has_trt_cache: bool) -> Engin
             providers: model.config.providers.clone(),
             require_provider: model.config.require_provider,
             intra_threads: model.config.threads as usize,
-            tensorrt_cache: model
-                .config
-                .tensorrt_cache
-                .clone()
-                .filter(|_| element_has_trt_cache),
+            tensorrt_cache: model.config.tensorrt_cache.clone(),
             ..SessionConfig::default()
         },
         batch: BatchConfig {
@@ -107,12 +103,6 @@ pub fn engine_config(model: &ElementModel, element_has_trt_cache: bool) -> Engin
     }
 }
 
-fn element_has_property(name: &str) -> bool {
-    gst::ElementFactory::make("clipfilter")
-        .build()
-        .is_ok_and(|e| gst::prelude::ObjectExt::find_property(&e, name).is_some())
-}
-
 /// Loads the model of `config` (shared with the elements).
 fn load_engine(config: &ModelConfig) -> Result<(ElementModel, Arc<Engine>)> {
     let dir = resolve_model(config)?;
@@ -120,13 +110,7 @@ fn load_engine(config: &ModelConfig) -> Result<(ElementModel, Arc<Engine>)> {
         dir,
         config: config.clone(),
     };
-    let trt = element_has_property("tensorrt-cache");
-    if config.tensorrt_cache.is_some() && !trt {
-        tracing::warn!(
-            "this clipfilter element has no tensorrt-cache property: [model] tensorrt_cache is not used"
-        );
-    }
-    let engine = Engine::shared(&engine_config(&model, trt))?;
+    let engine = Engine::shared(&engine_config(&model))?;
     Ok((model, engine))
 }
 

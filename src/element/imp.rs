@@ -25,6 +25,7 @@ use super::{ClipFilterAction, ClipFilterMode, ClipFilterThresholdKind, ClipFilte
 use crate::encoder::{Provider, SessionConfig};
 use crate::engine::{Engine, EngineConfig};
 use crate::error::{Error, Result};
+use crate::gate::{GateConfig, SceneGate};
 use crate::labels::{Action, LabelDefaults, LabelSet, Threshold};
 use crate::matcher::Matcher;
 use crate::preprocess::{PixelFormat, YuvColor, YuvMatrix};
@@ -62,6 +63,10 @@ const RELOAD_DEBOUNCE: Duration = Duration::from_millis(200);
 const WAIT_SLICE: Duration = Duration::from_millis(20);
 /// Inference failures in async mode are posted as warnings this often (and the first one).
 const WARN_EVERY: u64 = 100;
+/// `scene-gate` default: automatic (on for live sources, off otherwise).
+const DEFAULT_SCENE_GATE: f64 = -1.0;
+/// Threshold the automatic gate uses on live sources (mean 8-bit level difference).
+pub(super) const AUTO_SCENE_GATE: f64 = 3.0;
 
 #[derive(Debug, Clone)]
 struct Settings {
@@ -84,6 +89,8 @@ struct Settings {
     max_batch: u32,
     threads: u32,
     sync_timeout: gst::ClockTime,
+    scene_gate: f64,
+    tensorrt_cache: Option<PathBuf>,
 }
 
 impl Default for Settings {
@@ -108,6 +115,8 @@ impl Default for Settings {
             max_batch: DEFAULT_MAX_BATCH,
             threads: DEFAULT_THREADS,
             sync_timeout: DEFAULT_SYNC_TIMEOUT,
+            scene_gate: DEFAULT_SCENE_GATE,
+            tensorrt_cache: None,
         }
     }
 }
@@ -127,6 +136,7 @@ impl Settings {
                 providers: Provider::parse_list(&self.execution_provider)?,
                 require_provider: self.require_provider,
                 intra_threads: self.threads as usize,
+                tensorrt_cache: self.tensorrt_cache.clone(),
                 ..SessionConfig::default()
             },
             batch: BatchConfig {
@@ -189,6 +199,7 @@ impl Settings {
             post_scores: self.post_scores,
             snapshot: self.snapshot,
             sync_timeout: Duration::from_nanos(self.sync_timeout.nseconds()),
+            scene_gate: self.scene_gate,
         }
     }
 }
@@ -327,7 +338,10 @@ impl ClipFilter {
             .map(gst::ClockTime::nseconds);
         let every = state.untimed_every();
         if state.sampler.due(t, state.rules.interval, every) {
-            let seq = match state.submit(buf, position, &self.counters) {
+            if state.gate_live.is_none() && state.rules.scene_gate < 0.0 {
+                state.gate_live = Some(self.upstream_is_live());
+            }
+            let seq = match state.submit(buf, position.clone(), &self.counters) {
                 Ok(seq) => seq,
                 Err(e) => {
                     gst::error!(CAT, imp = self, "cannot submit the frame: {e}");
@@ -335,8 +349,13 @@ impl ClipFilter {
                     return Err(Failure::Error);
                 }
             };
-            if state.rules.mode == ClipFilterMode::Sync {
-                self.wait_for(state, seq, posts)?;
+            match seq {
+                Some(seq) if state.rules.mode == ClipFilterMode::Sync => {
+                    self.wait_for(state, seq, posts)?
+                }
+                Some(_) => {}
+                // The scene has not changed: the last verdict stands for this sample too.
+                None => state.repeat_last(position, posts),
             }
         }
 
@@ -350,6 +369,19 @@ impl ClipFilter {
             action: state.action,
             paint,
         })
+    }
+
+    /// Whether the source upstream is live (a camera), from a latency query.
+    fn upstream_is_live(&self) -> bool {
+        let mut q = gst::query::Latency::new();
+        let live = self.obj().sink_pad().peer_query(&mut q) && q.result().0;
+        gst::debug!(
+            CAT,
+            imp = self,
+            "upstream is {}live",
+            if live { "" } else { "not " }
+        );
+        live
     }
 
     fn inference_failed(
@@ -509,6 +541,9 @@ impl ClipFilter {
             rules: settings.rules(),
             generation,
             sampler: Sampler::default(),
+            gate: SceneGate::new(GateConfig::default()),
+            gate_live: None,
+            gate_snapshot: None,
             pending: VecDeque::new(),
             discard_below: 0,
             next_seq: 0,
@@ -689,9 +724,22 @@ impl ObjectImpl for ClipFilter {
                     .default_value(DEFAULT_SYNC_TIMEOUT.nseconds())
                     .mutable_playing()
                     .build(),
+                glib::ParamSpecString::builder("tensorrt-cache")
+                    .nick("TensorRT engine cache")
+                    .blurb("Folder where TensorRT keeps the engines it builds (minutes each), so that later starts load them; see `clipfilterd model prepare`")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecDouble::builder("scene-gate")
+                    .nick("Scene-change gate")
+                    .blurb("Skip inference for a sampled frame that differs from the last inferred one by less than this mean 8-bit level (on a tiny thumbnail), repeating the last verdict; at least once a minute is inferred anyway. -1: automatic (3 for live sources such as cameras, off for files); 0: off")
+                    .minimum(-1.0)
+                    .maximum(255.0)
+                    .default_value(DEFAULT_SCENE_GATE)
+                    .mutable_playing()
+                    .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
-                    .blurb("clipfilter-stats: frames, sampled, inferred, dropped (newest frame won while inference was busy), errors, latency-last-ms, latency-mean-ms (submission to verdict), execution-provider, text-execution-provider")
+                    .blurb("clipfilter-stats: frames, sampled, inferred, dropped (newest frame won while inference was busy), skipped (scene unchanged, see scene-gate), errors, latency-last-ms, latency-mean-ms (submission to verdict), execution-provider, text-execution-provider")
                     .read_only()
                     .build(),
             ]
@@ -744,6 +792,15 @@ impl ObjectImpl for ClipFilter {
                     value.get().unwrap_or(DEFAULT_SYNC_TIMEOUT.nseconds()),
                 )
             }
+            "scene-gate" => s.scene_gate = value.get().unwrap_or(DEFAULT_SCENE_GATE),
+            "tensorrt-cache" => {
+                s.tensorrt_cache = value
+                    .get::<Option<String>>()
+                    .ok()
+                    .flatten()
+                    .filter(|p| !p.is_empty())
+                    .map(PathBuf::from)
+            }
             other => {
                 gst::warning!(CAT, imp = self, "unknown property {other}");
                 return;
@@ -785,6 +842,12 @@ impl ObjectImpl for ClipFilter {
             "max-batch" => s.max_batch.to_value(),
             "threads" => s.threads.to_value(),
             "sync-timeout" => s.sync_timeout.nseconds().to_value(),
+            "scene-gate" => s.scene_gate.to_value(),
+            "tensorrt-cache" => s
+                .tensorrt_cache
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .to_value(),
             "stats" => {
                 drop(s);
                 self.counters.structure().to_value()
@@ -928,6 +991,7 @@ impl BaseTransformImpl for ClipFilter {
             color,
             caps: incaps.clone(),
         });
+        state.gate.reset();
         Ok(())
     }
 

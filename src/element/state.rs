@@ -16,6 +16,7 @@ use super::stats::Counters;
 use super::watch::FileWatcher;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
+use crate::gate::{GateConfig, SceneGate, Verdict as GateVerdict};
 use crate::labels::{Action, CompiledLabels, LabelSet};
 use crate::matcher::{Change, Matcher, Transition};
 use crate::preprocess::{FrameRef, PixelFormat, Preprocessor, YuvColor};
@@ -30,6 +31,8 @@ pub(super) struct Rules {
     pub(super) post_scores: bool,
     pub(super) snapshot: bool,
     pub(super) sync_timeout: Duration,
+    /// Scene-change gate threshold: < 0 automatic (on for live sources), 0 off.
+    pub(super) scene_gate: f64,
 }
 
 /// The negotiated video format.
@@ -76,6 +79,11 @@ pub(super) struct State {
     pub(super) rules: Rules,
     pub(super) generation: u64,
     pub(super) sampler: Sampler,
+    pub(super) gate: SceneGate,
+    /// Whether upstream is live, asked on the first sample when the gate is automatic.
+    pub(super) gate_live: Option<bool>,
+    /// The frame a gate-skipped sample would start a match with.
+    pub(super) gate_snapshot: Option<gst::Sample>,
     pub(super) pending: VecDeque<Pending>,
     /// Verdicts for sequence numbers below this are from before a flush.
     pub(super) discard_below: u64,
@@ -162,6 +170,7 @@ impl State {
         self.discard_below = self.next_seq;
         self.pending.clear();
         self.sampler.reset();
+        self.gate.reset();
         let ended = self.matcher.end_all();
         self.end_messages(ended, reason, posts);
     }
@@ -205,6 +214,9 @@ impl State {
             .collect();
         self.set = reload.set;
         self.labels = reload.labels;
+        // The next sample is inferred and scored against the new labels, whatever the gate says.
+        self.scores = Scores::default();
+        self.gate.reset();
         self.action = self.matcher.action(&self.labels);
         let names: Vec<String> = self.labels.labels.iter().map(|l| l.name.clone()).collect();
         if let Some(path) = &self.labels_path {
@@ -255,6 +267,19 @@ impl State {
             counters.errors.fetch_add(1, Ordering::Relaxed);
             return Some(e.to_string());
         }
+        self.apply_scores(&pending.position, pending.snapshot.as_ref(), latency, posts);
+        None
+    }
+
+    /// Feeds `self.scores` (the verdict for the sample at `position`) to the matcher and posts
+    /// what changed.
+    fn apply_scores(
+        &mut self,
+        position: &Position,
+        snapshot: Option<&gst::Sample>,
+        latency: Duration,
+        posts: &mut Vec<Post>,
+    ) {
         self.last.clear();
         self.last.extend(
             self.scores
@@ -273,15 +298,15 @@ impl State {
                 label: &c.label,
                 cosine,
                 probability,
-                position: &pending.position,
+                position,
                 reason: Reason::Sample,
-                snapshot: pending.snapshot.as_ref(),
+                snapshot,
             })));
         }
         if self.rules.post_scores {
             let names: Vec<String> = self.labels.labels.iter().map(|l| l.name.clone()).collect();
             posts.push(Post::Element(messages::scores_structure(
-                &pending.position,
+                position,
                 &names,
                 &self.scores.cosine,
                 &self.scores.probability,
@@ -289,16 +314,26 @@ impl State {
             )));
         }
         self.action = self.matcher.action(&self.labels);
-        None
     }
 
-    /// Converts the sampled frame to the model's input and queues it for inference.
+    /// A sample the scene-change gate skipped: the last verdict stands for it (so hysteresis
+    /// counts it like a repeated frame), unless a verdict is still on its way.
+    pub(super) fn repeat_last(&mut self, position: Position, posts: &mut Vec<Post>) {
+        if !self.pending.is_empty() || self.scores.cosine.len() != self.labels.labels.len() {
+            return;
+        }
+        let snapshot = self.gate_snapshot.take();
+        self.apply_scores(&position, snapshot.as_ref(), Duration::ZERO, posts);
+    }
+
+    /// Converts the sampled frame to the model's input and queues it for inference; `None`
+    /// when the scene-change gate found it unchanged.
     pub(super) fn submit(
         &mut self,
         buf: &gst::BufferRef,
         position: Position,
         counters: &Counters,
-    ) -> Result<u64> {
+    ) -> Result<Option<u64>> {
         let video = self
             .video
             .as_ref()
@@ -322,18 +357,42 @@ impl State {
             strides,
             color: video.color,
         };
-        let mut pixels = self.stream.buffer();
-        if let Err(e) = self.pre.run(&frame_ref, &mut pixels) {
-            self.stream.recycle(pixels);
-            return Err(e);
-        }
-        let snapshot = self.rules.snapshot.then(|| {
+        let snapshot = || {
             gst::Sample::builder()
                 .buffer(&buf.to_owned())
                 .caps(&video.caps)
                 .segment(&self.segment)
                 .build()
-        });
+        };
+        let threshold = match (self.rules.scene_gate, self.gate_live) {
+            (t, _) if t >= 0.0 => t,
+            (_, Some(true)) => super::imp::AUTO_SCENE_GATE,
+            _ => 0.0,
+        };
+        if threshold > 0.0 {
+            self.gate.set_config(GateConfig {
+                threshold: threshold as f32,
+                ..GateConfig::default()
+            });
+            let time = Duration::from_nanos(
+                position
+                    .stream_time
+                    .or(position.running_time)
+                    .map_or(0, |t| t.nseconds()),
+            );
+            if let GateVerdict::Skip(_) = self.gate.check(&frame_ref, time) {
+                counters.sampled.fetch_add(1, Ordering::Relaxed);
+                counters.skipped.fetch_add(1, Ordering::Relaxed);
+                self.gate_snapshot = self.rules.snapshot.then(snapshot);
+                return Ok(None);
+            }
+        }
+        let mut pixels = self.stream.buffer();
+        if let Err(e) = self.pre.run(&frame_ref, &mut pixels) {
+            self.stream.recycle(pixels);
+            return Err(e);
+        }
+        let snapshot = self.rules.snapshot.then(snapshot);
         drop(frame);
         let submitted = self.stream.submit(pixels)?;
         counters.sampled.fetch_add(1, Ordering::Relaxed);
@@ -347,6 +406,6 @@ impl State {
             position,
             snapshot,
         });
-        Ok(submitted.seq)
+        Ok(Some(submitted.seq))
     }
 }

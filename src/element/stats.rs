@@ -13,6 +13,7 @@ pub(super) struct Counters {
     pub(super) sampled: AtomicU64,
     pub(super) inferred: AtomicU64,
     pub(super) dropped: AtomicU64,
+    pub(super) skipped: AtomicU64,
     pub(super) errors: AtomicU64,
     pub(super) latency_last_us: AtomicU64,
     pub(super) latency_sum_us: AtomicU64,
@@ -26,6 +27,7 @@ impl Counters {
             &self.sampled,
             &self.inferred,
             &self.dropped,
+            &self.skipped,
             &self.errors,
             &self.latency_last_us,
             &self.latency_sum_us,
@@ -48,6 +50,7 @@ impl Counters {
             .field("sampled", get(&self.sampled))
             .field("inferred", inferred)
             .field("dropped", get(&self.dropped))
+            .field("skipped", get(&self.skipped))
             .field("errors", get(&self.errors))
             .field(
                 "latency-last-ms",

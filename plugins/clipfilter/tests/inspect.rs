@@ -22,7 +22,7 @@ fn plugin_dir() -> PathBuf {
     dir
 }
 
-const PROPERTIES: [&str; 20] = [
+const PROPERTIES: [&str; 22] = [
     "model",
     "variant",
     "labels",
@@ -42,6 +42,8 @@ const PROPERTIES: [&str; 20] = [
     "max-batch",
     "threads",
     "sync-timeout",
+    "tensorrt-cache",
+    "scene-gate",
     "stats",
 ];
 
