@@ -6,6 +6,10 @@
 //! - `preprocess`: milliseconds to turn one 1080p frame into the model input, per pixel format;
 //! - `latency`: frame-to-verdict p50/p99 at light load, against one batch-1 inference;
 //! - `int8`: the quantized variant's images/s and its embeddings' cosine to fp32 on real photos;
+//! - `pipelines`: end-to-end frames/s of `--streams` concurrent file pipelines (decode ->
+//!   clipfilter at `--interval` -> fakesink, as fast as they decode) sharing one worker;
+//! - `static`: CPU cost of a static-scene live camera sampled at 2 fps, scene gate on, against
+//!   the same pipeline without clipfilter;
 //! - `baselines`: a Python onnxruntime session and transformers on PyTorch on the same ONNX file
 //!   and input shape (via `tools/clip-tools bench-baselines`), with our ratio to each;
 //! - peak RSS is always reported.
@@ -25,7 +29,7 @@ use serde_json::{Value, json};
 use super::ModelArgs;
 use crate::encoder::ImageEncoder;
 use crate::engine::{Engine, EngineConfig, decode_image};
-use crate::labels::{LabelDefaults, LabelSet, Threshold};
+use crate::labels::{CompiledLabels, LabelDefaults, LabelSet, Threshold};
 use crate::matcher::Matcher;
 use crate::model::{ModelDir, Variant};
 use crate::preprocess::{FrameRef, PixelFormat, Preprocessor, YuvColor};
@@ -39,6 +43,8 @@ pub enum Section {
     Preprocess,
     Latency,
     Int8,
+    Pipelines,
+    Static,
     Baselines,
 }
 
@@ -61,9 +67,21 @@ pub struct BenchArgs {
         long,
         value_delimiter = ',',
         value_enum,
-        default_value = "inference,preprocess,latency,int8,baselines"
+        default_value = "inference,preprocess,latency,int8,pipelines,static,baselines"
     )]
     pub sections: Vec<Section>,
+
+    /// Concurrent file pipelines in the `pipelines` section.
+    #[arg(long, default_value_t = 4)]
+    pub streams: usize,
+
+    /// Sampling interval of the `pipelines` section, in milliseconds of stream time.
+    #[arg(long, default_value_t = 500)]
+    pub interval_ms: u64,
+
+    /// Video for the `pipelines` section (default: the set-up's .local/media/video/vtest.avi).
+    #[arg(long, value_name = "FILE")]
+    pub video: Option<PathBuf>,
 
     /// Also write the figures as JSON to this file.
     #[arg(long, value_name = "FILE")]
@@ -157,96 +175,198 @@ fn engine_config(args: &ModelArgs, max_batch: usize, variant: Variant) -> Engine
     cfg
 }
 
-/// Images/s of the bare session at `batch`.
+/// Images counted over seconds measured; rounds of several measurements add up.
+#[derive(Debug, Default, Clone, Copy)]
+struct Rate {
+    images: usize,
+    seconds: f64,
+}
+
+impl Rate {
+    fn add(&mut self, other: Rate) {
+        self.images += other.images;
+        self.seconds += other.seconds;
+    }
+
+    fn per_s(self) -> f64 {
+        self.images as f64 / self.seconds
+    }
+}
+
+/// Rounds per figure: the measurements being compared take turns, so drift in the machine's
+/// load hits all of them alike instead of whichever happened to run last.
+const ROUNDS: usize = 3;
+
+/// The bare image-tower session at one batch size, with a random input.
+struct SessionBench {
+    enc: ImageEncoder,
+    input: Vec<f32>,
+    out: Vec<f32>,
+    batch: usize,
+}
+
+impl SessionBench {
+    fn load(model: &ModelDir, args: &ModelArgs, batch: usize) -> anyhow::Result<Self> {
+        let size = model
+            .preprocess
+            .output_size()
+            .context("model has no fixed input size")?;
+        let mut cfg = args.engine_config().session;
+        cfg.intra_threads = threads(args);
+        let mut enc = ImageEncoder::load(&model.vision_onnx, size, &cfg)?;
+        let mut rng = fastrand::Rng::with_seed(7);
+        let input: Vec<f32> = (0..batch * enc.image_len())
+            .map(|_| rng.f32() * 4.0 - 2.0)
+            .collect();
+        let mut out = Vec::new();
+        for _ in 0..2 {
+            enc.encode(&input, batch, &mut out)?;
+        }
+        Ok(Self {
+            enc,
+            input,
+            out,
+            batch,
+        })
+    }
+
+    /// Runs for at least `seconds` (and at least three batches).
+    fn measure(&mut self, seconds: f64) -> anyhow::Result<Rate> {
+        let start = Instant::now();
+        let mut runs = 0;
+        while runs < 3 || start.elapsed().as_secs_f64() < seconds {
+            self.enc.encode(&self.input, self.batch, &mut self.out)?;
+            runs += 1;
+        }
+        Ok(Rate {
+            images: runs * self.batch,
+            seconds: start.elapsed().as_secs_f64(),
+        })
+    }
+}
+
+/// Images/s of the bare session at `batch`, measured on its own.
 fn session_rate(
     model: &ModelDir,
     args: &ModelArgs,
     batch: usize,
     seconds: f64,
 ) -> anyhow::Result<f64> {
-    let size = model
-        .preprocess
-        .output_size()
-        .context("model has no fixed input size")?;
-    let mut cfg = args.engine_config().session;
-    cfg.intra_threads = threads(args);
-    let mut enc = ImageEncoder::load(&model.vision_onnx, size, &cfg)?;
-    let mut rng = fastrand::Rng::with_seed(7);
-    let input: Vec<f32> = (0..batch * enc.image_len())
-        .map(|_| rng.f32() * 4.0 - 2.0)
-        .collect();
-    let mut out = Vec::new();
-    for _ in 0..2 {
-        enc.encode(&input, batch, &mut out)?;
-    }
-    let start = Instant::now();
-    let mut runs = 0;
-    while runs < 3 || start.elapsed().as_secs_f64() < seconds {
-        enc.encode(&input, batch, &mut out)?;
-        runs += 1;
-    }
-    Ok((runs * batch) as f64 / start.elapsed().as_secs_f64())
+    Ok(SessionBench::load(model, args, batch)?
+        .measure(seconds)?
+        .per_s())
 }
 
-/// Images/s through the worker from decoded 1080p NV12 frames to scored, hysteresis-checked
-/// verdicts (`end_to_end`), or from ready tensors (worker overhead only).
-fn worker_rate(engine: &Engine, seconds: f64, end_to_end: bool) -> anyhow::Result<f64> {
-    let batch = engine.config().batch.max_batch;
-    let labels = LabelSet::from_prompts(
-        &[
-            "a person walking".into(),
-            "a white van".into(),
-            "an empty path".into(),
-        ],
-        Templates::None,
-    )?;
-    let labels = engine.compile_labels(
-        &labels,
-        &LabelDefaults {
-            threshold: Threshold::Cosine(0.25),
-            ..LabelDefaults::default()
-        },
-    )?;
-    let mut matcher = Matcher::new(&labels);
-    let (data, offsets, strides) = frame_1080p(PixelFormat::Nv12);
-    let frame = frame_ref(PixelFormat::Nv12, &data, offsets, strides);
-    let mut pre = engine.preprocessor()?;
-    let mut template = vec![0.0; pre.output_len()];
-    pre.run(&frame, &mut template)?;
-    let mut stream = engine.stream(StreamOptions::batch(batch * 2));
-    let mut scores = Scores::default();
-    let mut in_flight = 0usize;
-    let mut done = 0usize;
-    let mut start = Instant::now();
-    let mut warm = false;
-    loop {
-        while in_flight < batch * 2 {
-            let mut buf = stream.buffer();
-            if end_to_end {
-                pre.run(&frame, &mut buf)?;
-            } else {
-                buf.copy_from_slice(&template);
+/// The shared worker fed from one stream, either with ready tensors (worker overhead only) or
+/// with decoded 1080p NV12 frames preprocessed on the feeding thread, scored and run through
+/// the matcher (end to end).
+struct WorkerBench {
+    labels: CompiledLabels,
+    matcher: Matcher,
+    frame: (Vec<u8>, [usize; 3], [usize; 3]),
+    pre: Preprocessor,
+    template: Vec<f32>,
+    stream: crate::worker::Stream,
+    scores: Scores,
+    batch: usize,
+}
+
+impl WorkerBench {
+    fn new(engine: &Engine) -> anyhow::Result<Self> {
+        let batch = engine.config().batch.max_batch;
+        let labels = LabelSet::from_prompts(
+            &[
+                "a person walking".into(),
+                "a white van".into(),
+                "an empty path".into(),
+            ],
+            Templates::None,
+        )?;
+        let labels = engine.compile_labels(
+            &labels,
+            &LabelDefaults {
+                threshold: Threshold::Cosine(0.25),
+                ..LabelDefaults::default()
+            },
+        )?;
+        let matcher = Matcher::new(&labels);
+        let frame = frame_1080p(PixelFormat::Nv12);
+        let mut pre = engine.preprocessor()?;
+        let mut template = vec![0.0; pre.output_len()];
+        pre.run(
+            &frame_ref(PixelFormat::Nv12, &frame.0, frame.1, frame.2),
+            &mut template,
+        )?;
+        let stream = engine.stream(StreamOptions::batch(batch * 2));
+        let mut bench = Self {
+            labels,
+            matcher,
+            frame,
+            pre,
+            template,
+            stream,
+            scores: Scores::default(),
+            batch,
+        };
+        // Warm up: two batches through the whole path.
+        bench.measure(0.0, true)?;
+        Ok(bench)
+    }
+
+    /// Keeps two batches in flight for at least `seconds` (and at least three batches), counts
+    /// the results that came back in that time, then drains what is still in flight (not
+    /// counted) so that the next measurement starts on an idle worker.
+    fn measure(&mut self, seconds: f64, end_to_end: bool) -> anyhow::Result<Rate> {
+        let frame = frame_ref(PixelFormat::Nv12, &self.frame.0, self.frame.1, self.frame.2);
+        let mut in_flight = 0usize;
+        let mut done = 0usize;
+        let mut left_in_batch = 0usize;
+        let start = Instant::now();
+        let mut took = None;
+        loop {
+            if took.is_none() {
+                while in_flight < self.batch * 2 {
+                    let mut buf = self.stream.buffer();
+                    if end_to_end {
+                        self.pre.run(&frame, &mut buf)?;
+                    } else {
+                        buf.copy_from_slice(&self.template);
+                    }
+                    self.stream.submit(buf)?;
+                    in_flight += 1;
+                }
+            } else if in_flight == 0 {
+                break;
             }
-            stream.submit(buf)?;
-            in_flight += 1;
+            let out = self
+                .stream
+                .wait_result(Duration::from_secs(600))
+                .context("worker did not answer")?;
+            in_flight -= 1;
+            let e = out.embedding.map_err(|m| anyhow::anyhow!(m))?;
+            self.labels.score_into(&e, &mut self.scores)?;
+            self.matcher.update(&self.labels, &self.scores);
+            self.stream.recycle(out.pixels);
+            if took.is_none() {
+                // Results of a batch arrive together: count whole batches only, or the last
+                // one would be timed in full but counted in part.
+                if left_in_batch == 0 {
+                    left_in_batch = out.batch;
+                }
+                left_in_batch -= 1;
+                done += 1;
+                if left_in_batch == 0
+                    && done >= 3 * self.batch
+                    && start.elapsed().as_secs_f64() >= seconds
+                {
+                    took = Some(start.elapsed().as_secs_f64());
+                }
+            }
         }
-        let out = stream
-            .wait_result(Duration::from_secs(600))
-            .context("worker did not answer")?;
-        in_flight -= 1;
-        let e = out.embedding.map_err(|m| anyhow::anyhow!(m))?;
-        labels.score_into(&e, &mut scores)?;
-        matcher.update(&labels, &scores);
-        stream.recycle(out.pixels);
-        done += 1;
-        if !warm && done >= batch * 2 {
-            warm = true;
-            done = 0;
-            start = Instant::now();
-        }
-        if warm && done >= 3 * batch && start.elapsed().as_secs_f64() >= seconds {
-            return Ok(done as f64 / start.elapsed().as_secs_f64());
-        }
+        Ok(Rate {
+            images: done,
+            seconds: took.unwrap_or_default(),
+        })
     }
 }
 
@@ -298,6 +418,182 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     }
     let i = ((sorted.len() - 1) as f64 * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
+}
+
+/// CPU time (user + system) of this process.
+fn cpu_time() -> Duration {
+    // SAFETY: getrusage only writes the struct we pass.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+        return Duration::ZERO;
+    }
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// Plays `desc` until EOS (or `limit`), returning the wall time.
+fn play(desc: &str, limit: Option<Duration>) -> anyhow::Result<(gst::Pipeline, Duration)> {
+    use gst::prelude::*;
+    let pipeline = gst::parse::launch(desc)
+        .with_context(|| format!("pipeline {desc}"))?
+        .downcast::<gst::Pipeline>()
+        .map_err(|_| anyhow::anyhow!("not a pipeline: {desc}"))?;
+    let bus = pipeline.bus().context("pipeline bus")?;
+    let started = Instant::now();
+    pipeline.set_state(gst::State::Playing)?;
+    let deadline = started + limit.unwrap_or(Duration::from_secs(3600));
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        let Some(msg) = bus.timed_pop(gst::ClockTime::from_nseconds(left.as_nanos() as u64)) else {
+            break;
+        };
+        match msg.view() {
+            gst::MessageView::Eos(_) => break,
+            gst::MessageView::Error(e) => {
+                let _ = pipeline.set_state(gst::State::Null);
+                bail!("{}: {}", desc, e.error());
+            }
+            _ => {}
+        }
+    }
+    let took = started.elapsed();
+    Ok((pipeline, took))
+}
+
+fn stats_of(pipeline: &gst::Pipeline, name: &str) -> Option<gst::Structure> {
+    use gst::prelude::*;
+    pipeline
+        .by_name(name)
+        .map(|e| e.property::<gst::Structure>("stats"))
+}
+
+/// `streams` file pipelines at once, as fast as they decode, every sample inferred (sync mode:
+/// a sampled frame waits for its verdict, so nothing is dropped); frames/s and inferences/s
+/// over the wall time.
+fn pipelines_section(args: &BenchArgs, model: &ModelDir) -> anyhow::Result<Value> {
+    use gst::prelude::*;
+    let video = args.video.clone().unwrap_or_else(|| {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(".local/media/video/vtest.avi")
+    });
+    if !video.is_file() {
+        bail!(
+            "{} not found (run tools/setup.sh, or give --video)",
+            video.display()
+        );
+    }
+    let filter = format!(
+        "clipfilter model=\"{}\" variant={} execution-provider={} threads={} max-batch={} interval={} mode=sync prompts=\"a person walking;a white van;an empty path\"",
+        model.dir.display(),
+        args.model.variant.name(),
+        args.model
+            .providers
+            .0
+            .iter()
+            .map(|p| p.name())
+            .collect::<Vec<_>>()
+            .join(","),
+        threads(&args.model),
+        args.model.batch.max(1),
+        args.interval_ms * 1_000_000
+    );
+    let decode = format!(
+        "filesrc location=\"{}\" ! decodebin ! videoconvert",
+        video.display()
+    );
+    // Decoding alone, for the cost of the decoder.
+    let (p, decode_only) = play(&format!("{decode} ! fakesink sync=false"), None)?;
+    let _ = p.set_state(gst::State::Null);
+    let desc: Vec<String> = (0..args.streams)
+        .map(|i| format!("{decode} ! {filter} name=cf{i} ! fakesink sync=false"))
+        .collect();
+    // One pipeline holding every stream: they run concurrently and share the engine.
+    let (pipeline, took) = play(&desc.join("  "), None)?;
+    let (mut frames, mut sampled, mut inferred, mut dropped) = (0u64, 0u64, 0u64, 0u64);
+    for i in 0..args.streams {
+        if let Some(s) = stats_of(&pipeline, &format!("cf{i}")) {
+            let g = |f: &str| s.get::<u64>(f).unwrap_or(0);
+            frames += g("frames");
+            sampled += g("sampled");
+            inferred += g("inferred");
+            dropped += g("dropped");
+        }
+    }
+    let _ = pipeline.set_state(gst::State::Null);
+    let secs = took.as_secs_f64();
+    let per_stream_frames = frames as f64 / args.streams.max(1) as f64;
+    println!(
+        "\n{} concurrent pipelines on {} (interval {} ms, sync: every sample inferred): {:.1} s wall, {frames} frames = {:.0} frames/s, {sampled} sampled, {inferred} inferred = {:.1} inferences/s, {dropped} dropped (newest frame won); decoding one stream alone: {:.0} frames/s",
+        args.streams,
+        video
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+        args.interval_ms,
+        secs,
+        frames as f64 / secs,
+        inferred as f64 / secs,
+        per_stream_frames / decode_only.as_secs_f64()
+    );
+    Ok(json!({
+        "streams": args.streams, "interval_ms": args.interval_ms, "wall_s": secs,
+        "frames": frames, "frames_per_s": frames as f64 / secs, "sampled": sampled,
+        "inferred": inferred, "inferences_per_s": inferred as f64 / secs, "dropped": dropped,
+        "decode_only_frames_per_s": per_stream_frames / decode_only.as_secs_f64(),
+    }))
+}
+
+/// CPU share of one core that clipfilter adds to a static live 720p25 camera sampled at 2 fps
+/// with the scene gate on (and, for comparison, with it off).
+fn static_section(args: &BenchArgs, model: &ModelDir) -> anyhow::Result<Value> {
+    let seconds = Duration::from_secs_f64(args.seconds.max(5.0) * 2.0);
+    let source = "videotestsrc is-live=true pattern=smpte ! video/x-raw,format=I420,width=1280,height=720,framerate=25/1";
+    let filter = |gate: f64| {
+        format!(
+            "clipfilter name=cf model=\"{}\" variant={} execution-provider=cpu threads={} interval=500000000 scene-gate={gate} prompts=\"a person walking;a white van;an empty path\"",
+            model.dir.display(),
+            args.model.variant.name(),
+            threads(&args.model)
+        )
+    };
+    let measure = |desc: String| -> anyhow::Result<(f64, Option<gst::Structure>)> {
+        let cpu0 = cpu_time();
+        let (p, wall) = play(&desc, Some(seconds))?;
+        let cpu = (cpu_time() - cpu0).as_secs_f64() / wall.as_secs_f64();
+        let stats = stats_of(&p, "cf");
+        let _ = gst::prelude::ElementExt::set_state(&p, gst::State::Null);
+        Ok((cpu, stats))
+    };
+    // The element's engine, held across the runs so that no run pays for loading the model.
+    let mut cfg = engine_config(&args.model, 8, args.model.variant);
+    cfg.session.providers = vec![crate::encoder::Provider::Cpu];
+    let _engine = Engine::shared(&cfg)?;
+    measure(format!("{source} ! {} ! fakesink", filter(3.0)))?;
+    let (bare, _) = measure(format!("{source} ! fakesink"))?;
+    let (gated, gs) = measure(format!("{source} ! {} ! fakesink", filter(3.0)))?;
+    let (ungated, us) = measure(format!("{source} ! {} ! fakesink", filter(0.0)))?;
+    let count = |s: &Option<gst::Structure>, f: &str| {
+        s.as_ref().and_then(|s| s.get::<u64>(f).ok()).unwrap_or(0)
+    };
+    println!(
+        "\nstatic live camera, 1280x720 I420 at 25 fps, sampled at 2 fps, {:.0} s each: source alone {:.1}% of a core; clipfilter adds {:.2}% with the scene gate ({} inferred, {} skipped), {:.1}% without it ({} inferred)",
+        seconds.as_secs_f64(),
+        bare * 100.0,
+        (gated - bare) * 100.0,
+        count(&gs, "inferred"),
+        count(&gs, "skipped"),
+        (ungated - bare) * 100.0,
+        count(&us, "inferred")
+    );
+    Ok(json!({
+        "seconds": seconds.as_secs_f64(), "source_only_core_share": bare,
+        "clipfilter_core_share_gate_on": gated - bare, "clipfilter_core_share_gate_off": ungated - bare,
+        "gate_on_inferred": count(&gs, "inferred"), "gate_on_skipped": count(&gs, "skipped"),
+        "gate_off_inferred": count(&us, "inferred"),
+    }))
 }
 
 fn peak_rss_mib() -> Option<f64> {
@@ -396,19 +692,27 @@ pub fn run(args: BenchArgs) -> anyhow::Result<super::Outcome> {
         );
         let mut rows = Vec::new();
         for &b in &args.batches {
-            let ses = session_rate(&model, &args.model, b, args.seconds)?;
-            session_rates.insert(b, ses);
+            let mut session = SessionBench::load(&model, &args.model, b)?;
             if !has(Section::Inference) {
+                session_rates.insert(b, session.measure(args.seconds)?.per_s());
                 continue;
             }
             let engine = Engine::load(&engine_config(&args.model, b, args.model.variant))?;
-            let worker = worker_rate(&engine, args.seconds, false)?;
-            let e2e = worker_rate(&engine, args.seconds, true)?;
+            let mut worker = WorkerBench::new(&engine)?;
+            let (mut ses, mut bare, mut e2e) = (Rate::default(), Rate::default(), Rate::default());
+            let slice = args.seconds / ROUNDS as f64;
+            for _ in 0..ROUNDS {
+                ses.add(session.measure(slice)?);
+                bare.add(worker.measure(slice, false)?);
+                e2e.add(worker.measure(slice, true)?);
+            }
+            let (ses, bare, e2e) = (ses.per_s(), bare.per_s(), e2e.per_s());
+            session_rates.insert(b, ses);
             println!(
-                "{b:<8} {ses:>14.1} {worker:>14.1} {e2e:>14.1} {:>8.2}",
+                "{b:<8} {ses:>14.1} {bare:>14.1} {e2e:>14.1} {:>8.2}",
                 e2e / ses
             );
-            rows.push(json!({"batch": b, "session_images_per_s": ses, "worker_images_per_s": worker, "end_to_end_images_per_s": e2e, "end_to_end_vs_session": e2e / ses}));
+            rows.push(json!({"batch": b, "session_images_per_s": ses, "worker_images_per_s": bare, "end_to_end_images_per_s": e2e, "end_to_end_vs_session": e2e / ses, "rounds": ROUNDS}));
         }
         if has(Section::Inference) {
             report.insert("inference", Value::Array(rows));
@@ -458,11 +762,15 @@ pub fn run(args: BenchArgs) -> anyhow::Result<super::Outcome> {
             Err(e) => println!("\nint8: skipped: {e}"),
             Ok(q) => {
                 let b = 8;
-                let q_rate = session_rate(&q, &args.model, b, args.seconds)?;
-                let f_rate = match session_rates.get(&b) {
-                    Some(r) => *r,
-                    None => session_rate(&model, &args.model, b, args.seconds)?,
-                };
+                let mut q_session = SessionBench::load(&q, &args.model, b)?;
+                let mut f_session = SessionBench::load(&model, &args.model, b)?;
+                let (mut q_rate, mut f_rate) = (Rate::default(), Rate::default());
+                for _ in 0..ROUNDS {
+                    q_rate.add(q_session.measure(args.seconds / ROUNDS as f64)?);
+                    f_rate.add(f_session.measure(args.seconds / ROUNDS as f64)?);
+                }
+                drop((q_session, f_session));
+                let (q_rate, f_rate) = (q_rate.per_s(), f_rate.per_s());
                 let fp32 = Engine::load(&engine_config(&args.model, 8, Variant::Fp32))?;
                 let int8 = Engine::load(&engine_config(&args.model, 8, Variant::Quantized))?;
                 let mut cos = Vec::new();
@@ -487,12 +795,30 @@ pub fn run(args: BenchArgs) -> anyhow::Result<super::Outcome> {
         }
     }
 
+    if has(Section::Pipelines) || has(Section::Static) {
+        gst::init().context("initialising GStreamer")?;
+        crate::element::register(None).context("registering clipfilter")?;
+    }
+    if has(Section::Pipelines) {
+        report.insert("pipelines", pipelines_section(&args, &model)?);
+    }
+    if has(Section::Static) {
+        report.insert("static_camera", static_section(&args, &model)?);
+    }
+
     if has(Section::Baselines) {
         println!("\nbaselines on the same ONNX file and input shape ({t} threads):");
         let mut rows = Vec::new();
         for &b in &args.batches {
-            let ours = session_rates.get(&b).copied().unwrap_or(f64::NAN);
-            match baselines(&model.dir, b, t, args.seconds) {
+            // Ours is measured right before and right after the baselines, which run in
+            // another process on the same ONNX file, so that both see the same machine.
+            let mut session = SessionBench::load(&model, &args.model, b)?;
+            let mut ours = session.measure(args.seconds / 2.0)?;
+            let lines = baselines(&model.dir, b, t, args.seconds);
+            ours.add(session.measure(args.seconds / 2.0)?);
+            drop(session);
+            let ours = ours.per_s();
+            match lines {
                 Err(e) => println!("  batch {b}: baselines unavailable: {e:#}"),
                 Ok(lines) => {
                     for l in lines {
