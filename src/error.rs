@@ -160,6 +160,29 @@ impl Error {
         }
     }
 
+    /// An [`Error::Config`] for a TOML parse error in `text` (the contents of `path`), located
+    /// at the line and column of the error.
+    pub fn toml(path: impl AsRef<Path>, text: &str, e: &toml::de::Error) -> Self {
+        let loc = e
+            .span()
+            .map(|s| Location::from_offset(text, s.start, None))
+            .unwrap_or_default();
+        Error::config(path, loc, e.message().trim().to_string())
+    }
+
+    /// An [`Error::Config`] for a JSON parse error in `path`, located at its line and column.
+    pub fn json(path: impl AsRef<Path>, e: &serde_json::Error) -> Self {
+        Error::config(
+            path,
+            Location {
+                line: Some(e.line()),
+                column: Some(e.column()),
+                field: None,
+            },
+            e.to_string(),
+        )
+    }
+
     /// An [`Error::InvalidInput`].
     pub fn invalid(what: impl Into<String>, message: impl Into<String>) -> Self {
         Error::InvalidInput {

@@ -13,6 +13,7 @@ use crate::util::daemon::{
     Daemon, Hook, PATIENCE, config_head, free_port, live_pattern, make_clip, mean_colour, oracle,
     write_atomically,
 };
+use crate::util::notify_until;
 use crate::util::rtsp::{CHILD_ENV, RtspServer};
 
 /// Helper process: the RTSP server of [`rtsp_camera_reconnects_by_itself_and_others_carry_on`].
@@ -476,33 +477,6 @@ fn config_reload_adds_and_removes_pipelines_and_leaves_the_others_alone() {
     assert!(daemon.stop());
 }
 
-/// Receives notify datagrams until `want` holds for one line; returns every line.
-fn until(socket: &UnixDatagram, what: &str, mut want: impl FnMut(&str) -> bool) -> Vec<String> {
-    let deadline = Instant::now() + PATIENCE;
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        assert!(
-            !left.is_zero(),
-            "timed out waiting for {what}; got {seen:?}"
-        );
-        socket.set_read_timeout(Some(left)).unwrap();
-        let n = socket
-            .recv(&mut buf)
-            .unwrap_or_else(|e| panic!("waiting for {what}: {e}; got {seen:?}"));
-        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-        let mut found = false;
-        for line in text.lines() {
-            found |= want(line);
-            seen.push(line.to_owned());
-        }
-        if found {
-            return seen;
-        }
-    }
-}
-
 /// Starts the daemon under a real `NOTIFY_SOCKET` with a watchdog, as systemd would.
 fn notified_daemon(config: &Path, socket: &Path, watchdog: Duration) -> Daemon {
     let mut cmd = Command::new("/bin/sh");
@@ -532,13 +506,13 @@ fn sd_notify_ready_status_and_watchdog_on_a_real_socket() {
     text.push_str("\n[[pipeline]]\nname = \"down\"\nsource = \"rtsp://127.0.0.1:9/nothing\"\nprompts = [\"red\", \"green\"]\n");
     std::fs::write(&config, text).unwrap();
     let daemon = notified_daemon(&config, &socket_path, Duration::from_secs(2));
-    let mut all = until(&socket, "READY=1", |l| l == "READY=1");
+    let mut all = notify_until(&socket, PATIENCE, "READY=1", |l| l == "READY=1");
     assert!(
         all.iter().any(|l| l == "STATUS=loading the model"),
         "{all:?}"
     );
     let mut pings = 0;
-    all.extend(until(&socket, "three pings", |l| {
+    all.extend(notify_until(&socket, PATIENCE, "three pings", |l| {
         pings += usize::from(l == "WATCHDOG=1");
         pings >= 3
     }));
@@ -546,8 +520,9 @@ fn sd_notify_ready_status_and_watchdog_on_a_real_socket() {
         .iter()
         .any(|l| l == "STATUS=2 pipelines running, 1 backing off")
     {
-        all.extend(until(
+        all.extend(notify_until(
             &socket,
+            PATIENCE,
             "a status line with running and backing-off pipelines",
             |l| l == "STATUS=2 pipelines running, 1 backing off",
         ));
@@ -558,7 +533,7 @@ fn sd_notify_ready_status_and_watchdog_on_a_real_socket() {
         "{all:?}"
     );
     daemon.signal("TERM");
-    until(&socket, "STOPPING=1", |l| l == "STOPPING=1");
+    notify_until(&socket, PATIENCE, "STOPPING=1", |l| l == "STOPPING=1");
     drop(daemon);
 }
 
@@ -583,8 +558,8 @@ fn a_stalled_inference_worker_stops_the_watchdog_pings() {
     }
     std::fs::write(&config, text).unwrap();
     let daemon = notified_daemon(&config, &socket_path, Duration::from_secs(1));
-    until(&socket, "READY=1", |l| l == "READY=1");
-    let seen = until(&socket, "the watchdog withheld", |l| {
+    notify_until(&socket, PATIENCE, "READY=1", |l| l == "READY=1");
+    let seen = notify_until(&socket, PATIENCE, "the watchdog withheld", |l| {
         l.starts_with("STATUS=watchdog withheld")
     });
     let withheld = seen.last().unwrap();
@@ -597,7 +572,7 @@ fn a_stalled_inference_worker_stops_the_watchdog_pings() {
         "pings before the stall: {seen:?}"
     );
     // While it is withheld, no ping comes until the worker beats again; then they resume.
-    let after = until(&socket, "pings again", |l| l == "WATCHDOG=1");
+    let after = notify_until(&socket, PATIENCE, "pings again", |l| l == "WATCHDOG=1");
     let log = daemon.stderr.all().join("\n");
     assert!(log.contains("withholding WATCHDOG=1"), "{after:?}");
     drop(daemon);

@@ -7,8 +7,9 @@ use std::os::unix::net::UnixDatagram;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use crate::util::notify_until;
 use clipfilter::daemon::notify::Notifier;
 
 const CHILD_FLAG: &str = "CLIPFILTER_TEST_NOTIFY_CHILD";
@@ -58,33 +59,6 @@ fn notify_child() {
     notifier.shutdown();
 }
 
-/// Receives datagrams until one has a line for which `want` is true; returns every line seen.
-fn until(socket: &UnixDatagram, what: &str, mut want: impl FnMut(&str) -> bool) -> Vec<String> {
-    let deadline = Instant::now() + PATIENCE;
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        assert!(
-            !left.is_zero(),
-            "timed out waiting for {what}; got {seen:?}"
-        );
-        socket.set_read_timeout(Some(left)).unwrap();
-        let n = socket
-            .recv(&mut buf)
-            .unwrap_or_else(|e| panic!("waiting for {what}: {e}; got {seen:?}"));
-        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-        let mut found = false;
-        for line in text.lines() {
-            found |= want(line);
-            seen.push(line.to_owned());
-        }
-        if found {
-            return seen;
-        }
-    }
-}
-
 #[test]
 fn ready_status_and_watchdog_reach_a_real_notify_socket() {
     let dir = tempfile::tempdir().unwrap();
@@ -112,10 +86,15 @@ fn ready_status_and_watchdog_reach_a_real_notify_socket() {
     let mut stdin = child.stdin.take().unwrap();
 
     let mut pings = 0;
-    let seen = until(&socket, "READY, STATUS and two WATCHDOG pings", |line| {
-        pings += usize::from(line == "WATCHDOG=1");
-        pings >= 2
-    });
+    let seen = notify_until(
+        &socket,
+        PATIENCE,
+        "READY, STATUS and two WATCHDOG pings",
+        |line| {
+            pings += usize::from(line == "WATCHDOG=1");
+            pings >= 2
+        },
+    );
     assert!(seen.iter().any(|l| l == "READY=1"), "{seen:?}");
     assert!(seen.iter().any(|l| l == "STATUS=loading model"), "{seen:?}");
     assert!(
@@ -125,7 +104,7 @@ fn ready_status_and_watchdog_reach_a_real_notify_socket() {
 
     // The inference worker stops beating: the watchdog says so once and stops pinging.
     writeln!(stdin, "stall").unwrap();
-    let seen = until(&socket, "the stale-heartbeat status", |l| {
+    let seen = notify_until(&socket, PATIENCE, "the stale-heartbeat status", |l| {
         l.starts_with("STATUS=watchdog withheld")
     });
     let status = seen.last().unwrap();
@@ -150,10 +129,12 @@ fn ready_status_and_watchdog_reach_a_real_notify_socket() {
 
     // It beats again: the pings resume.
     writeln!(stdin, "resume").unwrap();
-    until(&socket, "WATCHDOG after recovery", |l| l == "WATCHDOG=1");
+    notify_until(&socket, PATIENCE, "WATCHDOG after recovery", |l| {
+        l == "WATCHDOG=1"
+    });
 
     writeln!(stdin, "quit").unwrap();
-    until(&socket, "STOPPING", |l| l == "STOPPING=1");
+    notify_until(&socket, PATIENCE, "STOPPING", |l| l == "STOPPING=1");
     drop(stdin);
     assert!(child.wait().unwrap().success(), "the child process failed");
 }

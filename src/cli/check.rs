@@ -25,13 +25,7 @@ pub enum FileKind {
 
 /// Decides whether `text` is a label set or a daemon config.
 pub fn kind_of(path: &Path, text: &str) -> Result<FileKind, Error> {
-    let table: toml::Table = toml::from_str(text).map_err(|e| {
-        let loc = e
-            .span()
-            .map(|s| Location::from_offset(text, s.start, None))
-            .unwrap_or_default();
-        Error::config(path, loc, e.message().trim().to_string())
-    })?;
+    let table: toml::Table = toml::from_str(text).map_err(|e| Error::toml(path, text, &e))?;
     if table.contains_key("label") || table.contains_key("defaults") {
         Ok(FileKind::LabelSet)
     } else if table.contains_key("pipeline")

@@ -483,13 +483,7 @@ impl Config {
     /// Parses and validates configuration text; `path` names it in errors and anchors relative
     /// paths (its folder).
     pub fn parse(text: &str, path: &Path) -> Result<Config> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            let loc = e
-                .span()
-                .map(|s| Location::from_offset(text, s.start, None))
-                .unwrap_or_default();
-            Error::config(path, loc, e.message().trim().to_string())
-        })?;
+        let raw: RawConfig = toml::from_str(text).map_err(|e| Error::toml(path, text, &e))?;
         let base = path
             .parent()
             .map(|p| {

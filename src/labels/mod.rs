@@ -280,13 +280,7 @@ impl LabelSet {
 
     /// Parses and validates label-set TOML; `path` names it in errors.
     pub fn from_toml_str(text: &str, path: &Path) -> Result<Self> {
-        let raw: RawLabelSet = toml::from_str(text).map_err(|e| {
-            let loc = e
-                .span()
-                .map(|s| Location::from_offset(text, s.start, None))
-                .unwrap_or_default();
-            Error::config(path, loc, e.message().trim().to_string())
-        })?;
+        let raw: RawLabelSet = toml::from_str(text).map_err(|e| Error::toml(path, text, &e))?;
         let cx = Ctx { text, path };
         let d = &raw.defaults;
         let default_templates = match &d.templates {

@@ -142,17 +142,7 @@ fn available_variants(dir: &Path) -> Vec<&'static str> {
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| {
-        Error::config(
-            path,
-            Location {
-                line: Some(e.line()),
-                column: Some(e.column()),
-                field: None,
-            },
-            e.to_string(),
-        )
-    })
+    serde_json::from_str(&text).map_err(|e| Error::json(path, &e))
 }
 
 impl ModelDir {

@@ -142,17 +142,7 @@ impl PreprocessConfig {
 
     /// Parses the text of a `preprocessor_config.json`; `path` is used in errors.
     pub fn from_json_str(text: &str, path: &Path) -> Result<Self> {
-        let raw: RawConfig = serde_json::from_str(text).map_err(|e| {
-            Error::config(
-                path,
-                Location {
-                    line: Some(e.line()),
-                    column: Some(e.column()),
-                    field: None,
-                },
-                e.to_string(),
-            )
-        })?;
+        let raw: RawConfig = serde_json::from_str(text).map_err(|e| Error::json(path, &e))?;
         let bad =
             |field: &str, message: String| Error::config(path, Location::field(field), message);
 

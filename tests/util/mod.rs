@@ -4,8 +4,10 @@
 pub mod daemon;
 pub mod rtsp;
 
+use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
 /// The repository's `tests/fixtures` folder.
 pub fn fixtures() -> PathBuf {
@@ -136,4 +138,37 @@ pub fn floats(v: &serde_json::Value) -> Vec<f32> {
         .iter()
         .map(|x| x.as_f64().expect("number") as f32)
         .collect()
+}
+
+/// Receives `sd_notify` datagrams on `socket` until one has a line for which `want` is true,
+/// for at most `patience`; returns every line seen.
+pub fn notify_until(
+    socket: &UnixDatagram,
+    patience: Duration,
+    what: &str,
+    mut want: impl FnMut(&str) -> bool,
+) -> Vec<String> {
+    let deadline = Instant::now() + patience;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            !left.is_zero(),
+            "timed out waiting for {what}; got {seen:?}"
+        );
+        socket.set_read_timeout(Some(left)).unwrap();
+        let n = socket
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("waiting for {what}: {e}; got {seen:?}"));
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        let mut found = false;
+        for line in text.lines() {
+            found |= want(line);
+            seen.push(line.to_owned());
+        }
+        if found {
+            return seen;
+        }
+    }
 }
