@@ -551,10 +551,13 @@ fn a_stalled_inference_worker_stops_the_watchdog_pings() {
             &crate::util::model("oracle-slow").display().to_string(),
         )
         .replace("max_batch = 4", "max_batch = 16");
+    // The scene gate (on by default for live sources) would skip these static pictures and
+    // leave the worker idle: turn it off so that every sample is inferred.
     for i in 0..16 {
         text.push_str(
             &live_pattern(&format!("cam{i}"), "red").replace("framerate=10/1", "framerate=5/1"),
         );
+        text.push_str("scene_gate = 0\n");
     }
     std::fs::write(&config, text).unwrap();
     let daemon = notified_daemon(&config, &socket_path, Duration::from_secs(1));
