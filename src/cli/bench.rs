@@ -11,7 +11,9 @@
 //! - `static`: CPU cost of a static-scene live camera sampled at 2 fps, scene gate on, against
 //!   the same pipeline without clipfilter;
 //! - `baselines`: a Python onnxruntime session and transformers on PyTorch on the same ONNX file
-//!   and input shape (via `tools/clip-tools bench-baselines`), with our ratio to each;
+//!   and input shape (via `tools/clip-tools bench-baselines`), with our ratio to each, and the
+//!   fp32 ceiling of this machine: ONNX Runtime's MatMul GFLOP/s on the tower's largest product
+//!   divided by the tower's FLOPs per image;
 //! - peak RSS is always reported.
 //!
 //! Benchmarks are commands, not tests: these machines are shared and noisy, so compare ratios
@@ -633,7 +635,15 @@ fn baselines(
 ) -> anyhow::Result<Vec<Value>> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/clip-tools");
     let out = Command::new(&script)
-        .args(["bench-baselines", "--json", "--model"])
+        .args([
+            "bench-baselines",
+            "--json",
+            "--only",
+            "onnxruntime-python",
+            "transformers-pytorch",
+            "matmul-ceiling",
+            "--model",
+        ])
         .arg(model)
         .args([
             "--batch",
@@ -825,6 +835,14 @@ pub fn run(args: BenchArgs) -> anyhow::Result<super::Outcome> {
                         let name = l["baseline"].as_str().unwrap_or("?").to_string();
                         let rate = l["images_per_s"].as_f64();
                         match rate {
+                            Some(r) if name == "matmul-ceiling" => println!(
+                                "  batch {b:<3} {:<22} {r:>8.1} img/s   clipfilter {ours:>8.1} img/s   {:.2} of it",
+                                format!(
+                                    "ceiling: {:.0} GFLOP/s",
+                                    l["matmul_gflops"].as_f64().unwrap_or(f64::NAN)
+                                ),
+                                ours / r
+                            ),
                             Some(r) => println!(
                                 "  batch {b:<3} {name:<22} {r:>8.1} img/s   clipfilter {ours:>8.1} img/s   ratio {:.2}",
                                 ours / r
