@@ -627,23 +627,19 @@ fn photos(args: &BenchArgs) -> Vec<PathBuf> {
     v
 }
 
+/// Runs `tools/clip-tools bench-baselines --only <only>` and returns its JSON lines.
 fn baselines(
     model: &Path,
     batch: usize,
     threads: usize,
     seconds: f64,
+    only: &[&str],
 ) -> anyhow::Result<Vec<Value>> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/clip-tools");
     let out = Command::new(&script)
-        .args([
-            "bench-baselines",
-            "--json",
-            "--only",
-            "onnxruntime-python",
-            "transformers-pytorch",
-            "matmul-ceiling",
-            "--model",
-        ])
+        .args(["bench-baselines", "--json", "--only"])
+        .args(only)
+        .arg("--model")
         .arg(model)
         .args([
             "--batch",
@@ -819,42 +815,79 @@ pub fn run(args: BenchArgs) -> anyhow::Result<super::Outcome> {
     if has(Section::Baselines) {
         println!("\nbaselines on the same ONNX file and input shape ({t} threads):");
         let mut rows = Vec::new();
+        let slice = args.seconds / ROUNDS as f64;
         for &b in &args.batches {
-            // Ours is measured right before and right after the baselines, which run in
-            // another process on the same ONNX file, so that both see the same machine.
             let mut session = SessionBench::load(&model, &args.model, b)?;
-            let mut ours = session.measure(args.seconds / 2.0)?;
-            let lines = baselines(&model.dir, b, t, args.seconds);
-            ours.add(session.measure(args.seconds / 2.0)?);
-            drop(session);
-            let ours = ours.per_s();
-            match lines {
-                Err(e) => println!("  batch {b}: baselines unavailable: {e:#}"),
-                Ok(lines) => {
-                    for l in lines {
-                        let name = l["baseline"].as_str().unwrap_or("?").to_string();
-                        let rate = l["images_per_s"].as_f64();
-                        match rate {
-                            Some(r) if name == "matmul-ceiling" => println!(
-                                "  batch {b:<3} {:<22} {r:>8.1} img/s   clipfilter {ours:>8.1} img/s   {:.2} of it",
-                                format!(
-                                    "ceiling: {:.0} GFLOP/s",
-                                    l["matmul_gflops"].as_f64().unwrap_or(f64::NAN)
-                                ),
-                                ours / r
-                            ),
-                            Some(r) => println!(
-                                "  batch {b:<3} {name:<22} {r:>8.1} img/s   clipfilter {ours:>8.1} img/s   ratio {:.2}",
-                                ours / r
-                            ),
-                            None => println!(
-                                "  batch {b:<3} {name:<22} skipped: {}",
-                                l["skipped"].as_str().unwrap_or("")
-                            ),
+            let mut ours = Rate::default();
+            // Ours and the Python onnxruntime session (a short process each round, on the same
+            // ONNX file) take turns, so that both see the same machine.
+            let mut python = Rate::default();
+            let mut lines = Vec::new();
+            for _ in 0..ROUNDS {
+                ours.add(session.measure(slice)?);
+                match baselines(&model.dir, b, t, slice, &["onnxruntime-python"]) {
+                    Err(e) => {
+                        println!("  batch {b}: onnxruntime-python unavailable: {e:#}");
+                        python = Rate::default();
+                        break;
+                    }
+                    Ok(ls) => {
+                        for l in ls {
+                            match (l["runs"].as_u64(), l["seconds"].as_f64()) {
+                                (Some(runs), Some(secs)) => python.add(Rate {
+                                    images: runs as usize * b,
+                                    seconds: secs,
+                                }),
+                                _ => lines.push(l),
+                            }
                         }
-                        rows.push(json!({"batch": b, "baseline": name, "images_per_s": rate, "clipfilter_images_per_s": ours, "ratio": rate.map(|r| ours / r)}));
                     }
                 }
+            }
+            if python.seconds > 0.0 {
+                lines.push(json!({"baseline": "onnxruntime-python", "images_per_s": python.per_s(), "rounds": ROUNDS}));
+            }
+            // PyTorch and the MatMul ceiling: one run between two measurements of ours.
+            ours.add(session.measure(slice)?);
+            match baselines(
+                &model.dir,
+                b,
+                t,
+                args.seconds,
+                &["transformers-pytorch", "matmul-ceiling"],
+            ) {
+                Err(e) => println!("  batch {b}: baselines unavailable: {e:#}"),
+                Ok(ls) => lines.extend(ls),
+            }
+            ours.add(session.measure(slice)?);
+            drop(session);
+            let ours = ours.per_s();
+            for l in lines {
+                let name = l["baseline"].as_str().unwrap_or("?").to_string();
+                let rate = l["images_per_s"].as_f64();
+                match rate {
+                    Some(r) if name == "matmul-ceiling" => println!(
+                        "  batch {b:<3} {:<22} {r:>8.1} img/s   clipfilter {ours:>8.1} img/s   {:.2} of it",
+                        format!(
+                            "ceiling: {:.0} GFLOP/s",
+                            l["matmul_gflops"].as_f64().unwrap_or(f64::NAN)
+                        ),
+                        ours / r
+                    ),
+                    Some(r) => println!(
+                        "  batch {b:<3} {name:<22} {r:>8.1} img/s   clipfilter {ours:>8.1} img/s   ratio {:.2}",
+                        ours / r
+                    ),
+                    None => println!(
+                        "  batch {b:<3} {name:<22} skipped: {}",
+                        l["skipped"].as_str().unwrap_or("")
+                    ),
+                }
+                let mut row = json!({"batch": b, "baseline": name, "images_per_s": rate, "clipfilter_images_per_s": ours, "ratio": rate.map(|r| ours / r)});
+                if let Some(g) = l.get("matmul_gflops") {
+                    row["matmul_gflops"] = g.clone();
+                }
+                rows.push(row);
             }
         }
         report.insert("baselines", Value::Array(rows));
