@@ -98,6 +98,8 @@ impl Engine {
         // The text tower runs once per label change, with prompts of every length: on TensorRT
         // each new shape would build an engine, so it runs on the next provider in the list.
         let mut text_session = config.session.clone();
+        // Label changes wait for the text tower: it keeps the loader's priority.
+        text_session.nice = 0;
         text_session.providers.retain(|p| *p != Provider::TensorRt);
         if text_session.providers.is_empty() {
             text_session.providers.push(Provider::Cpu);
@@ -153,7 +155,7 @@ impl Engine {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let worker = Worker::start(image, config.batch, &label)?;
+        let worker = Worker::start(image, config.batch, config.session.nice, &label)?;
         tracing::info!(
             model = %model.dir.display(), dim = text_dim, image_provider = %image_provider, text_provider = %text_provider,
             size = ?size, logit_scale = model.logit_scale, "model loaded"

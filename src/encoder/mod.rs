@@ -94,6 +94,36 @@ pub struct SessionConfig {
     pub tensorrt_fp16: bool,
     /// GPU index for CUDA and TensorRT.
     pub device_id: i32,
+    /// Nice value of the threads that run this session (its ONNX Runtime thread pool, and the
+    /// inference worker that calls it). Positive values let video decoding and the streaming
+    /// threads of the same process win the CPU when both want it: under overload inference
+    /// drops frames (newest wins, counted) instead of starving decoders. 0 keeps the priority
+    /// of the thread that loads the model.
+    pub nice: i32,
+}
+
+/// The nice value inference threads get by default.
+pub const DEFAULT_NICE: i32 = 10;
+
+/// Sets the nice value of the calling thread (Linux keeps it per thread, and threads started
+/// from it inherit it). Raising it needs no privilege; failures are logged, not fatal.
+pub(crate) fn set_thread_nice(nice: i32) {
+    if nice == 0 {
+        return;
+    }
+    // SAFETY: gettid and setpriority have no memory-safety preconditions; PRIO_PROCESS with a
+    // thread id changes that one thread.
+    let rc = unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice)
+    };
+    if rc != 0 {
+        tracing::warn!(
+            nice,
+            error = %std::io::Error::last_os_error(),
+            "cannot lower the priority of the inference threads"
+        );
+    }
 }
 
 impl Default for SessionConfig {
@@ -105,6 +135,7 @@ impl Default for SessionConfig {
             tensorrt_cache: None,
             tensorrt_fp16: true,
             device_id: 0,
+            nice: DEFAULT_NICE,
         }
     }
 }
@@ -153,6 +184,30 @@ pub(crate) fn build_session(
     cfg: &SessionConfig,
     what: &str,
 ) -> Result<(Session, Provider)> {
+    if cfg.nice == 0 {
+        return build_session_here(path, cfg, what);
+    }
+    // ONNX Runtime starts the session's thread pool while it is built, and threads inherit
+    // the nice value of the thread that starts them: build it on a short-lived thread whose
+    // priority is lowered (the caller's cannot be raised back without privileges).
+    std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("clipfilter-onnx".into())
+            .spawn_scoped(scope, || {
+                set_thread_nice(cfg.nice);
+                build_session_here(path, cfg, what)
+            })
+            .map_err(|e| Error::Worker {
+                message: format!("cannot start a thread to load {what}: {e}"),
+            })?
+            .join()
+            .map_err(|_| Error::Worker {
+                message: format!("loading {what} {} panicked", path.display()),
+            })?
+    })
+}
+
+fn build_session_here(path: &Path, cfg: &SessionConfig, what: &str) -> Result<(Session, Provider)> {
     let env = crate::runtime::environment()?;
     let context = || format!("{what} {}", path.display());
     let mut builder = Session::builder(env)

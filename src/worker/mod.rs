@@ -120,8 +120,9 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Starts the worker thread around `encoder`.
-    pub fn start(encoder: ImageEncoder, cfg: BatchConfig, label: &str) -> Result<Self> {
+    /// Starts the worker thread around `encoder`, at nice value `nice` (see
+    /// [`SessionConfig::nice`](crate::encoder::SessionConfig::nice)).
+    pub fn start(encoder: ImageEncoder, cfg: BatchConfig, nice: i32, label: &str) -> Result<Self> {
         let (control_tx, control_rx) = unbounded();
         let (doorbell_tx, doorbell_rx) = bounded(1);
         let (shutdown_tx, shutdown_rx) = bounded(1);
@@ -143,6 +144,7 @@ impl Worker {
         let thread = std::thread::Builder::new()
             .name(name.chars().take(15).collect())
             .spawn(move || {
+                crate::encoder::set_thread_nice(nice);
                 run(encoder, cfg, control_rx, doorbell_rx, shutdown_rx, stats);
                 alive.store(false, Ordering::Release);
             })
