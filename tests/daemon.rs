@@ -825,12 +825,8 @@ fn every_example_config_and_label_set_passes_check() {
 
 #[test]
 fn the_demo_watches_the_cctv_clip_as_a_live_camera() {
-    let video = crate::util::local().join("media/video/vtest.avi");
-    assert!(
-        video.is_file(),
-        "{} is missing: run tools/setup.sh",
-        video.display()
-    );
+    // The example config watches the set-up's vtest.avi.
+    crate::util::vtest();
     let dir = tempfile::tempdir().unwrap();
     let cache = crate::util::daemon::fake_hub_cache(&dir.path().join("cache"));
     let http = free_port();
@@ -859,12 +855,8 @@ fn the_demo_watches_the_cctv_clip_as_a_live_camera() {
 
 #[test]
 fn the_moderation_example_writes_a_complete_mp4() {
-    let video = crate::util::local().join("media/video/vtest.avi");
-    assert!(
-        video.is_file(),
-        "{} is missing: run tools/setup.sh",
-        video.display()
-    );
+    // The example config watches the set-up's vtest.avi.
+    crate::util::vtest();
     let dir = tempfile::tempdir().unwrap();
     let cache = crate::util::daemon::fake_hub_cache(&dir.path().join("cache"));
     let out_file = dir.path().join("moderated.mp4");

@@ -107,24 +107,24 @@ impl State {
             .any(|l| matches!(l.action, Action::Blank | Action::Pixelate))
     }
 
+    /// Where `buf` starts.
     pub(super) fn position(&self, buf: &gst::BufferRef, frame: u64) -> Position {
-        let pts = buf.pts();
-        Position {
-            pts,
-            running_time: pts.and_then(|t| self.segment.to_running_time(t)),
-            stream_time: pts.and_then(|t| self.segment.to_stream_time(t)),
-            frame,
-        }
+        self.position_at(buf.pts(), frame)
     }
 
+    /// Where `buf` ends (its start plus its duration).
     pub(super) fn end_position(&self, buf: &gst::BufferRef, frame: u64) -> Position {
         let end = buf
             .pts()
             .map(|t| t + buf.duration().unwrap_or(gst::ClockTime::ZERO));
+        self.position_at(end, frame)
+    }
+
+    fn position_at(&self, pts: Option<gst::ClockTime>, frame: u64) -> Position {
         Position {
-            pts: end,
-            running_time: end.and_then(|t| self.segment.to_running_time(t)),
-            stream_time: end.and_then(|t| self.segment.to_stream_time(t)),
+            pts,
+            running_time: pts.and_then(|t| self.segment.to_running_time(t)),
+            stream_time: pts.and_then(|t| self.segment.to_stream_time(t)),
             frame,
         }
     }

@@ -348,6 +348,7 @@ fn run(
     let mut batch: Vec<Job> = Vec::with_capacity(cfg.max_batch);
     let mut input: Vec<f32> = Vec::with_capacity(cfg.max_batch * image_len);
     let mut output: Vec<f32> = Vec::new();
+    let mut served: Vec<bool> = Vec::new();
     loop {
         stats.beat();
         loop {
@@ -366,7 +367,8 @@ fn run(
         if shutdown.try_recv().is_ok() {
             return;
         }
-        let mut served = vec![false; streams.len()];
+        served.clear();
+        served.resize(streams.len(), false);
         collect(
             &streams,
             &mut cursor,

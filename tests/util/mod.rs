@@ -30,6 +30,17 @@ pub fn local() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(".local")
 }
 
+/// The real CCTV clip the set-up extracts from opencv-doc.
+pub fn vtest() -> PathBuf {
+    let video = local().join("media/video/vtest.avi");
+    assert!(
+        video.is_file(),
+        "{} is missing: run tools/setup.sh",
+        video.display()
+    );
+    video
+}
+
 /// Reads a JSON fixture.
 pub fn json(path: &Path) -> serde_json::Value {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
