@@ -15,6 +15,7 @@ pub mod model;
 pub mod preprocess;
 pub mod runtime;
 pub mod text;
+pub mod video_frame;
 pub mod worker;
 pub mod zeroshot;
 

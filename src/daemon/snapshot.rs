@@ -14,7 +14,8 @@ use gst_video::VideoFrameExt;
 
 use crate::daemon::config::SnapshotConfig;
 use crate::error::{Error, Result};
-use crate::preprocess::{FrameRef, PixelFormat, YuvColor, YuvMatrix, frame_to_rgb8};
+use crate::preprocess::frame_to_rgb8;
+use crate::video_frame;
 
 #[derive(Debug, Default)]
 struct Files {
@@ -146,36 +147,11 @@ pub fn sample_to_rgb8(sample: &gst::Sample) -> Result<(Vec<u8>, u32, u32)> {
         .ok_or_else(|| bad("the sample has no buffer".into()))?;
     let info = gst_video::VideoInfo::from_caps(caps)
         .map_err(|e| bad(format!("not raw video ({caps}): {e}")))?;
-    let format = PixelFormat::from_gst_name(info.format().to_str())
+    let (format, color) = video_frame::format_of(&info)
         .ok_or_else(|| bad(format!("unsupported format {}", info.format().to_str())))?;
     let frame = gst_video::VideoFrameRef::from_buffer_ref_readable(buffer, &info)
         .map_err(|e| bad(format!("cannot map the frame: {e}")))?;
-    let mut planes: [&[u8]; 3] = [&[], &[], &[]];
-    let mut strides = [0usize; 3];
-    for i in 0..(frame.n_planes() as usize).min(3) {
-        planes[i] = frame
-            .plane_data(i as u32)
-            .map_err(|e| bad(format!("plane {i}: {e}")))?;
-        strides[i] =
-            usize::try_from(frame.plane_stride()[i]).map_err(|_| bad("negative stride".into()))?;
-    }
-    let colorimetry = info.colorimetry();
-    let color = YuvColor {
-        matrix: match colorimetry.matrix() {
-            gst_video::VideoColorMatrix::Bt709 => YuvMatrix::Bt709,
-            gst_video::VideoColorMatrix::Bt2020 => YuvMatrix::Bt2020,
-            _ => YuvMatrix::Bt601,
-        },
-        full_range: colorimetry.range() == gst_video::VideoColorRange::Range0_255,
-    };
-    let frame_ref = FrameRef {
-        format,
-        width: frame.width(),
-        height: frame.height(),
-        planes,
-        strides,
-        color,
-    };
+    let frame_ref = video_frame::frame_ref(&frame, format, color)?;
     let rgb = frame_to_rgb8(&frame_ref)?;
     Ok((rgb, frame.width(), frame.height()))
 }

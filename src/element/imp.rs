@@ -13,7 +13,6 @@ use gst::subclass::prelude::*;
 use gst_base::prelude::*;
 use gst_base::subclass::prelude::*;
 use gst_video::prelude::*;
-use gst_video::{VideoColorMatrix, VideoColorRange};
 
 use super::actions::{self, PlaneMut};
 use super::messages::{self, Position, Reason};
@@ -28,7 +27,7 @@ use crate::error::{Error, Result};
 use crate::gate::{GateConfig, SceneGate};
 use crate::labels::{Action, LabelDefaults, LabelSet, Threshold};
 use crate::matcher::Matcher;
-use crate::preprocess::{PixelFormat, YuvColor, YuvMatrix};
+use crate::preprocess::PixelFormat;
 use crate::worker::{BatchConfig, StreamOptions};
 use crate::zeroshot::{Scores, Templates};
 
@@ -969,17 +968,8 @@ impl BaseTransformImpl for ClipFilter {
     fn set_caps(&self, incaps: &gst::Caps, _outcaps: &gst::Caps) -> Result<(), gst::LoggableError> {
         let info = gst_video::VideoInfo::from_caps(incaps)
             .map_err(|_| gst::loggable_error!(CAT, "cannot parse caps {incaps}"))?;
-        let format = PixelFormat::from_gst_name(info.format().to_str())
+        let (format, color) = crate::video_frame::format_of(&info)
             .ok_or_else(|| gst::loggable_error!(CAT, "unsupported format {}", info.format()))?;
-        let colorimetry = info.colorimetry();
-        let color = YuvColor {
-            matrix: match colorimetry.matrix() {
-                VideoColorMatrix::Bt709 => YuvMatrix::Bt709,
-                VideoColorMatrix::Bt2020 => YuvMatrix::Bt2020,
-                _ => YuvMatrix::Bt601,
-            },
-            full_range: colorimetry.range() == VideoColorRange::Range0_255,
-        };
         gst::debug!(CAT, imp = self, "caps {incaps}");
         let mut guard = lock(&self.state);
         let state = guard

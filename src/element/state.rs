@@ -7,7 +7,6 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crossbeam_channel::Receiver;
-use gst_video::prelude::*;
 
 use super::ClipFilterMode;
 use super::messages::{self, MatchEvent, Position, Reason};
@@ -19,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::gate::{GateConfig, SceneGate, Verdict as GateVerdict};
 use crate::labels::{Action, CompiledLabels, LabelSet};
 use crate::matcher::{Change, Matcher, Transition};
-use crate::preprocess::{FrameRef, PixelFormat, Preprocessor, YuvColor};
+use crate::preprocess::{PixelFormat, Preprocessor, YuvColor};
 use crate::worker::{Output, Stream};
 use crate::zeroshot::Scores;
 
@@ -340,23 +339,7 @@ impl State {
             .ok_or_else(|| Error::invalid("caps", "a buffer arrived before the caps"))?;
         let frame = gst_video::VideoFrameRef::from_buffer_ref_readable(buf, &video.info)
             .map_err(|e| Error::invalid("frame", format!("cannot map the buffer: {e}")))?;
-        let mut planes: [&[u8]; 3] = [&[], &[], &[]];
-        let mut strides = [0usize; 3];
-        for i in 0..(frame.n_planes() as usize).min(3) {
-            planes[i] = frame
-                .plane_data(i as u32)
-                .map_err(|e| Error::invalid("frame", format!("plane {i}: {e}")))?;
-            strides[i] = usize::try_from(frame.plane_stride()[i])
-                .map_err(|_| Error::invalid("frame", "negative stride"))?;
-        }
-        let frame_ref = FrameRef {
-            format: video.format,
-            width: frame.width(),
-            height: frame.height(),
-            planes,
-            strides,
-            color: video.color,
-        };
+        let frame_ref = crate::video_frame::frame_ref(&frame, video.format, video.color)?;
         let snapshot = || {
             gst::Sample::builder()
                 .buffer(&buf.to_owned())
