@@ -691,7 +691,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<super::Outcome> {
     let has = |s: Section| args.sections.contains(&s);
 
     let mut session_rates: BTreeMap<usize, f64> = BTreeMap::new();
-    if has(Section::Inference) || has(Section::Baselines) || has(Section::Int8) {
+    if has(Section::Inference) {
         println!(
             "\n{:<8} {:>14} {:>14} {:>14} {:>8}",
             "batch", "session img/s", "worker img/s", "end-to-end", "e2e/ses"
@@ -699,10 +699,6 @@ pub fn run(args: BenchArgs) -> anyhow::Result<super::Outcome> {
         let mut rows = Vec::new();
         for &b in &args.batches {
             let mut session = SessionBench::load(&model, &args.model, b)?;
-            if !has(Section::Inference) {
-                session_rates.insert(b, session.measure(args.seconds)?.per_s());
-                continue;
-            }
             let engine = Engine::load(&engine_config(&args.model, b, args.model.variant))?;
             let mut worker = WorkerBench::new(&engine)?;
             let (mut ses, mut bare, mut e2e) = (Rate::default(), Rate::default(), Rate::default());
@@ -720,9 +716,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<super::Outcome> {
             );
             rows.push(json!({"batch": b, "session_images_per_s": ses, "worker_images_per_s": bare, "end_to_end_images_per_s": e2e, "end_to_end_vs_session": e2e / ses, "rounds": ROUNDS}));
         }
-        if has(Section::Inference) {
-            report.insert("inference", Value::Array(rows));
-        }
+        report.insert("inference", Value::Array(rows));
     }
 
     if has(Section::Preprocess) {
