@@ -257,6 +257,9 @@ else
 fi
 
 # ------------------------------------------------------------------------------------------------
+# Runs the clip_tools package (tools/clip_tools/) with $CLIPFILTER_VENV_PY, as tools/clip-tools does
+clip_tools() { PYTHONPATH="$ROOT/tools${PYTHONPATH:+:$PYTHONPATH}" "$CLIPFILTER_VENV_PY" -P -m clip_tools "$@"; }
+
 step 4 "test fixtures (tests/fixtures)"
 MANIFEST="$ROOT/tests/fixtures/MANIFEST.sha256"
 fixtures_ok=1
@@ -276,7 +279,7 @@ if [[ $fixtures_ok -eq 1 ]]; then
 else
     info "fixtures missing: regenerating with the full tools venv (torch; takes a few minutes)"
     clipfilter_ensure_venv tools || die "could not set up .local/venv-tools"
-    "$CLIPFILTER_VENV_PY" "$ROOT/tools/clip_tools.py" make-fixtures || die "make-fixtures failed"
+    clip_tools make-fixtures || die "make-fixtures failed"
 fi
 
 # ------------------------------------------------------------------------------------------------
@@ -285,12 +288,13 @@ clipfilter_ensure_venv ref || die "could not set up .local/venv-ref"
 info "venv-ref: $("$CLIPFILTER_VENV_PY" -c 'import transformers, onnxruntime, numpy; print("transformers", transformers.__version__, "onnxruntime", onnxruntime.__version__, "numpy", numpy.__version__)' 2>/dev/null)"
 REFS="$LOCAL/fixtures/photos"
 refs_key="$( { (cd "$PHOTOS" && sha256sum -- *); cat "$ROOT/tests/fixtures/tiny-clip/preprocessor_config.json" \
-    "$ROOT/tests/fixtures/tiny-clip-odd/preprocessor_config.json" "$ROOT/tools/requirements-ref.txt" \
-    "$ROOT/tools/clip_tools.py"; } | sha256sum | cut -d' ' -f1)"
+    "$ROOT/tests/fixtures/tiny-clip-odd/preprocessor_config.json" "$ROOT/tools/requirements-ref.txt"
+    (cd "$ROOT/tools" && find clip_tools -name '*.py' -print0 | LC_ALL=C sort -z | xargs -0 sha256sum); } \
+    | sha256sum | cut -d' ' -f1)"
 if [[ -f "$REFS/.stamp" && "$(cat "$REFS/.stamp")" == "$refs_key" ]]; then
     info "photo references up to date in ${REFS#$ROOT/}"
 else
-    "$CLIPFILTER_VENV_PY" "$ROOT/tools/clip_tools.py" photo-refs || die "photo-refs failed"
+    clip_tools photo-refs || die "photo-refs failed"
     echo "$refs_key" > "$REFS/.stamp"
 fi
 
