@@ -65,7 +65,7 @@ pub fn text(o: &Output) -> (String, String) {
     )
 }
 
-/// The deterministic test images both sides generate (see tools/clip_tools.py):
+/// The deterministic test images both sides generate (see tools/clip_tools/common.py):
 /// `1.5 * sin(0.1*x + 0.173*y + 1.7*c + 0.917*b + 0.05*x*y/W)`, in f64, cast to f32.
 pub fn formula_pixels(batch: usize, h: usize, w: usize) -> Vec<f32> {
     let mut v = Vec::with_capacity(batch * 3 * h * w);
