@@ -260,7 +260,8 @@ def make_oracles(tok: Tokenizers, out_root: Path):
 ORACLE_README = """# oracle-clip — a hand-built CLIP-shaped model whose answers we know
 
 Not a neural network: two small ONNX graphs built with the `onnx` helper API by
-`tools/clip-tools make-fixtures` (`tools/clip_tools.py`, `oracle_vision_graph` / `oracle_text_graph`).
+`tools/clip-tools make-fixtures` (`oracle_vision_graph` / `oracle_text_graph` in
+`tools/clip_tools/oracle.py`).
 Same file layout, input and output names as a transformers.js CLIP export, with the real CLIP
 `tokenizer.json`, so every part of clipfilter (preprocessing, tokenizer, both towers, cosine, softmax,
 thresholds) can be tested end to end with outcomes a person can predict.
