@@ -1,22 +1,9 @@
-//! clipfilter: CLIP zero-shot matching of video frames against text prompts.
+//! clipfilterd: the daemon and the command line, on the clipfilter engine and element.
 //!
-//! See `ARCHITECTURE.md` for the map of modules.
+//! See `ARCHITECTURE.md` for which crate holds what.
 
 pub mod cli;
 pub mod daemon;
-pub mod element;
-pub mod encoder;
-pub mod engine;
 pub mod error;
-pub mod gate;
-pub mod labels;
-pub mod matcher;
-pub mod model;
-pub mod preprocess;
-pub mod runtime;
-pub mod text;
-pub mod video_frame;
-pub mod worker;
-pub mod zeroshot;
-
-pub use error::{Error, Result};
+pub mod fetch;
+pub mod gstreamer;

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use clipfilter::cli::{Cli, Command, LogFormat, ModelCommand, Outcome};
+use clipfilterd::cli::{Cli, Command, LogFormat, ModelCommand, Outcome};
 use tracing_subscriber::EnvFilter;
 
 fn init_logging(cli: &Cli) {
@@ -28,15 +28,15 @@ fn init_logging(cli: &Cli) {
 
 fn run(cli: Cli) -> anyhow::Result<Outcome> {
     match cli.command {
-        Command::Classify(args) => clipfilter::cli::classify::run(args),
-        Command::Check(args) => clipfilter::cli::check::run(args),
-        Command::Run(args) => clipfilter::cli::run::run(args),
-        Command::Bench(args) => clipfilter::cli::bench::run(args),
-        Command::BenchElement(args) => clipfilter::cli::bench_element::run(args),
+        Command::Classify(args) => clipfilterd::cli::classify::run(args),
+        Command::Check(args) => clipfilterd::cli::check::run(args),
+        Command::Run(args) => clipfilterd::cli::run::run(args),
+        Command::Bench(args) => clipfilterd::cli::bench::run(args),
+        Command::BenchElement(args) => clipfilterd::cli::bench_element::run(args),
         Command::Model(ModelCommand::Fetch(args)) => {
-            clipfilter::cli::model_fetch::run(args).map(|()| Outcome::Ok)
+            clipfilterd::cli::model_fetch::run(args).map(|()| Outcome::Ok)
         }
-        Command::Model(ModelCommand::Prepare(args)) => clipfilter::cli::model_prepare::run(args),
+        Command::Model(ModelCommand::Prepare(args)) => clipfilterd::cli::model_prepare::run(args),
     }
 }
 
@@ -47,7 +47,10 @@ fn exit_code(err: &anyhow::Error) -> u8 {
             .downcast_ref::<clipfilter::Error>()
             .is_some_and(clipfilter::Error::is_user_error)
             || cause
-                .downcast_ref::<clipfilter::model::fetch::FetchError>()
+                .downcast_ref::<clipfilterd::error::Error>()
+                .is_some_and(clipfilterd::error::Error::is_user_error)
+            || cause
+                .downcast_ref::<clipfilterd::fetch::FetchError>()
                 .is_some_and(|e| e.is_user_error())
     });
     if user { 2 } else { 1 }

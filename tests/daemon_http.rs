@@ -4,8 +4,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use clipfilter::daemon::http::HttpServer;
-use clipfilter::daemon::metrics::{CONTENT_TYPE, FrameCounts, Metrics, PipelineState};
+use clipfilterd::daemon::http::HttpServer;
+use clipfilterd::daemon::metrics::{CONTENT_TYPE, FrameCounts, Metrics, PipelineState};
 
 fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()

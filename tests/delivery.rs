@@ -11,10 +11,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use clipfilter::daemon::delivery::Delivery;
-use clipfilter::daemon::event::{Event, MatchState};
-use clipfilter::daemon::metrics::Metrics;
-use clipfilter::daemon::output::{OutputConfig, Outputs};
+use clipfilter::matcher::Transition;
+use clipfilterd::daemon::delivery::Delivery;
+use clipfilterd::daemon::event::Event;
+use clipfilterd::daemon::metrics::Metrics;
+use clipfilterd::daemon::output::{OutputConfig, Outputs};
 use crossbeam_channel::{Receiver, Sender};
 
 /// Longest wait for something that should happen (the machine may be loaded).
@@ -51,9 +52,9 @@ fn events(pipeline: &str, n: u64) -> Vec<Event> {
     (0..n)
         .map(|i| {
             let state = if i % 2 == 0 {
-                MatchState::Start
+                Transition::Start
             } else {
-                MatchState::End
+                Transition::End
             };
             let mut e = Event::new(pipeline, format!("label {}", i % 3), state, 0.25, 0.5, i);
             e.pts = Some(i as f64 / 25.0);
@@ -221,7 +222,7 @@ fn webhook_delivers_events_in_order_with_their_fields() {
         ),
         0.0
     );
-    let outbox = clipfilter::daemon::outbox::Outbox::open(state.path()).unwrap();
+    let outbox = clipfilterd::daemon::outbox::Outbox::open(state.path()).unwrap();
     assert_eq!(outbox.pending("hook"), 0);
 }
 

@@ -14,7 +14,7 @@ fn init() {
     static INIT: Once = Once::new();
     INIT.call_once(|| {
         gst::init().expect("GStreamer initialises");
-        clipfilter::element::register(None).expect("clipfilter registers");
+        gstclipfilter::plugin_register_static().expect("clipfilter registers");
     });
 }
 

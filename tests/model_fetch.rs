@@ -6,7 +6,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use clipfilter::model::Variant;
-use clipfilter::model::fetch::{self, FetchError, FetchOptions};
+use clipfilterd::fetch::{self, FetchError, FetchOptions};
 use hub::{HubServer, Logged, Repo, RepoFile};
 
 const REPO: &str = "clipfilter-test/tiny-clip";

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::util::notify_until;
-use clipfilter::daemon::notify::Notifier;
+use clipfilterd::daemon::notify::Notifier;
 
 const CHILD_FLAG: &str = "CLIPFILTER_TEST_NOTIFY_CHILD";
 const WATCHDOG: Duration = Duration::from_millis(600);

@@ -29,14 +29,14 @@ use clap::{Args, ValueEnum};
 use serde_json::{Value, json};
 
 use super::ModelArgs;
-use crate::encoder::ImageEncoder;
-use crate::engine::{Engine, EngineConfig, decode_image};
-use crate::labels::{CompiledLabels, LabelDefaults, LabelSet, Threshold};
-use crate::matcher::Matcher;
-use crate::model::{ModelDir, Variant};
-use crate::preprocess::{FrameRef, PixelFormat, Preprocessor, YuvColor};
-use crate::worker::{BatchConfig, StreamOptions};
-use crate::zeroshot::{Scores, Templates};
+use clipfilter::encoder::ImageEncoder;
+use clipfilter::engine::{Engine, EngineConfig, decode_image};
+use clipfilter::labels::{CompiledLabels, LabelDefaults, LabelSet, Threshold};
+use clipfilter::matcher::Matcher;
+use clipfilter::model::{ModelDir, Variant};
+use clipfilter::preprocess::{FrameRef, PixelFormat, Preprocessor, YuvColor};
+use clipfilter::worker::{BatchConfig, StreamOptions};
+use clipfilter::zeroshot::{Scores, Templates};
 
 /// Parts of the benchmark.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
@@ -268,7 +268,7 @@ struct WorkerBench {
     frame: (Vec<u8>, [usize; 3], [usize; 3]),
     pre: Preprocessor,
     template: Vec<f32>,
-    stream: crate::worker::Stream,
+    stream: clipfilter::worker::Stream,
     scores: Scores,
     batch: usize,
 }
@@ -571,7 +571,7 @@ fn static_section(args: &BenchArgs, model: &ModelDir) -> anyhow::Result<Value> {
     };
     // The element's engine, held across the runs so that no run pays for loading the model.
     let mut cfg = engine_config(&args.model, 8, args.model.variant);
-    cfg.session.providers = vec![crate::encoder::Provider::Cpu];
+    cfg.session.providers = vec![clipfilter::encoder::Provider::Cpu];
     let _engine = Engine::shared(&cfg)?;
     measure(format!("{source} ! {} ! fakesink", filter(3.0)))?;
     let (bare, _) = measure(format!("{source} ! fakesink"))?;
@@ -796,8 +796,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<super::Outcome> {
     }
 
     if has(Section::Pipelines) || has(Section::Static) {
-        gst::init().context("initialising GStreamer")?;
-        crate::element::register(None).context("registering clipfilter")?;
+        crate::gstreamer::init()?;
     }
     if has(Section::Pipelines) {
         report.insert("pipelines", pipelines_section(&args, &model)?);

@@ -111,9 +111,8 @@ struct Report {
 
 /// Runs `bench element`.
 pub fn run(args: BenchElementArgs) -> anyhow::Result<Outcome> {
-    gst::init().context("initialising GStreamer")?;
-    crate::element::register(None).context("registering clipfilter")?;
-    if crate::preprocess::PixelFormat::from_gst_name(&args.format).is_none() {
+    crate::gstreamer::init()?;
+    if clipfilter::preprocess::PixelFormat::from_gst_name(&args.format).is_none() {
         bail!(
             "--format {}: clipfilter does not take this format",
             args.format

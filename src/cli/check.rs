@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 
 use super::Outcome;
-use crate::error::{Error, Location};
-use crate::labels::LabelSet;
+use clipfilter::error::{Error, Location};
+use clipfilter::labels::LabelSet;
 
 /// Arguments of `check`.
 #[derive(Debug, Args)]

@@ -9,10 +9,10 @@ use clap::Args;
 use serde::Serialize;
 
 use super::{ModelArgs, Outcome};
-use crate::engine::{Engine, decode_image};
-use crate::labels::{LabelDefaults, LabelSet, Threshold};
-use crate::worker::StreamOptions;
-use crate::zeroshot::{Scores, Templates};
+use clipfilter::engine::{Engine, decode_image};
+use clipfilter::labels::{LabelDefaults, LabelSet, Threshold};
+use clipfilter::worker::StreamOptions;
+use clipfilter::zeroshot::{Scores, Templates};
 
 /// Arguments of `classify`.
 #[derive(Debug, Args)]

@@ -12,10 +12,10 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::encoder::{Provider, SessionConfig};
-use crate::engine::EngineConfig;
-use crate::model::Variant;
-use crate::worker::BatchConfig;
+use clipfilter::encoder::{Provider, SessionConfig};
+use clipfilter::engine::EngineConfig;
+use clipfilter::model::Variant;
+use clipfilter::worker::BatchConfig;
 
 /// clipfilter: say, in near real time, when video frames match text prompts (CLIP through ONNX
 /// Runtime).
@@ -114,7 +114,7 @@ fn parse_providers(s: &str) -> Result<ProviderList, String> {
 }
 
 fn parse_variant(s: &str) -> Result<Variant, String> {
-    s.parse().map_err(|e: crate::Error| e.to_string())
+    s.parse().map_err(|e: clipfilter::Error| e.to_string())
 }
 
 impl ModelArgs {

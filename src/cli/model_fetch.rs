@@ -3,8 +3,8 @@
 
 use std::path::PathBuf;
 
-use crate::model::Variant;
-use crate::model::fetch::{self, DEFAULT_REPO, FetchOptions};
+use crate::fetch::{self, DEFAULT_REPO, FetchOptions};
+use clipfilter::model::Variant;
 
 /// Arguments of `clipfilterd model fetch`.
 #[derive(Debug, Clone, clap::Args)]

@@ -8,8 +8,8 @@ use anyhow::bail;
 use clap::Args;
 
 use super::{ModelArgs, Outcome};
-use crate::encoder::Provider;
-use crate::engine::Engine;
+use clipfilter::encoder::Provider;
+use clipfilter::engine::Engine;
 
 /// Arguments of `model prepare`.
 #[derive(Debug, Args)]

@@ -83,11 +83,12 @@ use toml::Spanned;
 use crate::daemon::output::{OutputConfig, Outputs};
 use crate::daemon::secret::{Secret, redact_url};
 use crate::daemon::source::{Source, SourceKind, Transport};
-use crate::encoder::Provider;
-use crate::error::{Error, Location, Result};
-use crate::labels::{Action, LabelSet, Threshold};
-use crate::model::Variant;
-use crate::zeroshot::Templates;
+use clipfilter::encoder::Provider;
+use clipfilter::error::{Error, Location, Result};
+use clipfilter::labels::{Action, LabelSet, Threshold};
+use clipfilter::model::Variant;
+use clipfilter::zeroshot::Templates;
+use gstclipfilter::clipfilter::{ClipFilterMode, from_nick, nicks};
 
 /// In `launch` and `sink` descriptions, stands for the folder of the configuration file (file
 /// names inside descriptions are otherwise relative to the daemon's working directory).
@@ -269,26 +270,6 @@ pub struct RestartPolicy {
     pub stall_timeout: Option<Duration>,
 }
 
-/// How the element waits for verdicts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Mode {
-    /// Never block the streaming thread.
-    #[default]
-    Async,
-    /// Hold each sampled frame until its verdict.
-    Sync,
-}
-
-impl Mode {
-    /// The element's nick for the mode.
-    pub fn name(self) -> &'static str {
-        match self {
-            Mode::Async => "async",
-            Mode::Sync => "sync",
-        }
-    }
-}
-
 /// What a pipeline matches against.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LabelSource {
@@ -312,7 +293,7 @@ pub struct PipelineConfig {
     pub action: Option<Action>,
     pub enter: Option<u32>,
     pub leave: Option<u32>,
-    pub mode: Mode,
+    pub mode: ClipFilterMode,
     /// Scene-change gate threshold (the element's `scene-gate`); `None`: automatic, on for
     /// live sources.
     pub scene_gate: Option<f64>,
@@ -1075,18 +1056,18 @@ fn pipeline(cx: &Ctx<'_>, i: usize, p: &RawPipeline, outputs: &Outputs) -> Resul
         g => g.as_ref().map(|g| *g.get_ref()),
     };
     let mode = match &p.mode {
-        Some(m) => match m.get_ref().as_str() {
-            "async" => Mode::Async,
-            "sync" => Mode::Sync,
-            other => {
-                return Err(cx.err(
-                    Some(m.span()),
-                    at("mode"),
-                    format!("`{other}`: expected async or sync"),
-                ));
-            }
-        },
-        None => Mode::Async,
+        Some(m) => from_nick::<ClipFilterMode>(m.get_ref()).ok_or_else(|| {
+            cx.err(
+                Some(m.span()),
+                at("mode"),
+                format!(
+                    "`{}`: expected {}",
+                    m.get_ref(),
+                    nicks::<ClipFilterMode>().join(" or ")
+                ),
+            )
+        })?,
+        None => ClipFilterMode::default(),
     };
     let outputs = match &p.outputs {
         Some(o) => {
@@ -1271,7 +1252,7 @@ snapshots = false
         );
         assert_eq!(cam.threshold, Some(Threshold::Cosine(0.25)));
         assert_eq!(cam.outputs, ["hook"]);
-        assert_eq!(cam.mode, Mode::Sync);
+        assert_eq!(cam.mode, ClipFilterMode::Sync);
         let clip = &c.pipelines[1];
         assert_eq!(clip.source.kind(), SourceKind::File);
         assert!(clip.source.options.looping);

@@ -7,12 +7,13 @@
 //! crash are delivered by the next process that starts a `Delivery` on the same state folder.
 //!
 //! ```no_run
-//! # fn main() -> clipfilter::Result<()> {
-//! use clipfilter::daemon::{delivery::Delivery, event::{Event, MatchState}, metrics::Metrics};
-//! # let outputs = clipfilter::daemon::output::Outputs::default();
+//! # fn main() -> clipfilterd::error::Result<()> {
+//! use clipfilter::matcher::Transition;
+//! use clipfilterd::daemon::{delivery::Delivery, event::Event, metrics::Metrics};
+//! # let outputs = clipfilterd::daemon::output::Outputs::default();
 //! let metrics = Metrics::new();
 //! let delivery = Delivery::start("/var/lib/clipfilter".as_ref(), &outputs, &metrics)?;
-//! let event = Event::new("cam1", "white van", MatchState::Start, 0.31, 0.82, 1200);
+//! let event = Event::new("cam1", "white van", Transition::Start, 0.31, 0.82, 1200);
 //! delivery.submit(&event, &["log", "alerts"])?;
 //! delivery.shutdown();
 //! # Ok(()) }
@@ -133,9 +134,7 @@ impl Delivery {
                     };
                     body(ctx);
                 })
-                .map_err(|e| Error::Worker {
-                    message: format!("cannot start output thread: {e}"),
-                })?;
+                .map_err(|e| Error::worker(format!("cannot start output thread: {e}")))?;
             workers.insert(
                 name,
                 Worker {

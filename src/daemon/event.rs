@@ -6,33 +6,8 @@
 
 use std::path::PathBuf;
 
+use clipfilter::matcher::Transition;
 use serde::{Deserialize, Serialize};
-
-/// Whether a label started or stopped matching.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum MatchState {
-    /// The label began to match (serialised as `"start"`).
-    Start,
-    /// The label stopped matching (serialised as `"end"`).
-    End,
-}
-
-impl MatchState {
-    /// `"start"` or `"end"`, as in the JSON.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MatchState::Start => "start",
-            MatchState::End => "end",
-        }
-    }
-}
-
-impl std::fmt::Display for MatchState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// One match transition of one label in one pipeline.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -46,7 +21,7 @@ pub struct Event {
     /// Name of the label that matched or stopped matching.
     pub label: String,
     /// Start or end of the match.
-    pub state: MatchState,
+    pub state: Transition,
     /// Cosine similarity of the sampled frame with the label.
     pub score: f32,
     /// Softmax probability of the label over the label set.
@@ -69,7 +44,7 @@ impl Event {
     pub fn new(
         pipeline: impl Into<String>,
         label: impl Into<String>,
-        state: MatchState,
+        state: Transition,
         score: f32,
         probability: f32,
         frame: u64,
@@ -103,7 +78,7 @@ mod tests {
 
     #[test]
     fn json_round_trip_keeps_every_field() {
-        let mut event = Event::new("cam1", "white van", MatchState::Start, 0.3125, 0.75, 1234);
+        let mut event = Event::new("cam1", "white van", Transition::Start, 0.3125, 0.75, 1234);
         event.pts = Some(41.125);
         event.stream_time = Some(41.0);
         event.running_time = Some(12.5);
@@ -125,7 +100,7 @@ mod tests {
 
     #[test]
     fn unset_positions_are_null_and_end_is_lowercase() {
-        let event = Event::new("p", "l", MatchState::End, 0.1, 0.2, 0);
+        let event = Event::new("p", "l", Transition::End, 0.1, 0.2, 0);
         let value: serde_json::Value = serde_json::from_str(&event.to_json()).unwrap();
         assert_eq!(value["state"], "end");
         assert!(value["pts"].is_null());
@@ -134,8 +109,8 @@ mod tests {
 
     #[test]
     fn ids_are_time_ordered() {
-        let a = Event::new("p", "l", MatchState::Start, 0.0, 0.0, 0);
-        let b = Event::new("p", "l", MatchState::End, 0.0, 0.0, 1);
+        let a = Event::new("p", "l", Transition::Start, 0.0, 0.0, 0);
+        let b = Event::new("p", "l", Transition::End, 0.0, 0.0, 1);
         assert!(a.id < b.id);
     }
 }

@@ -382,10 +382,10 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::daemon::event::MatchState;
+    use clipfilter::matcher::Transition;
 
     fn event(frame: u64) -> Event {
-        Event::new("cam", "van", MatchState::Start, 0.3, 0.9, frame)
+        Event::new("cam", "van", Transition::Start, 0.3, 0.9, frame)
     }
 
     #[test]

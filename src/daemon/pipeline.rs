@@ -12,11 +12,13 @@ use std::path::PathBuf;
 
 use gst::prelude::*;
 
+use clipfilter::encoder::Provider;
+use gstclipfilter::clipfilter::properties as props;
+use gstclipfilter::clipfilter::{ClipFilterAction, ClipFilterThresholdKind, ClipFilterVariant};
+
 use crate::daemon::config::{LabelSource, ModelConfig, PipelineConfig};
 use crate::daemon::source::{SourceKind, make};
-use crate::encoder::Provider;
-use crate::error::{Error, Result};
-use crate::labels::{Action, Threshold};
+use clipfilter::error::{Error, Result};
 
 /// The model settings every `clipfilter` element of the daemon gets (identical for all, so that
 /// they share one engine).
@@ -55,52 +57,49 @@ fn err(name: &str, message: impl std::fmt::Display) -> Error {
 
 /// Sets `clipfilter`'s properties for `cfg`.
 pub fn configure_filter(filter: &gst::Element, cfg: &PipelineConfig, model: &ElementModel) {
-    filter.set_property("model", model.dir.display().to_string());
-    filter.set_property_from_str("variant", model.config.variant.name());
-    filter.set_property("execution-provider", model.providers());
-    filter.set_property("require-provider", model.config.require_provider);
-    filter.set_property("max-batch", model.config.max_batch);
-    filter.set_property("threads", model.config.threads);
+    filter.set_property(props::MODEL, model.dir.display().to_string());
+    filter.set_property(
+        props::VARIANT,
+        ClipFilterVariant::from(model.config.variant),
+    );
+    filter.set_property(props::EXECUTION_PROVIDER, model.providers());
+    filter.set_property(props::REQUIRE_PROVIDER, model.config.require_provider);
+    filter.set_property(props::MAX_BATCH, model.config.max_batch);
+    filter.set_property(props::THREADS, model.config.threads);
     if let Some(cache) = &model.config.tensorrt_cache {
-        filter.set_property("tensorrt-cache", cache.display().to_string());
+        filter.set_property(props::TENSORRT_CACHE, cache.display().to_string());
     }
     match &cfg.labels {
-        LabelSource::File(path) => filter.set_property("labels", path.display().to_string()),
-        LabelSource::Prompts(prompts) => filter.set_property("prompts", prompts.join(";")),
+        LabelSource::File(path) => filter.set_property(props::LABELS, path.display().to_string()),
+        LabelSource::Prompts(prompts) => filter.set_property(props::PROMPTS, prompts.join(";")),
     }
     if let Some(t) = &cfg.templates {
-        filter.set_property("templates", t);
+        filter.set_property(props::TEMPLATES, t);
     }
     filter.set_property(
-        "interval",
+        props::INTERVAL,
         u64::try_from(cfg.interval.as_nanos()).unwrap_or(u64::MAX),
     );
-    match cfg.threshold {
-        Some(Threshold::Probability(v)) => {
-            filter.set_property_from_str("threshold-kind", "probability");
-            filter.set_property("threshold", f64::from(v));
-        }
-        Some(Threshold::Cosine(v)) => {
-            filter.set_property_from_str("threshold-kind", "cosine");
-            filter.set_property("threshold", f64::from(v));
-        }
-        None => {}
+    if let Some(threshold) = cfg.threshold {
+        let (kind, value) = ClipFilterThresholdKind::of(threshold);
+        filter.set_property(props::THRESHOLD_KIND, kind);
+        filter.set_property(props::THRESHOLD, value);
     }
     if let Some(action) = cfg.action {
-        filter.set_property_from_str("action", Action::name(action));
+        filter.set_property(props::ACTION, ClipFilterAction::from(action));
     }
     if let Some(n) = cfg.enter {
-        filter.set_property("enter-samples", n);
+        filter.set_property(props::ENTER_SAMPLES, n);
     }
     if let Some(n) = cfg.leave {
-        filter.set_property("leave-samples", n);
+        filter.set_property(props::LEAVE_SAMPLES, n);
     }
-    filter.set_property_from_str("mode", cfg.mode.name());
+    filter.set_property(props::MODE, cfg.mode);
     if let Some(g) = cfg.scene_gate {
-        filter.set_property("scene-gate", g);
+        filter.set_property(props::SCENE_GATE, g);
     }
-    filter.set_property("post-scores", true);
-    filter.set_property("snapshot", cfg.snapshots);
+    filter.set_property(props::POST_SCORES, true);
+    filter.set_property(props::SNAPSHOT, cfg.snapshots);
 }
 
 /// Builds the pipeline for `cfg`. Failures name the pipeline and what is missing or wrong.

@@ -1,22 +1,18 @@
 //! What makes the daemon reload its configuration or stop: the configuration file changing on
-//! disk (watched with `notify`), `SIGHUP`, and `SIGTERM`/`SIGINT`.
-//!
-//! The file's folder is watched, not the file, so that editors and configuration tools that
-//! replace the file atomically (write a temporary file, rename it over) are seen. The main loop
-//! debounces file events (see [`DEBOUNCE`]).
+//! disk (the engine's [`FileWatcher`], which the element uses for label files too), `SIGHUP`,
+//! and `SIGTERM`/`SIGINT`.
 
-use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender};
-use notify::{EventKind, RecursiveMode, Watcher as _};
+use clipfilter::watch::FileWatcher;
+use crossbeam_channel::Receiver;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
-use crate::error::{Error, Result};
+use clipfilter::error::{Error, Result};
 
-/// Quiet time after the last change of the file before it is read.
+/// Quiet time after the last change of the file before it is read again.
 pub const DEBOUNCE: Duration = Duration::from_millis(300);
 
 /// Why the main loop should act.
@@ -24,7 +20,7 @@ pub const DEBOUNCE: Duration = Duration::from_millis(300);
 pub enum Trigger {
     /// `SIGHUP`: reload now.
     Hangup,
-    /// The configuration file changed (reload once it is quiet).
+    /// The configuration file changed (and has been quiet for [`DEBOUNCE`]).
     FileChanged,
     /// `SIGTERM` or `SIGINT`: stop.
     Stop(&'static str),
@@ -33,7 +29,7 @@ pub enum Trigger {
 /// The signal thread and the file watcher; dropping it stops both.
 pub struct Triggers {
     rx: Receiver<Trigger>,
-    _watcher: Option<notify::RecommendedWatcher>,
+    _watcher: Option<FileWatcher>,
     signals: signal_hook::iterator::Handle,
     thread: Option<JoinHandle<()>>,
 }
@@ -41,17 +37,6 @@ pub struct Triggers {
 impl std::fmt::Debug for Triggers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Triggers").finish_non_exhaustive()
-    }
-}
-
-fn split(path: &Path) -> Result<(PathBuf, OsString)> {
-    let path = std::path::absolute(path).map_err(|e| Error::io(path, e))?;
-    match (path.parent(), path.file_name()) {
-        (Some(dir), Some(name)) => Ok((dir.to_path_buf(), name.to_os_string())),
-        _ => Err(Error::invalid(
-            "config",
-            format!("{} is not a file path", path.display()),
-        )),
     }
 }
 
@@ -79,7 +64,10 @@ impl Triggers {
                 }
             })
             .map_err(|e| Error::invalid("signal thread", e.to_string()))?;
-        let watcher = match watch(config, tx) {
+        let watcher = FileWatcher::start(config, DEBOUNCE, move || {
+            let _ = tx.send(Trigger::FileChanged);
+        });
+        let watcher = match watcher {
             Ok(w) => Some(w),
             Err(e) => {
                 tracing::warn!(error = %e, "not watching the configuration file; reload with SIGHUP");
@@ -98,30 +86,6 @@ impl Triggers {
     pub fn receiver(&self) -> &Receiver<Trigger> {
         &self.rx
     }
-}
-
-fn watch(config: &Path, tx: Sender<Trigger>) -> Result<notify::RecommendedWatcher> {
-    let (dir, name) = split(config)?;
-    let notify_err =
-        |e: notify::Error| Error::invalid(format!("watch of {}", dir.display()), e.to_string());
-    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        let Ok(event) = res else { return };
-        if matches!(event.kind, EventKind::Access(_)) {
-            return;
-        }
-        if event
-            .paths
-            .iter()
-            .any(|p| p.file_name().is_some_and(|n| n == name))
-        {
-            let _ = tx.send(Trigger::FileChanged);
-        }
-    })
-    .map_err(notify_err)?;
-    watcher
-        .watch(&dir, RecursiveMode::NonRecursive)
-        .map_err(notify_err)?;
-    Ok(watcher)
 }
 
 impl Drop for Triggers {

@@ -23,14 +23,14 @@ use crate::daemon::http::HttpServer;
 use crate::daemon::metrics::Metrics;
 use crate::daemon::notify::{Heartbeat, Notifier};
 use crate::daemon::pipeline::ElementModel;
-use crate::daemon::reload::{DEBOUNCE, Trigger, Triggers};
+use crate::daemon::reload::{Trigger, Triggers};
 use crate::daemon::snapshot::SnapshotStore;
 use crate::daemon::supervisor::{EventSink, PipelineStatus, Shared, Supervisor};
-use crate::encoder::SessionConfig;
-use crate::engine::{Engine, EngineConfig};
 use crate::error::{Error, Result};
-use crate::model::fetch::{self, FetchOptions};
-use crate::worker::BatchConfig;
+use crate::fetch::{self, FetchOptions};
+use clipfilter::encoder::SessionConfig;
+use clipfilter::engine::{Engine, EngineConfig};
+use clipfilter::worker::BatchConfig;
 
 /// How long start-up waits for pipelines to leave `starting` before `READY=1`.
 const READY_WAIT: Duration = Duration::from_secs(15);
@@ -217,9 +217,7 @@ struct Daemon {
 /// Runs the daemon with the configuration file at `path` until `SIGTERM` or `SIGINT`.
 pub fn run(path: &Path) -> Result<()> {
     let config = Config::load(path)?;
-    gst::init().map_err(|e| Error::invalid("GStreamer", e.to_string()))?;
-    crate::element::register(None)
-        .map_err(|e| Error::invalid("GStreamer", format!("cannot register clipfilter: {e}")))?;
+    crate::gstreamer::init()?;
     // Signals first: a SIGTERM during the model load is not lost.
     let triggers = Triggers::start(path)?;
     let notifier = Notifier::from_env();
@@ -330,32 +328,24 @@ impl Daemon {
 
     fn main_loop(&mut self, triggers: &Triggers) {
         let period = self.notifier.beat_period().min(Duration::from_millis(500));
-        let mut reload_at: Option<Instant> = None;
         loop {
-            let wait = reload_at
-                .map(|t| t.saturating_duration_since(Instant::now()))
-                .unwrap_or(period)
-                .min(period);
             select! {
                 recv(triggers.receiver()) -> t => match t {
                     Ok(Trigger::Hangup) => {
                         tracing::info!("SIGHUP: reloading the configuration");
-                        reload_at = None;
                         self.reload();
                     }
-                    Ok(Trigger::FileChanged) => reload_at = Some(Instant::now() + DEBOUNCE),
+                    Ok(Trigger::FileChanged) => {
+                        tracing::info!(config = %self.config.path.display(), "the configuration file changed: reloading");
+                        self.reload();
+                    }
                     Ok(Trigger::Stop(signal)) => {
                         tracing::info!(signal, "stopping");
                         return;
                     }
                     Err(_) => return,
                 },
-                default(wait) => {}
-            }
-            if reload_at.is_some_and(|t| Instant::now() >= t) {
-                reload_at = None;
-                tracing::info!(config = %self.config.path.display(), "the configuration file changed: reloading");
-                self.reload();
+                default(period) => {}
             }
             self.beat();
         }

@@ -13,9 +13,9 @@ use std::sync::Mutex;
 use gst_video::VideoFrameExt;
 
 use crate::daemon::config::SnapshotConfig;
-use crate::error::{Error, Result};
-use crate::preprocess::frame_to_rgb8;
-use crate::video_frame;
+use clipfilter::error::{Error, Result};
+use clipfilter::preprocess::frame_to_rgb8;
+use gstclipfilter::video_frame;
 
 #[derive(Debug, Default)]
 struct Files {

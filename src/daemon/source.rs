@@ -20,7 +20,7 @@ use gst::prelude::*;
 
 use crate::daemon::config::Config;
 use crate::daemon::secret::{Secret, redact_url};
-use crate::error::{Error, Location, Result};
+use clipfilter::error::{Error, Location, Result};
 
 /// The family of a source, which decides its options and its supervision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -410,9 +410,7 @@ fn setup_source(src: &gst::Element, options: &SourceOptions) {
 /// Checks what needs GStreamer: launch and sink descriptions parse and their elements exist, the
 /// elements each source needs are installed. Errors name the pipeline's field.
 pub fn check_machine(config: &Config) -> Result<()> {
-    gst::init().map_err(|e| Error::invalid("GStreamer", e.to_string()))?;
-    crate::element::register(None)
-        .map_err(|e| Error::invalid("GStreamer", format!("cannot register clipfilter: {e}")))?;
+    crate::gstreamer::init()?;
     let err = |i: usize, field: &str, message: String| {
         Error::config(
             &config.path,

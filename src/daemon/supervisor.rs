@@ -29,11 +29,13 @@ use gst::prelude::*;
 use crate::daemon::backoff::Backoff;
 use crate::daemon::config::{PipelineConfig, RestartPolicy};
 use crate::daemon::delivery::Delivery;
-use crate::daemon::event::{Event, MatchState};
+use crate::daemon::event::Event;
 use crate::daemon::metrics::{FrameCounts, LabelMetrics, Metrics, PipelineMetrics, PipelineState};
 use crate::daemon::pipeline::{self, ElementModel};
 use crate::daemon::snapshot::SnapshotStore;
 use crate::error::{Error, Result};
+use clipfilter::matcher::Transition;
+use gstclipfilter::clipfilter::messages::{MatchMessage, Message};
 
 /// After this long running with frames flowing, the next failure starts the backoff afresh.
 const HEALTHY_RUN: Duration = Duration::from_secs(10);
@@ -65,9 +67,9 @@ impl EventSink {
     /// Writes `event` durably for `outputs` (see [`Delivery::submit`]).
     pub fn submit(&self, event: &Event, outputs: &[String]) -> Result<()> {
         let guard = self.delivery.read().unwrap_or_else(|p| p.into_inner());
-        let delivery = guard.as_ref().ok_or_else(|| Error::Worker {
-            message: "event delivery is not running".into(),
-        })?;
+        let delivery = guard
+            .as_ref()
+            .ok_or_else(|| Error::worker("event delivery is not running"))?;
         delivery.submit(event, outputs)?;
         self.submitted.fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -336,13 +338,6 @@ fn redact(text: &str, secrets: &[String]) -> String {
         out = out.replace(s.as_str(), "***");
     }
     out
-}
-
-fn clock_seconds(s: &gst::StructureRef, field: &str) -> Option<f64> {
-    s.get::<u64>(field)
-        .ok()
-        .filter(|t| *t != u64::MAX)
-        .map(|t| t as f64 / 1e9)
 }
 
 impl Runner {
@@ -626,65 +621,47 @@ impl Runner {
 
     /// Element messages of clipfilter: matches become events, scores feed the histograms.
     fn handle_event_message(&mut self, msg: &gst::Message) {
-        let gst::MessageView::Element(e) = msg.view() else {
-            return;
-        };
-        let Some(s) = e.structure() else { return };
-        match s.name().as_str() {
-            "clipfilter-match" => self.on_match(s),
-            "clipfilter-scores" => {
-                let (Ok(labels), Ok(scores)) =
-                    (s.get::<gst::Array>("labels"), s.get::<gst::Array>("scores"))
-                else {
-                    return;
-                };
-                for (label, score) in labels.iter().zip(scores.iter()) {
-                    let (Ok(label), Ok(score)) = (label.get::<String>(), score.get::<f64>()) else {
-                        continue;
-                    };
+        match Message::parse(msg) {
+            None => {}
+            Some(Err(e)) => tracing::warn!(error = %e, "unreadable clipfilter message"),
+            Some(Ok(Message::Match(m))) => self.on_match(m),
+            Some(Ok(Message::Scores(scores))) => {
+                for (label, score) in scores.labels.iter().zip(&scores.scores) {
                     let metrics = self
                         .labels
                         .entry(label.clone())
-                        .or_insert_with(|| self.shared.metrics.label(&self.config.name, &label));
-                    metrics.observe_score(score as f32);
+                        .or_insert_with(|| self.shared.metrics.label(&self.config.name, label));
+                    metrics.observe_score(*score as f32);
                 }
             }
-            "clipfilter-labels-reloaded" => {
-                let path = s.get::<String>("path").unwrap_or_default();
-                tracing::info!(labels = %path, "label set reloaded");
+            Some(Ok(Message::LabelsReloaded(r))) => {
+                tracing::info!(labels = %r.path.display(), "label set reloaded");
             }
-            _ => {}
         }
     }
 
-    fn on_match(&mut self, s: &gst::StructureRef) {
-        let state = match s.get::<&str>("state") {
-            Ok("start") => MatchState::Start,
-            Ok("end") => MatchState::End,
-            _ => return,
-        };
-        let Ok(label) = s.get::<String>("label") else {
-            return;
-        };
-        let score = s.get::<f64>("score").unwrap_or(f64::NAN) as f32;
-        let probability = s.get::<f64>("probability").unwrap_or(f64::NAN) as f32;
+    fn on_match(&mut self, m: MatchMessage) {
         let base = self
             .status
             .base
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .seen;
-        let frame = base + s.get::<u64>("frame").unwrap_or(0);
+        let frame = base + m.position.frame;
+        let label = m.label;
+        let state = m.transition;
+        let (score, probability) = (m.score as f32, m.probability as f32);
         let mut event = Event::new(&self.config.name, &label, state, score, probability, frame);
-        event.pts = clock_seconds(s, "pts");
-        event.running_time = clock_seconds(s, "running-time");
-        event.stream_time = clock_seconds(s, "stream-time");
-        if state == MatchState::Start {
+        let seconds = |t: Option<gst::ClockTime>| t.map(|t| t.nseconds() as f64 / 1e9);
+        event.pts = seconds(m.position.pts);
+        event.running_time = seconds(m.position.running_time);
+        event.stream_time = seconds(m.position.stream_time);
+        if state == Transition::Start {
             self.labels
                 .entry(label.clone())
                 .or_insert_with(|| self.shared.metrics.label(&self.config.name, &label))
                 .matched();
-            if let Ok(sample) = s.get::<gst::Sample>("snapshot") {
+            if let Some(sample) = &m.snapshot {
                 let store = self
                     .shared
                     .snapshots
@@ -692,14 +669,14 @@ impl Runner {
                     .unwrap_or_else(|p| p.into_inner())
                     .clone();
                 if let Some(store) = store {
-                    match store.save(event.id, &self.config.name, &sample) {
+                    match store.save(event.id, &self.config.name, sample) {
                         Ok(path) => event.snapshot = Some(path),
                         Err(e) => tracing::warn!(error = %e, "snapshot not saved"),
                     }
                 }
             }
         }
-        let reason = s.get::<&str>("reason").unwrap_or("sample");
+        let reason = m.reason.name();
         tracing::info!(
             label = %label, state = %state, score, probability, frame, reason,
             event_id = %event.id, "match {state}"
@@ -951,9 +928,7 @@ impl Supervisor {
         let thread = std::thread::Builder::new()
             .name(format!("pipe-{}", config.name))
             .spawn(move || runner.run())
-            .map_err(|e| Error::Worker {
-                message: format!("cannot start a thread: {e}"),
-            })?;
+            .map_err(|e| Error::worker(format!("cannot start a thread: {e}")))?;
         Ok(Handle {
             config: config.clone(),
             model: model.clone(),

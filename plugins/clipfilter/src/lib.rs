@@ -1,8 +1,11 @@
 //! `libgstclipfilter.so`: the GStreamer plugin that exports the `clipfilter` element.
 //!
-//! The element lives in the `clipfilter` library (so that `clipfilterd` registers the very same
-//! element statically); this crate only registers it. Loading the plugin (a registry scan,
-//! `gst-inspect-1.0`) never loads ONNX Runtime or a model: that happens when an element starts.
+//! The crate is both the `cdylib` users install and an `rlib` that `clipfilterd` links to register
+//! the very same element statically ([`plugin_register_static`]). The engine (model, inference,
+//! labels, matching) is the `clipfilter` library; this crate holds only what GStreamer needs:
+//! the element ([`clipfilter`]) and the mapping of raw video frames to engine input
+//! ([`video_frame`]). Loading the plugin (a registry scan, `gst-inspect-1.0`) never loads ONNX
+//! Runtime or a model: that happens when an element starts.
 //!
 //! Install: copy or link `libgstclipfilter.so` into a folder GStreamer scans, such as
 //! `~/.local/share/gstreamer-1.0/plugins/` (per user) or the system plugin folder
@@ -10,8 +13,11 @@
 
 use gst::glib;
 
+pub mod clipfilter;
+pub mod video_frame;
+
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
-    clipfilter::element::register(Some(plugin))
+    crate::clipfilter::register(plugin)
 }
 
 gst::plugin_define!(

@@ -46,7 +46,7 @@ use serde::Deserialize;
 
 use crate::daemon::outbox::{DEFAULT_MAX_PENDING, Pending};
 pub use crate::daemon::secret::{Secret, redact_url};
-use crate::error::{Error, Location, Result};
+use clipfilter::error::{Error, Location, Result};
 
 /// Default first retry delay.
 pub const DEFAULT_RETRY_INITIAL: Duration = Duration::from_secs(1);

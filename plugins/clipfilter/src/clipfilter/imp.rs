@@ -14,22 +14,24 @@ use gst_base::prelude::*;
 use gst_base::subclass::prelude::*;
 use gst_video::prelude::*;
 
+use clipfilter::engine::Engine;
+use clipfilter::error::{Error, Result};
+use clipfilter::gate::{GateConfig, SceneGate};
+use clipfilter::labels::{Action, LabelSet};
+use clipfilter::limits;
+use clipfilter::matcher::Matcher;
+use clipfilter::preprocess::PixelFormat;
+use clipfilter::watch::FileWatcher;
+use clipfilter::worker::StreamOptions;
+use clipfilter::zeroshot::Scores;
+
+use super::ClipFilterMode;
 use super::actions::{self, PlaneMut};
-use super::messages::{self, Position, Reason};
+use super::messages::{Position, Reason};
+use super::properties::{self as props, Settings};
 use super::sampler::Sampler;
-use super::state::{Post, Reload, Rules, State, Video};
+use super::state::{Post, Reload, State, Video};
 use super::stats::Counters;
-use super::watch::FileWatcher;
-use super::{ClipFilterAction, ClipFilterMode, ClipFilterThresholdKind, ClipFilterVariant};
-use crate::encoder::{Provider, SessionConfig};
-use crate::engine::{Engine, EngineConfig};
-use crate::error::{Error, Result};
-use crate::gate::{GateConfig, SceneGate};
-use crate::labels::{Action, LabelDefaults, LabelSet, Threshold};
-use crate::matcher::Matcher;
-use crate::preprocess::PixelFormat;
-use crate::worker::{BatchConfig, StreamOptions};
-use crate::zeroshot::{Scores, Templates};
 
 pub(super) static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -39,178 +41,12 @@ pub(super) static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     )
 });
 
-const DEFAULT_VARIANT: ClipFilterVariant = ClipFilterVariant::Fp32;
-const DEFAULT_TEMPLATES: &str = "none";
-const DEFAULT_INTERVAL: gst::ClockTime = gst::ClockTime::from_mseconds(500);
-const DEFAULT_THRESHOLD: f64 = 0.5;
-const DEFAULT_THRESHOLD_KIND: ClipFilterThresholdKind = ClipFilterThresholdKind::Probability;
-const DEFAULT_EXECUTION_PROVIDER: &str = "cpu";
-const DEFAULT_REQUIRE_PROVIDER: bool = false;
-const DEFAULT_ACTION: ClipFilterAction = ClipFilterAction::None;
-const DEFAULT_ENTER_SAMPLES: u32 = 1;
-const DEFAULT_LEAVE_SAMPLES: u32 = 1;
-const DEFAULT_MODE: ClipFilterMode = ClipFilterMode::Async;
-const DEFAULT_POST_SCORES: bool = false;
-const DEFAULT_SNAPSHOT: bool = false;
-const DEFAULT_MAX_BATCH: u32 = 8;
-const DEFAULT_THREADS: u32 = 0;
-const DEFAULT_SYNC_TIMEOUT: gst::ClockTime = gst::ClockTime::from_seconds(10);
-
 /// Quiet time after the last change of a labels file before it is reloaded.
 const RELOAD_DEBOUNCE: Duration = Duration::from_millis(200);
 /// How often a waiting streaming thread looks for a flush.
 const WAIT_SLICE: Duration = Duration::from_millis(20);
 /// Inference failures in async mode are posted as warnings this often (and the first one).
 const WARN_EVERY: u64 = 100;
-/// `scene-gate` default: automatic (on for live sources, off otherwise).
-const DEFAULT_SCENE_GATE: f64 = -1.0;
-/// Threshold the automatic gate uses on live sources (mean 8-bit level difference).
-pub(super) const AUTO_SCENE_GATE: f64 = 3.0;
-
-#[derive(Debug, Clone)]
-struct Settings {
-    model: Option<PathBuf>,
-    variant: ClipFilterVariant,
-    labels: Option<PathBuf>,
-    prompts: Option<String>,
-    templates: String,
-    interval: gst::ClockTime,
-    threshold: f64,
-    threshold_kind: ClipFilterThresholdKind,
-    execution_provider: String,
-    require_provider: bool,
-    action: ClipFilterAction,
-    enter_samples: u32,
-    leave_samples: u32,
-    mode: ClipFilterMode,
-    post_scores: bool,
-    snapshot: bool,
-    max_batch: u32,
-    threads: u32,
-    sync_timeout: gst::ClockTime,
-    scene_gate: f64,
-    tensorrt_cache: Option<PathBuf>,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Settings {
-            model: None,
-            variant: DEFAULT_VARIANT,
-            labels: None,
-            prompts: None,
-            templates: DEFAULT_TEMPLATES.to_string(),
-            interval: DEFAULT_INTERVAL,
-            threshold: DEFAULT_THRESHOLD,
-            threshold_kind: DEFAULT_THRESHOLD_KIND,
-            execution_provider: DEFAULT_EXECUTION_PROVIDER.to_string(),
-            require_provider: DEFAULT_REQUIRE_PROVIDER,
-            action: DEFAULT_ACTION,
-            enter_samples: DEFAULT_ENTER_SAMPLES,
-            leave_samples: DEFAULT_LEAVE_SAMPLES,
-            mode: DEFAULT_MODE,
-            post_scores: DEFAULT_POST_SCORES,
-            snapshot: DEFAULT_SNAPSHOT,
-            max_batch: DEFAULT_MAX_BATCH,
-            threads: DEFAULT_THREADS,
-            sync_timeout: DEFAULT_SYNC_TIMEOUT,
-            scene_gate: DEFAULT_SCENE_GATE,
-            tensorrt_cache: None,
-        }
-    }
-}
-
-impl Settings {
-    fn engine_config(&self) -> Result<EngineConfig> {
-        let model = self.model.clone().ok_or_else(|| {
-            Error::invalid(
-                "model",
-                "the `model` property is not set: give the folder of a CLIP model",
-            )
-        })?;
-        Ok(EngineConfig {
-            model_dir: model,
-            variant: self.variant.into(),
-            session: SessionConfig {
-                providers: Provider::parse_list(&self.execution_provider)?,
-                require_provider: self.require_provider,
-                intra_threads: self.threads as usize,
-                tensorrt_cache: self.tensorrt_cache.clone(),
-                ..SessionConfig::default()
-            },
-            batch: BatchConfig {
-                max_batch: self.max_batch.max(1) as usize,
-                ..BatchConfig::default()
-            },
-        })
-    }
-
-    fn templates(&self) -> Result<Templates> {
-        let t = self.templates.trim();
-        if t.contains("{}") {
-            Templates::custom(split_list(t))
-        } else {
-            t.parse()
-        }
-    }
-
-    /// The label set: the labels file or the inline prompts.
-    fn label_set(&self) -> Result<LabelSet> {
-        let templates = self.templates()?;
-        match (&self.labels, &self.prompts) {
-            (Some(_), Some(_)) => Err(Error::invalid(
-                "labels",
-                "both `labels` and `prompts` are set: use one of them",
-            )),
-            (Some(path), None) => LabelSet::from_file(path),
-            (None, Some(prompts)) => LabelSet::from_prompts(&split_list(prompts), templates),
-            (None, None) => Err(Error::invalid(
-                "labels",
-                "neither `labels` (a label-set file) nor `prompts` is set",
-            )),
-        }
-    }
-
-    fn threshold(&self) -> Result<Threshold> {
-        let v = self.threshold;
-        match self.threshold_kind {
-            ClipFilterThresholdKind::Probability if !(v > 0.0 && v <= 1.0) => Err(Error::invalid(
-                "threshold",
-                format!("{v} is not a probability in (0, 1] (threshold-kind=probability)"),
-            )),
-            kind => Ok(kind.threshold(v)),
-        }
-    }
-
-    fn label_defaults(&self) -> Result<LabelDefaults> {
-        Ok(LabelDefaults {
-            threshold: self.threshold()?,
-            action: self.action.into(),
-            enter: self.enter_samples.max(1),
-            leave: self.leave_samples.max(1),
-        })
-    }
-
-    fn rules(&self) -> Rules {
-        Rules {
-            interval: self.interval.nseconds(),
-            mode: self.mode,
-            post_scores: self.post_scores,
-            snapshot: self.snapshot,
-            sync_timeout: Duration::from_nanos(self.sync_timeout.nseconds()),
-            scene_gate: self.scene_gate,
-        }
-    }
-}
-
-/// `a;b;c` or one item per line, blanks dropped.
-fn split_list(s: &str) -> Vec<String> {
-    s.split([';', '\n'])
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .map(str::to_string)
-        .collect()
-}
 
 /// What the streaming thread decided for one buffer.
 struct Verdict {
@@ -252,7 +88,13 @@ impl ClipFilter {
         let obj = self.obj();
         for p in posts {
             match p {
-                Post::Element(s) => messages::post(&*obj, s),
+                Post::Element(s) => {
+                    let msg = gst::message::Element::builder(s).src(&*obj).build();
+                    // A failed post is not fatal: there may be no bus yet.
+                    if obj.post_message(msg).is_err() {
+                        gst::debug!(CAT, imp = self, "no bus to post the message on");
+                    }
+                }
                 Post::Warning(text) => {
                     gst::warning!(CAT, imp = self, "{text}");
                     gst::element_imp_warning!(self, gst::LibraryError::Failed, ("{}", text));
@@ -604,139 +446,139 @@ impl ObjectImpl for ClipFilter {
     fn properties() -> &'static [glib::ParamSpec] {
         static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
             vec![
-                glib::ParamSpecString::builder("model")
+                glib::ParamSpecString::builder(props::MODEL)
                     .nick("Model folder")
                     .blurb("Folder of a CLIP model in the Hugging Face ONNX layout (onnx/vision_model.onnx, onnx/text_model.onnx, tokenizer.json, preprocessor_config.json); loaded once per process and shared")
                     .mutable_ready()
                     .build(),
-                glib::ParamSpecEnum::builder_with_default("variant", DEFAULT_VARIANT)
+                glib::ParamSpecEnum::builder_with_default(props::VARIANT, props::DEFAULT_VARIANT)
                     .nick("Model variant")
                     .blurb("Which weights of the model folder to load")
                     .mutable_ready()
                     .build(),
-                glib::ParamSpecString::builder("labels")
+                glib::ParamSpecString::builder(props::LABELS)
                     .nick("Labels file")
                     .blurb("Label-set TOML file (labels, prompts, thresholds, actions); watched and reloaded while playing, a broken edit keeps the previous set and posts a warning. Exclusive with prompts")
                     .mutable_ready()
                     .build(),
-                glib::ParamSpecString::builder("prompts")
+                glib::ParamSpecString::builder(props::PROMPTS)
                     .nick("Prompts")
                     .blurb("Inline labels separated by ';' (or new lines), each named after its prompt, e.g. \"a knife;a gun;people talking\". Exclusive with labels")
                     .mutable_ready()
                     .build(),
-                glib::ParamSpecString::builder("templates")
+                glib::ParamSpecString::builder(props::TEMPLATES)
                     .nick("Prompt templates")
                     .blurb("Templates applied to the prompts: none, single, ensemble7, imagenet80, or your own separated by ';', each with {} for the prompt (e.g. \"a photo of {}.;a video frame of {}.\"). Label files set their own")
-                    .default_value(Some(DEFAULT_TEMPLATES))
+                    .default_value(Some(props::DEFAULT_TEMPLATES))
                     .mutable_ready()
                     .build(),
-                glib::ParamSpecUInt64::builder("interval")
+                glib::ParamSpecUInt64::builder(props::INTERVAL)
                     .nick("Sampling interval")
                     .blurb("Stream time between sampled frames, in nanoseconds (0: every frame)")
                     .maximum(u64::MAX - 1)
-                    .default_value(DEFAULT_INTERVAL.nseconds())
+                    .default_value(props::DEFAULT_INTERVAL.nseconds())
                     .mutable_playing()
                     .build(),
-                glib::ParamSpecDouble::builder("threshold")
+                glib::ParamSpecDouble::builder(props::THRESHOLD)
                     .nick("Threshold")
                     .blurb("Score a sample must reach to count as a match, for labels without their own (see threshold-kind)")
                     .minimum(-1.0)
                     .maximum(1.0)
-                    .default_value(DEFAULT_THRESHOLD)
+                    .default_value(props::DEFAULT_THRESHOLD)
                     .mutable_playing()
                     .build(),
-                glib::ParamSpecEnum::builder_with_default("threshold-kind", DEFAULT_THRESHOLD_KIND)
+                glib::ParamSpecEnum::builder_with_default(props::THRESHOLD_KIND, props::DEFAULT_THRESHOLD_KIND)
                     .nick("Threshold kind")
                     .blurb("What threshold is compared with: the softmax probability among the labels, or the raw cosine similarity")
                     .mutable_playing()
                     .build(),
-                glib::ParamSpecString::builder("execution-provider")
+                glib::ParamSpecString::builder(props::EXECUTION_PROVIDER)
                     .nick("Execution providers")
                     .blurb("ONNX Runtime execution providers in order of preference, comma-separated: tensorrt, cuda, cpu (e.g. \"tensorrt,cuda,cpu\"); the one in use shows in stats")
-                    .default_value(Some(DEFAULT_EXECUTION_PROVIDER))
+                    .default_value(Some(props::DEFAULT_EXECUTION_PROVIDER))
                     .mutable_ready()
                     .build(),
-                glib::ParamSpecBoolean::builder("require-provider")
+                glib::ParamSpecBoolean::builder(props::REQUIRE_PROVIDER)
                     .nick("Require provider")
                     .blurb("Fail to start when the first execution provider cannot be used, instead of falling back")
-                    .default_value(DEFAULT_REQUIRE_PROVIDER)
+                    .default_value(props::DEFAULT_REQUIRE_PROVIDER)
                     .mutable_ready()
                     .build(),
-                glib::ParamSpecEnum::builder_with_default("action", DEFAULT_ACTION)
+                glib::ParamSpecEnum::builder_with_default(props::ACTION, props::DEFAULT_ACTION)
                     .nick("Action")
                     .blurb("What happens to frames while a matching label asks for it, for labels without their own action")
                     .mutable_playing()
                     .build(),
-                glib::ParamSpecUInt::builder("enter-samples")
+                glib::ParamSpecUInt::builder(props::ENTER_SAMPLES)
                     .nick("Samples to enter")
                     .blurb("Consecutive samples above the threshold before a match starts, for labels without their own")
-                    .minimum(1)
-                    .maximum(1000)
-                    .default_value(DEFAULT_ENTER_SAMPLES)
+                    .minimum(*limits::SAMPLES.start())
+                    .maximum(*limits::SAMPLES.end())
+                    .default_value(props::DEFAULT_ENTER_SAMPLES)
                     .mutable_playing()
                     .build(),
-                glib::ParamSpecUInt::builder("leave-samples")
+                glib::ParamSpecUInt::builder(props::LEAVE_SAMPLES)
                     .nick("Samples to leave")
                     .blurb("Consecutive samples below the threshold before a match ends, for labels without their own")
-                    .minimum(1)
-                    .maximum(1000)
-                    .default_value(DEFAULT_LEAVE_SAMPLES)
+                    .minimum(*limits::SAMPLES.start())
+                    .maximum(*limits::SAMPLES.end())
+                    .default_value(props::DEFAULT_LEAVE_SAMPLES)
                     .mutable_playing()
                     .build(),
-                glib::ParamSpecEnum::builder_with_default("mode", DEFAULT_MODE)
+                glib::ParamSpecEnum::builder_with_default(props::MODE, props::DEFAULT_MODE)
                     .nick("Mode")
                     .blurb("async: never block the streaming thread, verdicts apply from the next buffer; sync: hold each sampled buffer until its verdict")
                     .mutable_playing()
                     .build(),
-                glib::ParamSpecBoolean::builder("post-scores")
+                glib::ParamSpecBoolean::builder(props::POST_SCORES)
                     .nick("Post scores")
                     .blurb("Post a clipfilter-scores element message with every label's score for each sampled frame")
-                    .default_value(DEFAULT_POST_SCORES)
+                    .default_value(props::DEFAULT_POST_SCORES)
                     .mutable_playing()
                     .build(),
-                glib::ParamSpecBoolean::builder("snapshot")
+                glib::ParamSpecBoolean::builder(props::SNAPSHOT)
                     .nick("Snapshot")
                     .blurb("Attach the frame that starts a match to the clipfilter-match start message, as a GstSample in the snapshot field")
-                    .default_value(DEFAULT_SNAPSHOT)
+                    .default_value(props::DEFAULT_SNAPSHOT)
                     .mutable_playing()
                     .build(),
-                glib::ParamSpecUInt::builder("max-batch")
+                glib::ParamSpecUInt::builder(props::MAX_BATCH)
                     .nick("Maximum batch")
                     .blurb("Largest batch the shared inference worker gives the model (frames of all streams using the same model)")
-                    .minimum(1)
-                    .maximum(256)
-                    .default_value(DEFAULT_MAX_BATCH)
+                    .minimum(*limits::MAX_BATCH.start())
+                    .maximum(*limits::MAX_BATCH.end())
+                    .default_value(props::DEFAULT_MAX_BATCH)
                     .mutable_ready()
                     .build(),
-                glib::ParamSpecUInt::builder("threads")
+                glib::ParamSpecUInt::builder(props::THREADS)
                     .nick("Threads")
                     .blurb("ONNX Runtime threads per operator (0: one per core); pipelines share the cores")
-                    .maximum(1024)
-                    .default_value(DEFAULT_THREADS)
+                    .maximum(*limits::THREADS.end())
+                    .default_value(props::DEFAULT_THREADS)
                     .mutable_ready()
                     .build(),
-                glib::ParamSpecUInt64::builder("sync-timeout")
+                glib::ParamSpecUInt64::builder(props::SYNC_TIMEOUT)
                     .nick("Sync timeout")
                     .blurb("Longest wait for a verdict in sync mode (and for verdicts in flight at EOS), in nanoseconds; a stuck worker then posts an error")
                     .minimum(gst::ClockTime::MSECOND.nseconds())
                     .maximum(u64::MAX - 1)
-                    .default_value(DEFAULT_SYNC_TIMEOUT.nseconds())
+                    .default_value(props::DEFAULT_SYNC_TIMEOUT.nseconds())
                     .mutable_playing()
                     .build(),
-                glib::ParamSpecString::builder("tensorrt-cache")
+                glib::ParamSpecString::builder(props::TENSORRT_CACHE)
                     .nick("TensorRT engine cache")
                     .blurb("Folder where TensorRT keeps the engines it builds (minutes each), so that later starts load them; see `clipfilterd model prepare`")
                     .mutable_ready()
                     .build(),
-                glib::ParamSpecDouble::builder("scene-gate")
+                glib::ParamSpecDouble::builder(props::SCENE_GATE)
                     .nick("Scene-change gate")
                     .blurb("Skip inference for a sampled frame that differs from the last inferred one by less than this mean 8-bit level (on a tiny thumbnail), repeating the last verdict; at least once a minute is inferred anyway. -1: automatic (3 for live sources such as cameras, off for files); 0: off")
                     .minimum(-1.0)
-                    .maximum(255.0)
-                    .default_value(DEFAULT_SCENE_GATE)
+                    .maximum(*limits::SCENE_GATE.end())
+                    .default_value(props::DEFAULT_SCENE_GATE)
                     .mutable_playing()
                     .build(),
-                glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
+                glib::ParamSpecBoxed::builder::<gst::Structure>(props::STATS)
                     .nick("Statistics")
                     .blurb("clipfilter-stats: frames, sampled, inferred, dropped (newest frame won while inference was busy), skipped (scene unchanged, see scene-gate), errors, latency-last-ms, latency-mean-ms (submission to verdict), execution-provider, text-execution-provider")
                     .read_only()
@@ -757,42 +599,50 @@ impl ObjectImpl for ClipFilter {
         };
         let string = |v: &glib::Value| v.get::<Option<String>>().ok().flatten();
         match pspec.name() {
-            "model" => s.model = path(value),
-            "variant" => s.variant = value.get().unwrap_or(DEFAULT_VARIANT),
-            "labels" => s.labels = path(value),
-            "prompts" => s.prompts = string(value).filter(|p| !p.trim().is_empty()),
-            "templates" => {
-                s.templates = string(value).unwrap_or_else(|| DEFAULT_TEMPLATES.to_string())
+            props::MODEL => s.model = path(value),
+            props::VARIANT => s.variant = value.get().unwrap_or(props::DEFAULT_VARIANT),
+            props::LABELS => s.labels = path(value),
+            props::PROMPTS => s.prompts = string(value).filter(|p| !p.trim().is_empty()),
+            props::TEMPLATES => {
+                s.templates = string(value).unwrap_or_else(|| props::DEFAULT_TEMPLATES.to_string())
             }
-            "interval" => {
+            props::INTERVAL => {
                 s.interval = gst::ClockTime::from_nseconds(
-                    value.get().unwrap_or(DEFAULT_INTERVAL.nseconds()),
+                    value.get().unwrap_or(props::DEFAULT_INTERVAL.nseconds()),
                 )
             }
-            "threshold" => s.threshold = value.get().unwrap_or(DEFAULT_THRESHOLD),
-            "threshold-kind" => s.threshold_kind = value.get().unwrap_or(DEFAULT_THRESHOLD_KIND),
-            "execution-provider" => {
+            props::THRESHOLD => s.threshold = value.get().unwrap_or(props::DEFAULT_THRESHOLD),
+            props::THRESHOLD_KIND => {
+                s.threshold_kind = value.get().unwrap_or(props::DEFAULT_THRESHOLD_KIND)
+            }
+            props::EXECUTION_PROVIDER => {
                 s.execution_provider =
-                    string(value).unwrap_or_else(|| DEFAULT_EXECUTION_PROVIDER.to_string())
+                    string(value).unwrap_or_else(|| props::DEFAULT_EXECUTION_PROVIDER.to_string())
             }
-            "require-provider" => {
-                s.require_provider = value.get().unwrap_or(DEFAULT_REQUIRE_PROVIDER)
+            props::REQUIRE_PROVIDER => {
+                s.require_provider = value.get().unwrap_or(props::DEFAULT_REQUIRE_PROVIDER)
             }
-            "action" => s.action = value.get().unwrap_or(DEFAULT_ACTION),
-            "enter-samples" => s.enter_samples = value.get().unwrap_or(DEFAULT_ENTER_SAMPLES),
-            "leave-samples" => s.leave_samples = value.get().unwrap_or(DEFAULT_LEAVE_SAMPLES),
-            "mode" => s.mode = value.get().unwrap_or(DEFAULT_MODE),
-            "post-scores" => s.post_scores = value.get().unwrap_or(DEFAULT_POST_SCORES),
-            "snapshot" => s.snapshot = value.get().unwrap_or(DEFAULT_SNAPSHOT),
-            "max-batch" => s.max_batch = value.get().unwrap_or(DEFAULT_MAX_BATCH),
-            "threads" => s.threads = value.get().unwrap_or(DEFAULT_THREADS),
-            "sync-timeout" => {
+            props::ACTION => s.action = value.get().unwrap_or(props::DEFAULT_ACTION),
+            props::ENTER_SAMPLES => {
+                s.enter_samples = value.get().unwrap_or(props::DEFAULT_ENTER_SAMPLES)
+            }
+            props::LEAVE_SAMPLES => {
+                s.leave_samples = value.get().unwrap_or(props::DEFAULT_LEAVE_SAMPLES)
+            }
+            props::MODE => s.mode = value.get().unwrap_or(props::DEFAULT_MODE),
+            props::POST_SCORES => s.post_scores = value.get().unwrap_or(props::DEFAULT_POST_SCORES),
+            props::SNAPSHOT => s.snapshot = value.get().unwrap_or(props::DEFAULT_SNAPSHOT),
+            props::MAX_BATCH => s.max_batch = value.get().unwrap_or(props::DEFAULT_MAX_BATCH),
+            props::THREADS => s.threads = value.get().unwrap_or(props::DEFAULT_THREADS),
+            props::SYNC_TIMEOUT => {
                 s.sync_timeout = gst::ClockTime::from_nseconds(
-                    value.get().unwrap_or(DEFAULT_SYNC_TIMEOUT.nseconds()),
+                    value
+                        .get()
+                        .unwrap_or(props::DEFAULT_SYNC_TIMEOUT.nseconds()),
                 )
             }
-            "scene-gate" => s.scene_gate = value.get().unwrap_or(DEFAULT_SCENE_GATE),
-            "tensorrt-cache" => {
+            props::SCENE_GATE => s.scene_gate = value.get().unwrap_or(props::DEFAULT_SCENE_GATE),
+            props::TENSORRT_CACHE => {
                 s.tensorrt_cache = value
                     .get::<Option<String>>()
                     .ok()
@@ -822,32 +672,32 @@ impl ObjectImpl for ClipFilter {
         let s = lock(&self.settings);
         let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
         match pspec.name() {
-            "model" => path(&s.model).to_value(),
-            "variant" => s.variant.to_value(),
-            "labels" => path(&s.labels).to_value(),
-            "prompts" => s.prompts.to_value(),
-            "templates" => s.templates.to_value(),
-            "interval" => s.interval.nseconds().to_value(),
-            "threshold" => s.threshold.to_value(),
-            "threshold-kind" => s.threshold_kind.to_value(),
-            "execution-provider" => s.execution_provider.to_value(),
-            "require-provider" => s.require_provider.to_value(),
-            "action" => s.action.to_value(),
-            "enter-samples" => s.enter_samples.to_value(),
-            "leave-samples" => s.leave_samples.to_value(),
-            "mode" => s.mode.to_value(),
-            "post-scores" => s.post_scores.to_value(),
-            "snapshot" => s.snapshot.to_value(),
-            "max-batch" => s.max_batch.to_value(),
-            "threads" => s.threads.to_value(),
-            "sync-timeout" => s.sync_timeout.nseconds().to_value(),
-            "scene-gate" => s.scene_gate.to_value(),
-            "tensorrt-cache" => s
+            props::MODEL => path(&s.model).to_value(),
+            props::VARIANT => s.variant.to_value(),
+            props::LABELS => path(&s.labels).to_value(),
+            props::PROMPTS => s.prompts.to_value(),
+            props::TEMPLATES => s.templates.to_value(),
+            props::INTERVAL => s.interval.nseconds().to_value(),
+            props::THRESHOLD => s.threshold.to_value(),
+            props::THRESHOLD_KIND => s.threshold_kind.to_value(),
+            props::EXECUTION_PROVIDER => s.execution_provider.to_value(),
+            props::REQUIRE_PROVIDER => s.require_provider.to_value(),
+            props::ACTION => s.action.to_value(),
+            props::ENTER_SAMPLES => s.enter_samples.to_value(),
+            props::LEAVE_SAMPLES => s.leave_samples.to_value(),
+            props::MODE => s.mode.to_value(),
+            props::POST_SCORES => s.post_scores.to_value(),
+            props::SNAPSHOT => s.snapshot.to_value(),
+            props::MAX_BATCH => s.max_batch.to_value(),
+            props::THREADS => s.threads.to_value(),
+            props::SYNC_TIMEOUT => s.sync_timeout.nseconds().to_value(),
+            props::SCENE_GATE => s.scene_gate.to_value(),
+            props::TENSORRT_CACHE => s
                 .tensorrt_cache
                 .as_ref()
                 .map(|p| p.display().to_string())
                 .to_value(),
-            "stats" => {
+            props::STATS => {
                 drop(s);
                 self.counters.structure().to_value()
             }
@@ -1043,40 +893,5 @@ impl BaseTransformImpl for ClipFilter {
                 Ok(gst_base::BASE_TRANSFORM_FLOW_DROPPED)
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn prompts_and_templates_parse() {
-        assert_eq!(split_list(" red ;green\nblue;;"), ["red", "green", "blue"]);
-        let s = Settings {
-            templates: "a photo of {}.;{} on video".into(),
-            ..Settings::default()
-        };
-        assert_eq!(
-            s.templates().unwrap(),
-            Templates::Custom(vec!["a photo of {}.".into(), "{} on video".into()])
-        );
-        let bad = Settings {
-            templates: "imagenet81".into(),
-            ..Settings::default()
-        };
-        assert!(
-            bad.templates()
-                .unwrap_err()
-                .to_string()
-                .contains("imagenet81")
-        );
-        let neither = Settings::default().label_set().unwrap_err().to_string();
-        assert!(neither.contains("prompts"), "{neither}");
-        let p = Settings {
-            threshold: -0.2,
-            ..Settings::default()
-        };
-        assert!(p.threshold().is_err());
     }
 }

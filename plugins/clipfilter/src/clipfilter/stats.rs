@@ -3,8 +3,8 @@
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::messages;
-use crate::encoder::Provider;
+use super::messages::Stats;
+use clipfilter::encoder::Provider;
 
 /// Counters behind the `stats` property (they survive `stop()` until the next `start()`).
 #[derive(Debug, Default)]
@@ -39,32 +39,25 @@ impl Counters {
     pub(super) fn structure(&self) -> gst::Structure {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let inferred = get(&self.inferred);
-        let mean_ms = if inferred == 0 {
+        let latency_mean_ms = if inferred == 0 {
             0.0
         } else {
             get(&self.latency_sum_us) as f64 / inferred as f64 / 1000.0
         };
         let providers = self.providers.lock().ok().and_then(|p| *p);
-        gst::Structure::builder(messages::STATS)
-            .field("frames", get(&self.frames))
-            .field("sampled", get(&self.sampled))
-            .field("inferred", inferred)
-            .field("dropped", get(&self.dropped))
-            .field("skipped", get(&self.skipped))
-            .field("errors", get(&self.errors))
-            .field(
-                "latency-last-ms",
-                get(&self.latency_last_us) as f64 / 1000.0,
-            )
-            .field("latency-mean-ms", mean_ms)
-            .field(
-                "execution-provider",
-                providers.map_or("", |(image, _)| image.name()),
-            )
-            .field(
-                "text-execution-provider",
-                providers.map_or("", |(_, text)| text.name()),
-            )
-            .build()
+        let name = |p: Option<Provider>| p.map_or(String::new(), |p| p.name().to_string());
+        Stats {
+            frames: get(&self.frames),
+            sampled: get(&self.sampled),
+            inferred,
+            dropped: get(&self.dropped),
+            skipped: get(&self.skipped),
+            errors: get(&self.errors),
+            latency_last_ms: get(&self.latency_last_us) as f64 / 1000.0,
+            latency_mean_ms,
+            execution_provider: name(providers.map(|(image, _)| image)),
+            text_execution_provider: name(providers.map(|(_, text)| text)),
+        }
+        .to_structure()
     }
 }

@@ -36,8 +36,8 @@ use indicatif::BinaryBytes;
 use serde::Deserialize;
 use tracing::{info, info_span, warn};
 
-use super::Variant;
 use cache::HubCache;
+use clipfilter::model::Variant;
 use hub::Hub;
 use progress::ProgressMode;
 

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use tracing::info;
 
 use super::{FetchError, PlannedFile, REQUIRED_FILES, is_commit, tower_files};
-use crate::model::Variant;
+use clipfilter::model::Variant;
 
 /// One repository's folder in a hub-layout cache.
 pub(super) struct HubCache {

@@ -1,6 +1,6 @@
 //! The `clipfilter` GStreamer element.
 //!
-//! `clipfilter` samples raw video frames, asks the shared CLIP [`Engine`](crate::engine::Engine)
+//! `clipfilter` samples raw video frames, asks the shared CLIP [`Engine`](clipfilter::engine::Engine)
 //! how well they match the prompts of a label set, tells the application through the bus, and
 //! can drop, blank or pixelate what matches before it reaches an encoder or a viewer.
 //!
@@ -35,7 +35,7 @@
 //!   reloaded while playing; labels keep their state across reloads when their name stays.
 //!
 //! # Label sets
-//! Either `labels` (a TOML file, see [`crate::labels`]) or `prompts`: labels separated by `;`
+//! Either `labels` (a TOML file, see [`clipfilter::labels`]) or `prompts`: labels separated by `;`
 //! (or new lines), each named after its prompt, e.g. `prompts="a knife;a gun;people talking"`.
 //! Labels without their own rules take `threshold`/`threshold-kind`, `action`, `enter-samples`
 //! and `leave-samples`.
@@ -72,18 +72,17 @@
 
 mod actions;
 mod imp;
-mod messages;
+pub mod messages;
+pub mod properties;
 mod sampler;
 mod state;
 mod stats;
-mod watch;
 
 use gst::glib;
 use gst::prelude::*;
 
-use crate::labels::Action;
-use crate::labels::Threshold;
-use crate::model::Variant;
+use clipfilter::labels::{Action, Threshold};
+use clipfilter::model::Variant;
 
 glib::wrapper! {
     /// The `clipfilter` element.
@@ -121,6 +120,17 @@ impl From<ClipFilterAction> for Action {
             ClipFilterAction::Drop => Action::Drop,
             ClipFilterAction::Blank => Action::Blank,
             ClipFilterAction::Pixelate => Action::Pixelate,
+        }
+    }
+}
+
+impl From<Action> for ClipFilterAction {
+    fn from(a: Action) -> ClipFilterAction {
+        match a {
+            Action::None => ClipFilterAction::None,
+            Action::Drop => ClipFilterAction::Drop,
+            Action::Blank => ClipFilterAction::Blank,
+            Action::Pixelate => ClipFilterAction::Pixelate,
         }
     }
 }
@@ -173,6 +183,14 @@ impl ClipFilterThresholdKind {
             ClipFilterThresholdKind::Cosine => Threshold::Cosine(value as f32),
         }
     }
+
+    /// The `threshold-kind` and `threshold` property values of `threshold`.
+    pub fn of(threshold: Threshold) -> (ClipFilterThresholdKind, f64) {
+        match threshold {
+            Threshold::Probability(v) => (ClipFilterThresholdKind::Probability, f64::from(v)),
+            Threshold::Cosine(v) => (ClipFilterThresholdKind::Cosine, f64::from(v)),
+        }
+    }
 }
 
 /// Which weights of the model folder to load.
@@ -198,6 +216,16 @@ pub enum ClipFilterVariant {
     Quantized = 2,
 }
 
+impl From<Variant> for ClipFilterVariant {
+    fn from(v: Variant) -> ClipFilterVariant {
+        match v {
+            Variant::Fp32 => ClipFilterVariant::Fp32,
+            Variant::Fp16 => ClipFilterVariant::Fp16,
+            Variant::Quantized => ClipFilterVariant::Quantized,
+        }
+    }
+}
+
 impl From<ClipFilterVariant> for Variant {
     fn from(v: ClipFilterVariant) -> Variant {
         match v {
@@ -208,15 +236,33 @@ impl From<ClipFilterVariant> for Variant {
     }
 }
 
-/// Registers `clipfilter` with `plugin`, or statically (for the process only) with `None`.
-/// Loads neither ONNX Runtime nor a model.
-pub fn register(plugin: Option<&gst::Plugin>) -> Result<(), glib::BoolError> {
+/// The value of the element's enum `T` whose nick (as in gst-launch) is `nick`.
+pub fn from_nick<T>(nick: &str) -> Option<T>
+where
+    T: glib::types::StaticType + for<'a> glib::value::FromValue<'a>,
+{
+    glib::EnumClass::with_type(T::static_type())?
+        .to_value_by_nick(nick)?
+        .get::<T>()
+        .ok()
+}
+
+/// The nicks of the element's enum `T`, for messages that list the choices.
+pub fn nicks<T: glib::types::StaticType>() -> Vec<String> {
+    glib::EnumClass::with_type(T::static_type())
+        .map(|c| c.values().iter().map(|v| v.nick().to_string()).collect())
+        .unwrap_or_default()
+}
+
+/// Registers `clipfilter` with `plugin`. Loads neither ONNX Runtime nor a model. (Programs
+/// that link the crate register the plugin with [`crate::plugin_register_static`].)
+pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     ClipFilterAction::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     ClipFilterMode::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     ClipFilterThresholdKind::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     ClipFilterVariant::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     gst::Element::register(
-        plugin,
+        Some(plugin),
         "clipfilter",
         gst::Rank::NONE,
         ClipFilter::static_type(),

@@ -1,4 +1,5 @@
-//! Watching a labels file for changes.
+//! Watching a file for changes: label sets (the element reloads them) and the daemon's
+//! configuration. One watcher for both.
 //!
 //! The folder is watched, not the file: editors and config tools replace files atomically
 //! (write a temporary file, rename it over the old one), which a watch on the file itself would
@@ -16,7 +17,7 @@ use notify::{EventKind, RecursiveMode, Watcher as _};
 use crate::error::{Error, Result};
 
 /// A thread that calls a function when a file has changed. Dropping it stops and joins it.
-pub(super) struct FileWatcher {
+pub struct FileWatcher {
     stop: Option<Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -65,7 +66,7 @@ impl Drop for FileWatcher {
             return;
         }
         if t.join().is_err() {
-            tracing::error!("the labels watcher thread panicked");
+            tracing::error!("the file watcher thread panicked");
         }
     }
 }
@@ -74,7 +75,7 @@ fn split(path: &Path) -> Result<(PathBuf, OsString)> {
     match (path.parent(), path.file_name()) {
         (Some(dir), Some(name)) => Ok((dir.to_path_buf(), name.to_os_string())),
         _ => Err(Error::invalid(
-            "labels",
+            "watched file",
             format!("{} is not a file path", path.display()),
         )),
     }
@@ -117,7 +118,7 @@ fn run(
                     due = Some(Instant::now() + debounce);
                 }
                 Ok(Ok(_)) => {}
-                Ok(Err(e)) => tracing::warn!(error = %e, "labels watcher"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "file watcher"),
                 Err(_) => return,
             },
             default(timeout) => {

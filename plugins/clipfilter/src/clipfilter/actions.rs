@@ -3,7 +3,7 @@
 //! Works on raw planes with their strides; only the visible `width` bytes of each row are
 //! touched, never the padding.
 
-use crate::preprocess::PixelFormat;
+use clipfilter::preprocess::PixelFormat;
 
 /// One plane of a frame: its bytes, stride, visible size and bytes per pixel.
 pub(super) struct PlaneMut<'a> {

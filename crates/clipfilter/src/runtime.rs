@@ -51,7 +51,13 @@ pub fn candidate_paths() -> Vec<PathBuf> {
         paths.push(dir.join(LIBRARY_NAME));
         paths.push(dir.join("../lib/clipfilter").join(LIBRARY_NAME));
     }
-    let project = Path::new(env!("CARGO_MANIFEST_DIR")).join(".local");
+    // The workspace root, two folders above this crate (crates/clipfilter).
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let project = manifest
+        .ancestors()
+        .nth(2)
+        .unwrap_or(manifest)
+        .join(".local");
     paths.push(project.join("onnxruntime-gpu/lib").join(LIBRARY_NAME));
     paths.push(project.join("onnxruntime/lib").join(LIBRARY_NAME));
     paths.push(PathBuf::from("/usr/lib/clipfilter").join(LIBRARY_NAME));

@@ -8,31 +8,19 @@ use std::time::Duration;
 
 use crossbeam_channel::Receiver;
 
-use super::ClipFilterMode;
-use super::messages::{self, MatchEvent, Position, Reason};
+use super::messages::{LabelsReloaded, MatchMessage, Position, Reason, ScoresMessage};
+use super::properties::{AUTO_SCENE_GATE, Rules};
 use super::sampler::Sampler;
 use super::stats::Counters;
-use super::watch::FileWatcher;
-use crate::engine::Engine;
-use crate::error::{Error, Result};
-use crate::gate::{GateConfig, SceneGate, Verdict as GateVerdict};
-use crate::labels::{Action, CompiledLabels, LabelSet};
-use crate::matcher::{Change, Matcher, Transition};
-use crate::preprocess::{PixelFormat, Preprocessor, YuvColor};
-use crate::worker::{Output, Stream};
-use crate::zeroshot::Scores;
-
-/// The settings the streaming thread works with (copied when they change).
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Rules {
-    pub(super) interval: u64,
-    pub(super) mode: ClipFilterMode,
-    pub(super) post_scores: bool,
-    pub(super) snapshot: bool,
-    pub(super) sync_timeout: Duration,
-    /// Scene-change gate threshold: < 0 automatic (on for live sources), 0 off.
-    pub(super) scene_gate: f64,
-}
+use clipfilter::engine::Engine;
+use clipfilter::error::{Error, Result};
+use clipfilter::gate::{GateConfig, SceneGate, Verdict as GateVerdict};
+use clipfilter::labels::{Action, CompiledLabels, LabelSet};
+use clipfilter::matcher::{Change, Matcher, Transition};
+use clipfilter::preprocess::{PixelFormat, Preprocessor, YuvColor};
+use clipfilter::watch::FileWatcher;
+use clipfilter::worker::{Output, Stream};
+use clipfilter::zeroshot::Scores;
 
 /// The negotiated video format.
 pub(super) struct Video {
@@ -151,15 +139,18 @@ impl State {
                 .index
                 .and_then(|i| self.last.get(i).copied())
                 .unwrap_or((0.0, 0.0));
-            posts.push(Post::Element(messages::match_structure(&MatchEvent {
-                start: false,
-                label: &c.label,
-                cosine,
-                probability,
-                position: &position,
-                reason,
-                snapshot: None,
-            })));
+            posts.push(Post::Element(
+                MatchMessage {
+                    transition: Transition::End,
+                    label: c.label,
+                    score: f64::from(cosine),
+                    probability: f64::from(probability),
+                    position: position.clone(),
+                    reason,
+                    snapshot: None,
+                }
+                .to_structure(),
+            ));
         }
         self.action = self.matcher.action(&self.labels);
     }
@@ -191,15 +182,18 @@ impl State {
                 .iter()
                 .find(|(n, _)| *n == c.label)
                 .map_or((0.0, 0.0), |(_, s)| *s);
-            posts.push(Post::Element(messages::match_structure(&MatchEvent {
-                start: false,
-                label: &c.label,
-                cosine,
-                probability,
-                position: &position,
-                reason: Reason::Reload,
-                snapshot: None,
-            })));
+            posts.push(Post::Element(
+                MatchMessage {
+                    transition: Transition::End,
+                    label: c.label,
+                    score: f64::from(cosine),
+                    probability: f64::from(probability),
+                    position: position.clone(),
+                    reason: Reason::Reload,
+                    snapshot: None,
+                }
+                .to_structure(),
+            ));
         }
         self.last = reload
             .labels
@@ -217,9 +211,15 @@ impl State {
         self.scores = Scores::default();
         self.gate.reset();
         self.action = self.matcher.action(&self.labels);
-        let names: Vec<String> = self.labels.labels.iter().map(|l| l.name.clone()).collect();
         if let Some(path) = &self.labels_path {
-            posts.push(Post::Element(messages::reloaded_structure(path, &names)));
+            let labels = self.labels.labels.iter().map(|l| l.name.clone()).collect();
+            posts.push(Post::Element(
+                LabelsReloaded {
+                    path: path.clone(),
+                    labels,
+                }
+                .to_structure(),
+            ));
         }
     }
 
@@ -292,25 +292,31 @@ impl State {
                 .index
                 .and_then(|i| self.last.get(i).copied())
                 .unwrap_or((0.0, 0.0));
-            posts.push(Post::Element(messages::match_structure(&MatchEvent {
-                start: c.transition == Transition::Start,
-                label: &c.label,
-                cosine,
-                probability,
-                position,
-                reason: Reason::Sample,
-                snapshot,
-            })));
+            posts.push(Post::Element(
+                MatchMessage {
+                    transition: c.transition,
+                    label: c.label,
+                    score: f64::from(cosine),
+                    probability: f64::from(probability),
+                    position: position.clone(),
+                    reason: Reason::Sample,
+                    snapshot: snapshot.cloned(),
+                }
+                .to_structure(),
+            ));
         }
         if self.rules.post_scores {
-            let names: Vec<String> = self.labels.labels.iter().map(|l| l.name.clone()).collect();
-            posts.push(Post::Element(messages::scores_structure(
-                position,
-                &names,
-                &self.scores.cosine,
-                &self.scores.probability,
-                latency,
-            )));
+            let doubles = |v: &[f32]| v.iter().map(|x| f64::from(*x)).collect();
+            posts.push(Post::Element(
+                ScoresMessage {
+                    position: position.clone(),
+                    labels: self.labels.labels.iter().map(|l| l.name.clone()).collect(),
+                    scores: doubles(&self.scores.cosine),
+                    probabilities: doubles(&self.scores.probability),
+                    latency,
+                }
+                .to_structure(),
+            ));
         }
         self.action = self.matcher.action(&self.labels);
     }
@@ -349,7 +355,7 @@ impl State {
         };
         let threshold = match (self.rules.scene_gate, self.gate_live) {
             (t, _) if t >= 0.0 => t,
-            (_, Some(true)) => super::imp::AUTO_SCENE_GATE,
+            (_, Some(true)) => AUTO_SCENE_GATE,
             _ => 0.0,
         };
         if threshold > 0.0 {

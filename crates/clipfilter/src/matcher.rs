@@ -5,8 +5,9 @@
 use crate::labels::{Action, CompiledLabels};
 use crate::zeroshot::Scores;
 
-/// Start or end of a match episode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Start or end of a match episode (`"start"` or `"end"` in messages and events).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Transition {
     Start,
     End,
@@ -19,6 +20,19 @@ impl Transition {
             Transition::Start => "start",
             Transition::End => "end",
         }
+    }
+
+    /// The transition called `name` ("start" or "end").
+    pub fn from_name(name: &str) -> Option<Transition> {
+        [Transition::Start, Transition::End]
+            .into_iter()
+            .find(|t| t.name() == name)
+    }
+}
+
+impl std::fmt::Display for Transition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 

@@ -4,8 +4,8 @@
 use gst_video::VideoFrameExt;
 use gst_video::{VideoColorMatrix, VideoColorRange};
 
-use crate::error::{Error, Result};
-use crate::preprocess::{FrameRef, PixelFormat, YuvColor, YuvMatrix};
+use clipfilter::error::{Error, Result};
+use clipfilter::preprocess::{FrameRef, PixelFormat, YuvColor, YuvMatrix};
 
 /// The pixel format and YUV colour of negotiated raw video, or `None` when the format is not
 /// one the preprocessor reads.

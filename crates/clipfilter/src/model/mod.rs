@@ -11,8 +11,6 @@
 //! logit scale is a trained weight that `config.json` does not carry; it defaults to OpenAI's 100
 //! and `clipfilter.toml` in the folder may override it.
 
-pub mod fetch;
-
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 

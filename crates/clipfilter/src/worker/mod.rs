@@ -35,7 +35,7 @@ pub struct BatchConfig {
 impl Default for BatchConfig {
     fn default() -> Self {
         BatchConfig {
-            max_batch: 8,
+            max_batch: crate::limits::DEFAULT_MAX_BATCH as usize,
             max_wait: Duration::from_millis(2),
         }
     }

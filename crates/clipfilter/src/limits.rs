@@ -1,0 +1,21 @@
+//! The bounds of the numbers users give: label sets, the daemon's configuration, the element's
+//! properties and the command line all check against this one table, so that a value one of
+//! them accepts is one the others take.
+
+use std::ops::RangeInclusive;
+
+/// Largest inference batch.
+pub const MAX_BATCH: RangeInclusive<u32> = 1..=256;
+/// Default largest inference batch.
+pub const DEFAULT_MAX_BATCH: u32 = 8;
+/// ONNX Runtime threads per operator (0: one per core).
+pub const THREADS: RangeInclusive<u32> = 0..=1024;
+/// Consecutive samples to start (`enter`) or end (`leave`) a match.
+pub const SAMPLES: RangeInclusive<u32> = 1..=1000;
+/// Scene-change gate threshold: mean 8-bit level difference (0 turns the gate off).
+pub const SCENE_GATE: RangeInclusive<f64> = 0.0..=255.0;
+
+/// "between MIN and MAX" for error messages.
+pub fn describe<T: std::fmt::Display>(range: &RangeInclusive<T>) -> String {
+    format!("between {} and {}", range.start(), range.end())
+}
