@@ -10,7 +10,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import oracle, tiny
+from . import oracle, spot, tiny
 from .common import (CLIP_MEAN, CLIP_STD, CONTEXT_LENGTH, FIXTURES, die, formula_images, l2n, log,
                      ort_session, pad_batch, sha256_file, write_json)
 from .tokenizer import Tokenizers, all_templates, make_tokenizer_cases
@@ -33,6 +33,7 @@ plus our own optional `clipfilter.toml` (`logit_scale = ...`; absent means 100).
 | tiny-clip-odd | 96 (resize 112, crop 96; legacy int format in preprocessor_config) | 24 | input_ids only | dynamic | 50 (toml) | - |
 | oracle-clip | 64 (resize 64, crop 64) | 10 | input_ids + attention_mask | dynamic | 100 (toml) | README.md |
 | oracle-slow | 64 | 10 | input_ids + attention_mask | dynamic | 100 (toml) | README.md (timing) |
+| oracle-spot | 64 (resize 64, crop 64) | 10 | input_ids + attention_mask | dynamic | 100 (toml) | README.md |
 
 ONNX I/O (all models, all variants): input `pixel_values` float32 [batch_size, 3, H, W] -> output
 `image_embeds` float32 [batch_size, D]; `input_ids` int64 [batch_size, seq] (+ `attention_mask` int64,
@@ -68,6 +69,29 @@ that git compresses the 49408-row table: ids i and i+P share an embedding.
 - `oracle-clip.json`: solid-colour frames (pixel_values = (rgb/255 - mean)/std everywhere) against
   colour prompts: `{"colours": [{"name", "rgb"}], "prompts": [{"text", "ids"}], "image_embeds",
   "text_embeds", "cosine": [[prompts] x colours]}` (computed with onnxruntime).
+- `oracle-spot.json`: oracle-spot (max-pooled colours, see `oracle-spot/README.md`) on solid frames and on
+  frames with coloured patches: `{"frames_description", "frames": [{"name", "background": rgb, "patches":
+  [[x, y, w, h, rgb]]}], "prompts": [{"text", "ids"}], "image_embeds", "text_embeds", "cosine": [[prompts] x
+  frames], "oracle_clip_cosine": [[prompts] x frames]}`. Frames are the model input itself (64x64, no
+  resizing), built from the description; `oracle_clip_cosine` = oracle-clip on the same frames, for contrast.
+- `pad.json`: the letterbox ("pad") preprocessing reference for a 64x64 model input (oracle-spot's): the
+  whole frame scaled into the square, keeping its aspect ratio, borders at the mean colour (0 after
+  normalisation). `{"model", "size", "image_mean", "image_std", "image_formula", "rule", "hashes", "checked",
+  "images": [{"width", "height", "image_sha256", "resized_width", "resized_height", "left", "top",
+  "resized_sha256", "pixel_values": [3][64][64]}]}` for 160x90, 90x160, 200x50 and 30x20 (upscaled) images.
+  Images (integer arithmetic, exact): `rgb[y][x][c] = t if t < 256 else 511 - t`,
+  `t = (3*x + 5*y + 85*c + (x*y) // 16) % 512` (uint8, HWC). The rule, with S = 64, L = max(w, h):
+  1. scaled size `new_w = (2*w*S + L) // (2*L)`, `new_h = (2*h*S + L) // (2*L)` (w*S/L rounded half up, in
+     integers; the long side becomes exactly S), each at least 1;
+  2. resize the uint8 RGB picture to (new_w, new_h) with PIL `Image.resize(..., Image.BICUBIC)` (bicubic
+     a = -0.5 with antialiasing when downscaling, as CLIPImageProcessor resizes; reducing_gap None);
+  3. offsets `left = (S - new_w) // 2`, `top = (S - new_h) // 2` (floor: an odd border puts the extra pixel
+     right / bottom); e.g. 160x90 -> 64x36 at (0, 14), 30x20 -> 64x43 at (0, 10);
+  4. inside: `(float32(float64(v) * 0.00392156862745098) - float32(mean[c])) / float32(std[c])` in float32
+     (transformers' rescale then normalise); the border is exactly 0.0.
+  On square images (64x64, 100x100) the rule equals CLIPImageProcessor's output exactly (checked by
+  make-fixtures). `image_sha256` / `resized_sha256` hash the formula image and the PIL-resized picture
+  (HWC uint8 bytes) so a Rust port can tell a formula or resize mismatch from a normalisation one.
 """
 
 
@@ -107,6 +131,9 @@ def cmd_make_fixtures(args):
         log("  oracle models")
         oracle.make_oracles(tok, out_root)
         oracle.write_readmes(tok, out_root, previous_slow_readme, args.update_timing)
+        log("  oracle-spot and the pad reference")
+        spot.make_oracle_spot(tok, out_root)
+        spot.make_pad_reference(out_root)
         (out_root / "README.md").write_text(FIXTURES_README, encoding="utf-8")
         write_manifest(out_root)
     sizes = sum(p.stat().st_size for p in out_root.rglob("*") if p.is_file())
@@ -196,6 +223,7 @@ def cmd_check_fixtures(args):
         cos = (l2n(ie) @ l2n(te).T)[0]
         check(int(np.argmax(cos)) in (0, 2) and cos[0] > 0.999 and cos[1] < 0.01,
               f"{name}: red frame cosines {dict(zip(prompts, np.round(cos, 4).tolist()))} ({dt:.0f} ms)")
+    spot.check_spot(root, tk, check)
     if not ok:
         die("check-fixtures: failures above")
     log("check-fixtures: all ok")
