@@ -10,9 +10,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import oracle, spot, tiny
+from . import digits, oracle, spot, tiny
 from .common import (CLIP_MEAN, CLIP_STD, CONTEXT_LENGTH, FIXTURES, die, formula_images, l2n, log,
-                     ort_session, pad_batch, sha256_file, write_json)
+                     ort_session, pad_batch, write_json, write_manifest)
 from .tokenizer import Tokenizers, all_templates, make_tokenizer_cases
 
 
@@ -34,6 +34,17 @@ plus our own optional `clipfilter.toml` (`logit_scale = ...`; absent means 100).
 | oracle-clip | 64 (resize 64, crop 64) | 10 | input_ids + attention_mask | dynamic | 100 (toml) | README.md |
 | oracle-slow | 64 | 10 | input_ids + attention_mask | dynamic | 100 (toml) | README.md (timing) |
 | oracle-spot | 64 (resize 64, crop 64) | 10 | input_ids + attention_mask | dynamic | 100 (toml) | README.md |
+| digits | 32 (resize 32, crop 32; its pictures are 40x40) | 32 | input_ids + attention_mask | dynamic | trained, ≈14.7 (toml) | README.md, labels.toml, examples/ |
+
+`digits/` is the one fixture that is trained (a small CLIP-style model on scikit-learn's digits, so that
+zero-shot is imperfect and scores overlap): it is written by `tools/clip-tools make-digits` (a few minutes
+of training), not by make-fixtures; each of the two commands rewrites MANIFEST.sha256 over the whole
+folder. See `digits/README.md` for the model, its example pictures (`digits/examples/{train,heldout}/
+{three,seven,eight,none}/*.png`), the sample label set `digits/labels.toml` and the measured figures.
+Regeneration is bit-identical on the same machine / CPU family only: on another CPU PyTorch may round
+differently in the last bits (already true of the tiny models' reference JSONs, which differ in their
+last bits on an AMD EPYC), and a trained model then ends with slightly different weights, so every
+digits file changes; check-fixtures uses tolerances and passes anyway.
 
 ONNX I/O (all models, all variants): input `pixel_values` float32 [batch_size, 3, H, W] -> output
 `image_embeds` float32 [batch_size, D]; `input_ids` int64 [batch_size, seq] (+ `attention_mask` int64,
@@ -92,6 +103,25 @@ that git compresses the 49408-row table: ids i and i+P share an embedding.
   On square images (64x64, 100x100) the rule equals CLIPImageProcessor's output exactly (checked by
   make-fixtures). `image_sha256` / `resized_sha256` hash the formula image and the PIL-resized picture
   (HWC uint8 bytes) so a Rust port can tell a formula or resize mismatch from a normalisation one.
+- `digits.json`: the digits model: `{"model", "logit_scale", "image_size", "canvas", "embed_dim", "token_period",
+  "onnx_vs_torch_max_abs", "text": [{"text", "ids", "embeds"}], "image": [{"path", "embeds"}] (one example per
+  folder), "label_set": {"file", "labels": [{"name", "negative", "texts", "threshold", "class_embedding"}]},
+  "zeroshot": {"pool_10way": {"prompts", "n", "correct", "accuracy", "per_digit"}, "label_set_train",
+  "label_set_heldout": {"n", "correct", "accuracy", "confusion"}}, "scores": {split: {label: {"cosine",
+  "probability": {"positives", "negatives": {"n", "mean", "std", "min", "max"}, "auc", ...},
+  "hand_threshold"}}}, "training"}`. Embeddings from onnxruntime. `class_embedding` = the label's texts
+  embedded, each normalised, averaged, renormalised (clipfilter's ensemble); probabilities = softmax of
+  logit_scale x cosine over all 11 labels of `labels.toml`.
+- `digits-examples.json`: `{"model", "description", "examples": [{"path", "split", "label", "digit",
+  "digits_index", "embeds": [32]}]}`: every example picture's image_embeds (not normalised), computed from
+  the PNG with transformers' CLIPImageProcessor and onnxruntime, i.e. exactly as clipfilter should.
+- `digits-probe.json`: the linear-probe reference: multinomial L2 logistic regression (scikit-learn
+  `LogisticRegression`, lbfgs, tol 1e-10) on the L2-normalised train-split embeddings, `{"classes",
+  "features", "objective", "cv": {"C_grid", "splitter", "folds", "mean_log_loss", "mean_accuracy",
+  "criterion"}, "C", "coef": [4][32], "intercept": [4], "n_iter", "gradient_max_abs", "train": {"paths",
+  "accuracy"}, "heldout": {"paths", "probs": [N][4], "pred", "accuracy"}, "zeroshot_heldout_accuracy"}`;
+  objective `C * sum_i -log softmax(W x_i + b)[y_i] + 0.5 ||W||^2` (b not penalised; defined up to a
+  constant, sklearn's sums to about 0). A Rust logistic regression should match `coef` and `probs` within 1e-3.
 """
 
 
@@ -142,14 +172,6 @@ def cmd_make_fixtures(args):
         log("divergent tokenizer cases:")
         for d in divergent:
             log(f"  {d['text'][:50]!r:55} {', '.join(d['differs'])}")
-
-
-def write_manifest(out_root: Path):
-    lines = []
-    for p in sorted(out_root.rglob("*")):
-        if p.is_file() and p.name != "MANIFEST.sha256":
-            lines.append(f"{sha256_file(p)}  {p.relative_to(out_root).as_posix()}")
-    (out_root / "MANIFEST.sha256").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -224,6 +246,7 @@ def cmd_check_fixtures(args):
         check(int(np.argmax(cos)) in (0, 2) and cos[0] > 0.999 and cos[1] < 0.01,
               f"{name}: red frame cosines {dict(zip(prompts, np.round(cos, 4).tolist()))} ({dt:.0f} ms)")
     spot.check_spot(root, tk, check)
+    digits.check_digits(root, tk, check)
     if not ok:
         die("check-fixtures: failures above")
     log("check-fixtures: all ok")
