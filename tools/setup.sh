@@ -280,6 +280,8 @@ else
     info "fixtures missing: regenerating with the full tools venv (torch; takes a few minutes)"
     clipfilter_ensure_venv tools || die "could not set up .local/venv-tools"
     clip_tools make-fixtures || die "make-fixtures failed"
+    # the trained digits fixture has its own command (a few minutes of training)
+    clip_tools make-digits || die "make-digits failed"
 fi
 
 # ------------------------------------------------------------------------------------------------

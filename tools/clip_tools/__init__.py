@@ -7,6 +7,7 @@ Run it through the wrapper, which picks (and creates or updates) the right virtu
 Subcommands (details: `tools/clip-tools <subcommand> --help`, and tools/README.md):
 
     make-fixtures     write tests/fixtures/ (tiny CLIP models, oracle models, reference JSON)  [tools venv]
+    make-digits       train the digits fixture model, write tests/fixtures/digits/ (~3 min)    [tools venv]
     check-fixtures    run every committed fixture model with onnxruntime against its references   [ref venv]
     photo-refs        CLIPImageProcessor pixel references for .local/media/photos/                 [ref venv]
     export            export a transformers or OpenCLIP checkpoint into clipfilter's model layout  [tools venv]

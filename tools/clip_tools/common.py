@@ -88,6 +88,15 @@ def sha256_file(p: Path) -> str:
     return h.hexdigest()
 
 
+def write_manifest(out_root: Path):
+    """MANIFEST.sha256: `sha256  relative/path` of every file under out_root (sorted), itself excluded."""
+    lines = []
+    for p in sorted(out_root.rglob("*")):
+        if p.is_file() and p.name != "MANIFEST.sha256":
+            lines.append(f"{sha256_file(p)}  {p.relative_to(out_root).as_posix()}")
+    (out_root / "MANIFEST.sha256").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
 def ort_session(path: Path, threads: int = 1):
     import onnxruntime as ort
     so = ort.SessionOptions()

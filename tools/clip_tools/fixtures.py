@@ -10,9 +10,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import oracle, tiny
+from . import digits, oracle, spot, tiny
 from .common import (CLIP_MEAN, CLIP_STD, CONTEXT_LENGTH, FIXTURES, die, formula_images, l2n, log,
-                     ort_session, pad_batch, sha256_file, write_json)
+                     ort_session, pad_batch, write_json, write_manifest)
 from .tokenizer import Tokenizers, all_templates, make_tokenizer_cases
 
 
@@ -33,6 +33,18 @@ plus our own optional `clipfilter.toml` (`logit_scale = ...`; absent means 100).
 | tiny-clip-odd | 96 (resize 112, crop 96; legacy int format in preprocessor_config) | 24 | input_ids only | dynamic | 50 (toml) | - |
 | oracle-clip | 64 (resize 64, crop 64) | 10 | input_ids + attention_mask | dynamic | 100 (toml) | README.md |
 | oracle-slow | 64 | 10 | input_ids + attention_mask | dynamic | 100 (toml) | README.md (timing) |
+| oracle-spot | 64 (resize 64, crop 64) | 10 | input_ids + attention_mask | dynamic | 100 (toml) | README.md |
+| digits | 32 (resize 32, crop 32; its pictures are 40x40) | 32 | input_ids + attention_mask | dynamic | trained, ≈14.7 (toml) | README.md, labels.toml, examples/ |
+
+`digits/` is the one fixture that is trained (a small CLIP-style model on scikit-learn's digits, so that
+zero-shot is imperfect and scores overlap): it is written by `tools/clip-tools make-digits` (a few minutes
+of training), not by make-fixtures; each of the two commands rewrites MANIFEST.sha256 over the whole
+folder. See `digits/README.md` for the model, its example pictures (`digits/examples/{train,heldout}/
+{three,seven,eight,none}/*.png`), the sample label set `digits/labels.toml` and the measured figures.
+Regeneration is bit-identical on the same machine / CPU family only: on another CPU PyTorch may round
+differently in the last bits (already true of the tiny models' reference JSONs, which differ in their
+last bits on an AMD EPYC), and a trained model then ends with slightly different weights, so every
+digits file changes; check-fixtures uses tolerances and passes anyway.
 
 ONNX I/O (all models, all variants): input `pixel_values` float32 [batch_size, 3, H, W] -> output
 `image_embeds` float32 [batch_size, D]; `input_ids` int64 [batch_size, seq] (+ `attention_mask` int64,
@@ -68,6 +80,48 @@ that git compresses the 49408-row table: ids i and i+P share an embedding.
 - `oracle-clip.json`: solid-colour frames (pixel_values = (rgb/255 - mean)/std everywhere) against
   colour prompts: `{"colours": [{"name", "rgb"}], "prompts": [{"text", "ids"}], "image_embeds",
   "text_embeds", "cosine": [[prompts] x colours]}` (computed with onnxruntime).
+- `oracle-spot.json`: oracle-spot (max-pooled colours, see `oracle-spot/README.md`) on solid frames and on
+  frames with coloured patches: `{"frames_description", "frames": [{"name", "background": rgb, "patches":
+  [[x, y, w, h, rgb]]}], "prompts": [{"text", "ids"}], "image_embeds", "text_embeds", "cosine": [[prompts] x
+  frames], "oracle_clip_cosine": [[prompts] x frames]}`. Frames are the model input itself (64x64, no
+  resizing), built from the description; `oracle_clip_cosine` = oracle-clip on the same frames, for contrast.
+- `pad.json`: the letterbox ("pad") preprocessing reference for a 64x64 model input (oracle-spot's): the
+  whole frame scaled into the square, keeping its aspect ratio, borders at the mean colour (0 after
+  normalisation). `{"model", "size", "image_mean", "image_std", "image_formula", "rule", "hashes", "checked",
+  "images": [{"width", "height", "image_sha256", "resized_width", "resized_height", "left", "top",
+  "resized_sha256", "pixel_values": [3][64][64]}]}` for 160x90, 90x160, 200x50 and 30x20 (upscaled) images.
+  Images (integer arithmetic, exact): `rgb[y][x][c] = t if t < 256 else 511 - t`,
+  `t = (3*x + 5*y + 85*c + (x*y) // 16) % 512` (uint8, HWC). The rule, with S = 64, L = max(w, h):
+  1. scaled size `new_w = (2*w*S + L) // (2*L)`, `new_h = (2*h*S + L) // (2*L)` (w*S/L rounded half up, in
+     integers; the long side becomes exactly S), each at least 1;
+  2. resize the uint8 RGB picture to (new_w, new_h) with PIL `Image.resize(..., Image.BICUBIC)` (bicubic
+     a = -0.5 with antialiasing when downscaling, as CLIPImageProcessor resizes; reducing_gap None);
+  3. offsets `left = (S - new_w) // 2`, `top = (S - new_h) // 2` (floor: an odd border puts the extra pixel
+     right / bottom); e.g. 160x90 -> 64x36 at (0, 14), 30x20 -> 64x43 at (0, 10);
+  4. inside: `(float32(float64(v) * 0.00392156862745098) - float32(mean[c])) / float32(std[c])` in float32
+     (transformers' rescale then normalise); the border is exactly 0.0.
+  On square images (64x64, 100x100) the rule equals CLIPImageProcessor's output exactly (checked by
+  make-fixtures). `image_sha256` / `resized_sha256` hash the formula image and the PIL-resized picture
+  (HWC uint8 bytes) so a Rust port can tell a formula or resize mismatch from a normalisation one.
+- `digits.json`: the digits model: `{"model", "logit_scale", "image_size", "canvas", "embed_dim", "token_period",
+  "onnx_vs_torch_max_abs", "text": [{"text", "ids", "embeds"}], "image": [{"path", "embeds"}] (one example per
+  folder), "label_set": {"file", "labels": [{"name", "negative", "texts", "threshold", "class_embedding"}]},
+  "zeroshot": {"pool_10way": {"prompts", "n", "correct", "accuracy", "per_digit"}, "label_set_train",
+  "label_set_heldout": {"n", "correct", "accuracy", "confusion"}}, "scores": {split: {label: {"cosine",
+  "probability": {"positives", "negatives": {"n", "mean", "std", "min", "max"}, "auc", ...},
+  "hand_threshold"}}}, "training"}`. Embeddings from onnxruntime. `class_embedding` = the label's texts
+  embedded, each normalised, averaged, renormalised (clipfilter's ensemble); probabilities = softmax of
+  logit_scale x cosine over all 11 labels of `labels.toml`.
+- `digits-examples.json`: `{"model", "description", "examples": [{"path", "split", "label", "digit",
+  "digits_index", "embeds": [32]}]}`: every example picture's image_embeds (not normalised), computed from
+  the PNG with transformers' CLIPImageProcessor and onnxruntime, i.e. exactly as clipfilter should.
+- `digits-probe.json`: the linear-probe reference: multinomial L2 logistic regression (scikit-learn
+  `LogisticRegression`, lbfgs, tol 1e-10) on the L2-normalised train-split embeddings, `{"classes",
+  "features", "objective", "cv": {"C_grid", "splitter", "folds", "mean_log_loss", "mean_accuracy",
+  "criterion"}, "C", "coef": [4][32], "intercept": [4], "n_iter", "gradient_max_abs", "train": {"paths",
+  "accuracy"}, "heldout": {"paths", "probs": [N][4], "pred", "accuracy"}, "zeroshot_heldout_accuracy"}`;
+  objective `C * sum_i -log softmax(W x_i + b)[y_i] + 0.5 ||W||^2` (b not penalised; defined up to a
+  constant, sklearn's sums to about 0). A Rust logistic regression should match `coef` and `probs` within 1e-3.
 """
 
 
@@ -107,6 +161,9 @@ def cmd_make_fixtures(args):
         log("  oracle models")
         oracle.make_oracles(tok, out_root)
         oracle.write_readmes(tok, out_root, previous_slow_readme, args.update_timing)
+        log("  oracle-spot and the pad reference")
+        spot.make_oracle_spot(tok, out_root)
+        spot.make_pad_reference(out_root)
         (out_root / "README.md").write_text(FIXTURES_README, encoding="utf-8")
         write_manifest(out_root)
     sizes = sum(p.stat().st_size for p in out_root.rglob("*") if p.is_file())
@@ -115,14 +172,6 @@ def cmd_make_fixtures(args):
         log("divergent tokenizer cases:")
         for d in divergent:
             log(f"  {d['text'][:50]!r:55} {', '.join(d['differs'])}")
-
-
-def write_manifest(out_root: Path):
-    lines = []
-    for p in sorted(out_root.rglob("*")):
-        if p.is_file() and p.name != "MANIFEST.sha256":
-            lines.append(f"{sha256_file(p)}  {p.relative_to(out_root).as_posix()}")
-    (out_root / "MANIFEST.sha256").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -196,6 +245,8 @@ def cmd_check_fixtures(args):
         cos = (l2n(ie) @ l2n(te).T)[0]
         check(int(np.argmax(cos)) in (0, 2) and cos[0] > 0.999 and cos[1] < 0.01,
               f"{name}: red frame cosines {dict(zip(prompts, np.round(cos, 4).tolist()))} ({dt:.0f} ms)")
+    spot.check_spot(root, tk, check)
+    digits.check_digits(root, tk, check)
     if not ok:
         die("check-fixtures: failures above")
     log("check-fixtures: all ok")
