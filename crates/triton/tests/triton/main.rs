@@ -4,4 +4,6 @@
 mod failover;
 mod fold;
 mod infer;
+#[cfg(feature = "tls")]
+mod tls;
 mod util;

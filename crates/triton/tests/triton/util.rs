@@ -90,6 +90,7 @@ pub fn free_port() -> u16 {
 pub struct TritonServer {
     child: Option<Child>,
     repo: PathBuf,
+    extra_args: Vec<String>,
     pub grpc: u16,
     pub http: u16,
     pub metrics: u16,
@@ -103,11 +104,17 @@ static SERVERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize:
 impl TritonServer {
     /// Starts a server on free ports and waits until `models` are ready.
     pub fn start(repo: &Path, models: &[&str]) -> TritonServer {
+        TritonServer::start_with(repo, models, &[])
+    }
+
+    /// The same with more tritonserver options.
+    pub fn start_with(repo: &Path, models: &[&str], extra_args: &[String]) -> TritonServer {
         let log_dir = tempfile::tempdir().expect("temporary directory");
         let n = SERVERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut server = TritonServer {
             child: None,
             repo: repo.to_path_buf(),
+            extra_args: extra_args.to_vec(),
             grpc: free_port(),
             http: free_port(),
             metrics: free_port(),
@@ -140,6 +147,7 @@ impl TritonServer {
                 "--backend-config=python,shm-region-prefix-name={}",
                 self.shm_prefix
             ))
+            .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log handle"))
             .stderr(log)
