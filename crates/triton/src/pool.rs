@@ -519,6 +519,18 @@ impl Shared {
                 Ok(value) => return Ok(value),
                 Err(e) => {
                     member.errors.fetch_add(1, Ordering::Relaxed);
+                    if matches!(
+                        e,
+                        Error::Status {
+                            code: tonic::Code::NotFound,
+                            ..
+                        }
+                    ) {
+                        // This server lacks the model; another may have it. Not a reason to
+                        // take the endpoint out (its configured models are probed).
+                        last = Some(e);
+                        continue;
+                    }
                     if !e.is_endpoint_failure() {
                         return Err(e);
                     }
@@ -684,6 +696,13 @@ mod tests {
         let fixed = Backoff { jitter: 0.0, ..b };
         assert_eq!(fixed.delay(2), Duration::from_millis(200));
         assert_eq!(fixed.delay(u32::MAX), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn pool_is_shared_between_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<Pool>();
+        send_sync::<Error>();
     }
 
     #[test]

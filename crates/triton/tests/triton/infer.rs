@@ -53,6 +53,7 @@ fn image_wire_formats_match_onnxruntime() {
         let got = embeds(&pool.infer("tiny-clip_image", vec![fp32]).unwrap(), batch);
         let d = max_abs_diff(&got, &reference.2);
         assert!(d <= 1e-5, "fp32, batch {batch}: max abs diff {d}");
+        eprintln!("fp32 wire, batch {batch}: max abs diff to onnxruntime {d:e}");
 
         // uint8: the server's model normalises the bytes exactly as clipfilter does, so the
         // tower sees the same float32 values.
@@ -62,6 +63,7 @@ fn image_wire_formats_match_onnxruntime() {
         );
         let d = max_abs_diff(&got, &reference.2);
         assert!(d <= 1e-5, "uint8, batch {batch}: max abs diff {d}");
+        eprintln!("uint8 wire, batch {batch}: max abs diff to onnxruntime (float32 input) {d:e}");
 
         let got = embeds(
             &pool.infer("tiny-clip_image_fp16", vec![fp16]).unwrap(),
@@ -72,12 +74,16 @@ fn image_wire_formats_match_onnxruntime() {
             d <= 1e-5,
             "fp16, batch {batch}: max abs diff {d} against its own input"
         );
+        eprintln!("fp16 wire, batch {batch}: max abs diff to onnxruntime (same fp16 values) {d:e}");
         // and the rounding to float16 stays small against the float32 result
         let d = max_abs_diff(&got, &reference.2);
         let scale = reference.2.iter().fold(0f32, |m, v| m.max(v.abs()));
         assert!(
             d <= 1e-2 * scale,
             "fp16 vs fp32, batch {batch}: {d} (scale {scale})"
+        );
+        eprintln!(
+            "fp16 wire, batch {batch}: max abs diff to the float32 result {d:e} (largest |value| {scale})"
         );
     }
 }
@@ -208,4 +214,45 @@ fn request_errors_leave_the_endpoint_ready() {
     let status = &pool.status()[0];
     assert_eq!(status.health, Health::Ready, "{status:?}");
     assert!(pool.infer("tiny-clip_image", vec![one]).is_ok());
+}
+
+#[test]
+fn concurrent_callers_get_their_own_answers() {
+    let shared = util::shared_server();
+    let pool = pool(&shared.server);
+    // batches of 1 and 2 from four threads at once; the server's dynamic batcher may run
+    // several of them as one onnxruntime call, and must split the answers back correctly
+    let inputs: Vec<Tensor> = (0..8)
+        .map(|i| {
+            let batch = 1 + i % 2;
+            let rgb = rgb_batch(batch, SIZE, SIZE, 100 + i as u64);
+            Tensor::from_u8("pixel_values", vec![batch, 3, SIZE, SIZE], rgb).unwrap()
+        })
+        .collect();
+    let alone: Vec<Vec<f32>> = inputs
+        .iter()
+        .map(|t| {
+            let out = pool
+                .infer("tiny-clip_image_uint8", vec![t.clone()])
+                .unwrap();
+            out[0].to_f32().unwrap()
+        })
+        .collect();
+    std::thread::scope(|scope| {
+        for thread in 0..4 {
+            let (pool, inputs, alone) = (&pool, &inputs, &alone);
+            scope.spawn(move || {
+                for round in 0..5 {
+                    let i = (thread * 2 + round) % inputs.len();
+                    let out = pool
+                        .infer("tiny-clip_image_uint8", vec![inputs[i].clone()])
+                        .unwrap();
+                    let got = out[0].to_f32().unwrap();
+                    let d = max_abs_diff(&got, &alone[i]);
+                    assert!(d <= 1e-5, "thread {thread}, input {i}: {d}");
+                }
+            });
+        }
+    });
+    assert_eq!(pool.status()[0].errors, 0);
 }
