@@ -28,8 +28,9 @@ idempotently, into .local/triton/:
   1. apt: python3.11 python3.11-venv libpython3.11 (the python backend stub links Debian's
      libpython3.11, so the server's python environment must be Debian's python 3.11)
   2. tritonserver from PyPI's nvidia-pytriton 0.7.0 wheel (55 MB, sha256-checked), with the python
-     backend and its 3.11 stub -> .local/triton/server/
-  3. venv .local/triton/venv with numpy and onnxruntime (tools/requirements-triton.txt)
+     backend and its 3.11 stub -> .local/triton/server/ (144 MB)
+  3. venv .local/triton/venv with numpy and onnxruntime (tools/requirements-triton.txt; 41 MB
+     download, 170 MB)
   4. launcher .local/triton/bin/tritonserver (PATH and --backend-directory set; other options as given)
   5. check: tools/triton_repo.py writes a repository for tests/fixtures/tiny-clip, the server loads
      it and answers ready (done again only when something above changed)
@@ -114,16 +115,14 @@ if [[ -x "$TRITON_BIN" && -x "$BACKENDS/python/triton_python_backend_stub" && -f
     info "present: ${TRITON_BIN#"$ROOT"/}"
 else
     t=$SECONDS
-    WHEEL_DIR="$DEST/download"
-    WHEEL="$WHEEL_DIR/$PYTRITON_WHEEL"
-    if [[ ! -f "$WHEEL" ]] || [[ "$(sha256sum "$WHEEL" | cut -d' ' -f1)" != "$PYTRITON_SHA256" ]]; then
-        info "downloading $PYTRITON_WHEEL (55 MB) from PyPI"
-        rm -f "$WHEEL"
-        "$SYS_PY" -m pip download --disable-pip-version-check --no-input -q --no-deps --only-binary=:all: \
-            --python-version 3.11 --platform manylinux_2_35_x86_64 -d "$WHEEL_DIR" \
-            "nvidia-pytriton==$PYTRITON_VERSION" >&2 || die "pip download nvidia-pytriton==$PYTRITON_VERSION failed"
-        [[ -f "$WHEEL" ]] || die "pip did not leave $WHEEL"
-    fi
+    # The wheel is downloaded into the temporary folder and removed after extraction (pip keeps
+    # its own cache); only the stamp below remembers it.
+    WHEEL="$TMP/$PYTRITON_WHEEL"
+    info "downloading $PYTRITON_WHEEL (55 MB) from PyPI"
+    "$SYS_PY" -m pip download --disable-pip-version-check --no-input -q --no-deps --only-binary=:all: \
+        --python-version 3.11 --platform manylinux_2_35_x86_64 -d "$TMP" \
+        "nvidia-pytriton==$PYTRITON_VERSION" >&2 || die "pip download nvidia-pytriton==$PYTRITON_VERSION failed"
+    [[ -f "$WHEEL" ]] || die "pip did not leave $WHEEL"
     got="$(sha256sum "$WHEEL" | cut -d' ' -f1)"
     [[ "$got" == "$PYTRITON_SHA256" ]] || die "$WHEEL: sha256 $got, expected $PYTRITON_SHA256"
     info "extracting pytriton/tritonserver/ and nvidia_pytriton.libs/"
@@ -171,7 +170,7 @@ else
         info "creating with $SYS_PY ($("$SYS_PY" --version 2>&1))"
         "$SYS_PY" -m venv "$VENV" || die "'$SYS_PY -m venv' failed (apt-get install python3.11-venv)"
     fi
-    info "installing tools/requirements-triton.txt (numpy, onnxruntime; ~35 MB)"
+    info "installing tools/requirements-triton.txt (numpy 1.26, onnxruntime; 41 MB download)"
     "$VENV/bin/python" -m pip install --disable-pip-version-check --no-input -q -r "$REQ" >&2 \
         || die "pip install -r tools/requirements-triton.txt failed"
     echo "$want" > "$VENV_STAMP"

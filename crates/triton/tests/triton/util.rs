@@ -33,7 +33,7 @@ pub fn triton_home() -> PathBuf {
         assert!(
             path.exists(),
             "Triton for the tests is not installed ({} is missing): run `bash tools/setup-triton.sh` \
-             (about 1 minute, 75 MB download; see tools/README.md)",
+             (under a minute, about 100 MB download; see tools/README.md)",
             path.display()
         );
     }
