@@ -5,6 +5,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 bash tools/setup.sh
+# A CPU-only Triton Inference Server for the remote-inference tests (crates/triton).
+bash tools/setup-triton.sh
 # A one-off build gains nothing from incremental state; it only costs disk.
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 free_kib=$(df -Pk . | awk 'NR==2 {print $4}')
