@@ -19,7 +19,7 @@ use crossbeam_channel::select;
 
 use crate::daemon::config::{Config, ModelConfig, ModelSource};
 use crate::daemon::delivery::Delivery;
-use crate::daemon::http::HttpServer;
+use crate::daemon::http::{self, HttpServer};
 use crate::daemon::metrics::Metrics;
 use crate::daemon::notify::{Heartbeat, Notifier};
 use crate::daemon::pipeline::ElementModel;
@@ -282,9 +282,11 @@ fn start_http(addr: &str, metrics: &Arc<Metrics>, view: &Arc<View>) -> Result<Ht
     let (health, status) = (view.clone(), view.clone());
     HttpServer::start(
         addr,
-        metrics.clone(),
-        move || health.health(),
-        move || status.status(),
+        http::core_routes(
+            metrics.clone(),
+            move || health.health(),
+            move || status.status(),
+        ),
     )
 }
 
