@@ -23,6 +23,13 @@ pub enum Error {
         cause: rusqlite::Error,
     },
 
+    /// The sample history database could not be opened, read or written.
+    #[error("sample history {}: {cause}", path.display())]
+    History {
+        path: PathBuf,
+        cause: rusqlite::Error,
+    },
+
     /// A server socket (metrics, health, status) could not be bound.
     #[error("cannot listen on {addr}: {message}")]
     Bind { addr: String, message: String },
@@ -75,7 +82,7 @@ impl Error {
     pub fn is_user_error(&self) -> bool {
         match self {
             Error::Engine(e) => e.is_user_error(),
-            Error::Outbox { .. } => false,
+            Error::Outbox { .. } | Error::History { .. } => false,
             Error::Bind { .. } => true,
         }
     }

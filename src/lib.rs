@@ -7,3 +7,4 @@ pub mod daemon;
 pub mod error;
 pub mod fetch;
 pub mod gstreamer;
+pub mod history;

@@ -33,6 +33,8 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Run(args) => clipfilterd::cli::run::run(args),
         Command::Bench(args) => clipfilterd::cli::bench::run(args),
         Command::BenchElement(args) => clipfilterd::cli::bench_element::run(args),
+        Command::Search(args) => clipfilterd::cli::search::run(args),
+        Command::Backtest(args) => clipfilterd::cli::backtest::run(args),
         Command::Model(ModelCommand::Fetch(args)) => {
             clipfilterd::cli::model_fetch::run(args).map(|()| Outcome::Ok)
         }

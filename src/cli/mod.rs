@@ -1,12 +1,15 @@
 //! The `clipfilterd` command line: the daemon and one-off tools on the same engine.
 
+pub mod backtest;
 pub mod bench;
 pub mod bench_element;
 pub mod check;
 pub mod classify;
+pub mod history;
 pub mod model_fetch;
 pub mod model_prepare;
 pub mod run;
+pub mod search;
 
 use std::path::PathBuf;
 
@@ -54,6 +57,10 @@ pub enum Command {
     /// Per-frame cost of the clipfilter element (unsampled and sampled frames) against
     /// identity, and decoding throughput with and without it.
     BenchElement(bench_element::BenchElementArgs),
+    /// Search the sample history by text or example image: time ranges, best first.
+    Search(search::SearchArgs),
+    /// Replay the sample history with another label set and compare with the live events.
+    Backtest(backtest::BacktestArgs),
     /// Manage model folders.
     #[command(subcommand)]
     Model(ModelCommand),

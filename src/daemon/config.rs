@@ -23,6 +23,15 @@
 //! max_bytes = "256MiB"
 //! quality = 85
 //!
+//! [history]                       # every inferred sample, to search and backtest (see
+//!                                 # `crate::history`); changes apply at the next start
+//! enabled = true
+//! # dir = "/var/lib/clipfilter/history"     # default: <state_dir>/history
+//! keep = "7d"                     # older samples are deleted
+//! max_bytes = "2GiB"              # the oldest samples are deleted beyond this
+//! thumbnails = true               # a small JPEG per sample (about 4 KiB)
+//! thumbnail_size = 160            # pixels on the longer side
+//!
 //! [outbox]
 //! max_pending = 100000            # events kept per output while it is down (an output's own
 //!                                 # `max_pending` wins); when full the oldest is dropped
@@ -102,6 +111,14 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/clipfilter";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
 /// Default time between sampled frames.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
+/// Default age limit of the sample history.
+pub const DEFAULT_HISTORY_KEEP: Duration = Duration::from_secs(7 * 86400);
+/// Default size limit of the sample history.
+pub const DEFAULT_HISTORY_BYTES: u64 = 2 << 30;
+/// Default thumbnail size (pixels on the longer side).
+pub const DEFAULT_THUMBNAIL_SIZE: u32 = 160;
+/// Default length of the history's sample queue.
+pub const DEFAULT_HISTORY_QUEUE: usize = 4096;
 /// Default bound on the number of snapshot files.
 pub const DEFAULT_SNAPSHOT_FILES: u64 = 1000;
 /// Default bound on the bytes of snapshot files (256 MiB).
@@ -126,6 +143,8 @@ struct RawConfig {
     model: Option<Spanned<RawModel>>,
     #[serde(default)]
     snapshots: RawSnapshots,
+    #[serde(default)]
+    history: RawHistory,
     #[serde(default)]
     outbox: RawOutbox,
     #[serde(default)]
@@ -166,6 +185,18 @@ struct RawSnapshots {
     max_files: Option<Spanned<u64>>,
     max_bytes: Option<Spanned<RawSize>>,
     quality: Option<Spanned<u8>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawHistory {
+    enabled: Option<bool>,
+    dir: Option<Spanned<PathBuf>>,
+    keep: Option<Spanned<String>>,
+    max_bytes: Option<Spanned<RawSize>>,
+    thumbnails: Option<bool>,
+    thumbnail_size: Option<Spanned<u32>>,
+    queue: Option<Spanned<usize>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -261,6 +292,22 @@ pub struct SnapshotConfig {
     pub quality: u8,
 }
 
+/// The `[history]` table: the sample history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryConfig {
+    pub enabled: bool,
+    /// Its folder (default `<state_dir>/history`).
+    pub dir: PathBuf,
+    /// Samples older than this are deleted (`None`: only `max_bytes` bounds it).
+    pub keep: Option<Duration>,
+    pub max_bytes: u64,
+    pub thumbnails: bool,
+    /// Pixels on the longer side of a thumbnail.
+    pub thumbnail_size: u32,
+    /// Samples that may wait for the writer before new ones are dropped.
+    pub queue: usize,
+}
+
 /// The `[restart]` table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RestartPolicy {
@@ -312,6 +359,7 @@ pub struct Config {
     pub listen: Option<SocketAddr>,
     pub model: ModelConfig,
     pub snapshots: SnapshotConfig,
+    pub history: HistoryConfig,
     pub restart: RestartPolicy,
     /// Outputs as written (with the `[outbox]` default filled in).
     pub output_configs: Vec<OutputConfig>,
@@ -503,6 +551,7 @@ impl Config {
             }
         };
         let snapshots = snapshots(&cx, &raw.snapshots, &state_dir)?;
+        let history = history(&cx, &raw.history, &state_dir)?;
         let restart = restart(&cx, &raw.restart)?;
 
         let default_pending = match &raw.outbox.max_pending {
@@ -549,6 +598,7 @@ impl Config {
             listen,
             model,
             snapshots,
+            history,
             restart,
             output_configs,
             outputs,
@@ -749,6 +799,78 @@ fn snapshots(cx: &Ctx<'_>, raw: &RawSnapshots, state_dir: &Path) -> Result<Snaps
         max_files,
         max_bytes,
         quality,
+    })
+}
+
+fn history(cx: &Ctx<'_>, raw: &RawHistory, state_dir: &Path) -> Result<HistoryConfig> {
+    let keep = match &raw.keep {
+        Some(k) if k.get_ref().trim() == "forever" => None,
+        Some(k) => {
+            let d = crate::history::time::parse_age(k.get_ref())
+                .map_err(|m| cx.err(Some(k.span()), "history.keep", m))?;
+            if d < Duration::from_secs(60) {
+                return Err(cx.err(
+                    Some(k.span()),
+                    "history.keep",
+                    "must be at least 1m (or \"forever\")",
+                ));
+            }
+            Some(d)
+        }
+        None => Some(DEFAULT_HISTORY_KEEP),
+    };
+    let max_bytes = match &raw.max_bytes {
+        Some(s) => {
+            let bytes = match s.get_ref() {
+                RawSize::Bytes(b) => *b,
+                RawSize::Text(t) => {
+                    parse_size(t).map_err(|m| cx.err(Some(s.span()), "history.max_bytes", m))?
+                }
+            };
+            if bytes < 1 << 20 {
+                return Err(cx.err(
+                    Some(s.span()),
+                    "history.max_bytes",
+                    "must be at least 1 MiB",
+                ));
+            }
+            bytes
+        }
+        None => DEFAULT_HISTORY_BYTES,
+    };
+    let thumbnail_size = match &raw.thumbnail_size {
+        Some(n) if !(16..=1024).contains(n.get_ref()) => {
+            return Err(cx.err(
+                Some(n.span()),
+                "history.thumbnail_size",
+                "must be between 16 and 1024",
+            ));
+        }
+        Some(n) => *n.get_ref(),
+        None => DEFAULT_THUMBNAIL_SIZE,
+    };
+    let queue = match &raw.queue {
+        Some(n) if !(1..=1_000_000).contains(n.get_ref()) => {
+            return Err(cx.err(
+                Some(n.span()),
+                "history.queue",
+                "must be between 1 and 1000000",
+            ));
+        }
+        Some(n) => *n.get_ref(),
+        None => DEFAULT_HISTORY_QUEUE,
+    };
+    Ok(HistoryConfig {
+        enabled: raw.enabled.unwrap_or(true),
+        dir: raw.dir.as_ref().map_or_else(
+            || state_dir.join(crate::history::DIR_NAME),
+            |d| cx.path(d.get_ref()),
+        ),
+        keep,
+        max_bytes,
+        thumbnails: raw.thumbnails.unwrap_or(true),
+        thumbnail_size,
+        queue,
     })
 }
 

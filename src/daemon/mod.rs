@@ -9,6 +9,8 @@ pub mod config;
 pub mod delivery;
 pub mod duration;
 pub mod event;
+pub mod history;
+pub mod history_api;
 pub mod http;
 pub mod metrics;
 pub mod notify;

@@ -19,6 +19,8 @@ use crossbeam_channel::select;
 
 use crate::daemon::config::{Config, ModelConfig, ModelSource};
 use crate::daemon::delivery::Delivery;
+use crate::daemon::history::HistoryService;
+use crate::daemon::history_api::{self, HistoryApi};
 use crate::daemon::http::{self, HttpServer};
 use crate::daemon::metrics::Metrics;
 use crate::daemon::notify::{Heartbeat, Notifier};
@@ -229,11 +231,17 @@ pub fn run(path: &Path) -> Result<()> {
     let snapshots = SnapshotStore::open(&config.snapshots)?;
     let delivery = Delivery::start(&config.state_dir, &config.outputs, &metrics)?;
     let events = Arc::new(EventSink::new(delivery));
+    let history = HistoryService::start(&config.history)?;
+    if let Some(h) = &history {
+        h.set_model(&engine);
+        metrics.register_collector(h.collector());
+    }
     let shared = Arc::new(Shared {
         events: events.clone(),
         snapshots: RwLock::new(Some(Arc::new(snapshots))),
         metrics: metrics.clone(),
         restart: RwLock::new(config.restart),
+        history,
     });
     let supervisor = Supervisor::new(shared);
     let view = Arc::new(View {
@@ -245,7 +253,12 @@ pub fn run(path: &Path) -> Result<()> {
         main_beat: notifier.heartbeat("supervisor"),
     });
     let http = match config.listen {
-        Some(addr) => Some(start_http(&addr.to_string(), &metrics, &view)?),
+        Some(addr) => Some(start_http(
+            &addr.to_string(),
+            &metrics,
+            &view,
+            supervisor.shared(),
+        )?),
         None => None,
     };
     let inference_beat = notifier.heartbeat("inference");
@@ -278,16 +291,32 @@ fn register_model_metrics(metrics: &Metrics, model: &ElementModel, engine: &Arc<
     });
 }
 
-fn start_http(addr: &str, metrics: &Arc<Metrics>, view: &Arc<View>) -> Result<HttpServer> {
+fn start_http(
+    addr: &str,
+    metrics: &Arc<Metrics>,
+    view: &Arc<View>,
+    shared: &Arc<Shared>,
+) -> Result<HttpServer> {
     let (health, status) = (view.clone(), view.clone());
-    HttpServer::start(
-        addr,
-        http::core_routes(
-            metrics.clone(),
-            move || health.health(),
-            move || status.status(),
-        ),
-    )
+    let mut routes = http::core_routes(
+        metrics.clone(),
+        move || health.health(),
+        move || status.status(),
+    );
+    if let Some(history) = &shared.history {
+        let view = view.clone();
+        routes = routes.merge(history_api::routes(Arc::new(HistoryApi {
+            dir: history.dir().clone(),
+            engine: Box::new(move || {
+                view.engine
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .1
+                    .clone()
+            }),
+        })));
+    }
+    HttpServer::start(addr, routes)
 }
 
 impl Daemon {
@@ -379,6 +408,9 @@ impl Daemon {
                 Ok((m, engine)) => {
                     tracing::info!(model = %m.dir.display(), "new model loaded");
                     register_model_metrics(&self.metrics, &m, &engine);
+                    if let Some(h) = &self.supervisor.shared().history {
+                        h.set_model(&engine);
+                    }
                     model = m.clone();
                     // The old engine stays alive while the old pipelines hold it.
                     let old = std::mem::replace(
@@ -396,6 +428,10 @@ impl Daemon {
             }
         }
         let mut new = new;
+        if new.history != self.config.history {
+            tracing::warn!("[history] changes take effect at the next start");
+            new.history = self.config.history.clone();
+        }
         if new.state_dir != self.config.state_dir {
             tracing::warn!(
                 running = %self.config.state_dir.display(),
@@ -420,7 +456,12 @@ impl Daemon {
         *shared.restart.write().unwrap_or_else(|p| p.into_inner()) = new.restart;
         if new.listen != self.config.listen {
             match new.listen {
-                Some(addr) => match start_http(&addr.to_string(), &self.metrics, &self.view) {
+                Some(addr) => match start_http(
+                    &addr.to_string(),
+                    &self.metrics,
+                    &self.view,
+                    self.supervisor.shared(),
+                ) {
                     Ok(server) => {
                         if let Some(old) = self.http.replace(server) {
                             old.shutdown();

@@ -30,6 +30,7 @@ use crate::daemon::backoff::Backoff;
 use crate::daemon::config::{PipelineConfig, RestartPolicy};
 use crate::daemon::delivery::Delivery;
 use crate::daemon::event::Event;
+use crate::daemon::history::{HistoryService, PipelineTap};
 use crate::daemon::metrics::{FrameCounts, LabelMetrics, Metrics, PipelineMetrics, PipelineState};
 use crate::daemon::pipeline::{self, ElementModel};
 use crate::daemon::snapshot::SnapshotStore;
@@ -283,6 +284,8 @@ pub struct Shared {
     pub snapshots: RwLock<Option<Arc<SnapshotStore>>>,
     pub metrics: Arc<Metrics>,
     pub restart: RwLock<RestartPolicy>,
+    /// The sample history, when on.
+    pub history: Option<Arc<HistoryService>>,
 }
 
 enum Control {
@@ -312,6 +315,8 @@ struct Runner {
     labels: HashMap<String, LabelMetrics>,
     /// Words to hide in messages (a source password).
     secrets: Vec<String>,
+    /// What this pipeline records in the sample history.
+    history: Option<PipelineTap>,
 }
 
 /// Hides credentials in text that came from GStreamer (URLs with `user:pass@`, passwords).
@@ -432,6 +437,10 @@ impl Runner {
             gst::BusSyncReply::Drop
         });
         self.status.attach(&built.filter);
+        if let Some(tap) = &mut self.history {
+            PipelineTap::configure(&built.filter);
+            tap.stream_started();
+        }
         let outcome = self.play(&built, &rx);
         if matches!(outcome, Outcome::Stop) && built.custom_sink {
             // Let the sink finish what it writes.
@@ -494,6 +503,10 @@ impl Runner {
                     match msg.view() {
                         gst::MessageView::Error(e) => return self.failed(&msg, e, healthy),
                         gst::MessageView::Eos(_) => {
+                            // The element ended its episodes: what follows is another stream.
+                            if let Some(tap) = &mut self.history {
+                                tap.stream_started();
+                            }
                             if looping {
                                 tracing::debug!("end of file: looping with a flushing seek");
                                 if seek_start(pipeline, true) {
@@ -633,6 +646,17 @@ impl Runner {
                         .or_insert_with(|| self.shared.metrics.label(&self.config.name, label));
                     metrics.observe_score(*score as f32);
                 }
+                if let Some(tap) = &mut self.history {
+                    let frame = self.status.base.lock().unwrap_or_else(|p| p.into_inner()).seen
+                        + scores.position.frame;
+                    let element = self
+                        .status
+                        .element
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .clone();
+                    tap.scores(&scores, frame, element.as_ref());
+                }
             }
             Some(Ok(Message::LabelsReloaded(r))) => {
                 tracing::info!(labels = %r.path.display(), "label set reloaded");
@@ -648,7 +672,7 @@ impl Runner {
             .unwrap_or_else(|p| p.into_inner())
             .seen;
         let frame = base + m.position.frame;
-        let label = m.label;
+        let label = m.label.clone();
         let state = m.transition;
         let (score, probability) = (m.score as f32, m.probability as f32);
         let mut event = Event::new(&self.config.name, &label, state, score, probability, frame);
@@ -682,6 +706,9 @@ impl Runner {
             event_id = %event.id, "match {state}"
         );
         self.status.events.fetch_add(1, Ordering::Relaxed);
+        if let Some(tap) = &mut self.history {
+            tap.event(&event, &m);
+        }
         if let Err(e) = self.shared.events.submit(&event, &self.outputs) {
             tracing::error!(error = %e, event_id = %event.id, "event not queued for delivery");
         }
@@ -924,6 +951,7 @@ impl Supervisor {
             control: rx,
             labels: HashMap::new(),
             secrets,
+            history: self.shared.history.as_ref().map(|h| h.tap(&config.name)),
         };
         let thread = std::thread::Builder::new()
             .name(format!("pipe-{}", config.name))

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use crate::encoder::cache::{self, DiskCache};
 use crate::encoder::{ImageEncoder, Provider, SessionConfig, TextEncoder, l2_normalize};
 use crate::error::{Error, Result};
 use crate::labels::{CompiledLabels, LabelDefaults, LabelSet};
@@ -47,6 +48,10 @@ pub struct Engine {
     image_provider: Provider,
     text_provider: Provider,
     dim: usize,
+    /// The embedding cache shared by the processes of this machine, when in use.
+    disk: Option<Arc<DiskCache>>,
+    /// What identifies the image tower and its preprocessing ([`Engine::image_fingerprint`]).
+    image_fingerprint: std::sync::OnceLock<String>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -110,6 +115,21 @@ impl Engine {
             text_session.require_provider = false;
         }
         let mut text = TextEncoder::load(&model, &text_session)?;
+        let disk = DiskCache::open_default().map(Arc::new);
+        if let Some(d) = &disk {
+            let tokenizer_config = model.dir.join("tokenizer_config.json");
+            let mut files = vec![model.text_onnx.as_path(), model.tokenizer_json.as_path()];
+            if tokenizer_config.is_file() {
+                files.push(&tokenizer_config);
+            }
+            match d.fingerprint(&files) {
+                Ok(fp) => text.set_disk_cache(
+                    d.clone(),
+                    format!("{fp}:{}:{}", config.variant, model.context_length),
+                ),
+                Err(e) => tracing::warn!(error = %e, "text embeddings not cached on disk"),
+            }
+        }
 
         // One image and one text through the towers: catches towers that don't belong together
         // before any frame arrives, and warms the providers up. On a GPU the largest batch runs
@@ -168,7 +188,31 @@ impl Engine {
             image_provider,
             text_provider,
             dim: text_dim,
+            disk,
+            image_fingerprint: std::sync::OnceLock::new(),
         })
+    }
+
+    /// What identifies the image tower: a SHA-256 (hex) of its ONNX graph and preprocessing
+    /// configuration, with the variant. Embeddings from engines with equal fingerprints are
+    /// comparable (a sample history keeps it with its embeddings).
+    pub fn image_fingerprint(&self) -> Result<String> {
+        if let Some(fp) = self.image_fingerprint.get() {
+            return Ok(fp.clone());
+        }
+        let pre = self.model.dir.join("preprocessor_config.json");
+        let files = [self.model.vision_onnx.as_path(), pre.as_path()];
+        let hash = match &self.disk {
+            Some(d) => d.fingerprint(&files)?,
+            None => cache::fingerprint_files(&files)?,
+        };
+        let fp = format!("{}:{}", &hash[..32], self.config.variant);
+        Ok(self.image_fingerprint.get_or_init(|| fp).clone())
+    }
+
+    /// The embedding cache on disk, when in use.
+    pub fn disk_cache(&self) -> Option<&Arc<DiskCache>> {
+        self.disk.as_ref()
     }
 
     /// The model folder and its settings.
@@ -272,13 +316,43 @@ impl Engine {
         Ok(out)
     }
 
-    /// Normalised embedding of one image file.
+    /// Normalised embedding of one image file (from the disk cache when its bytes were embedded
+    /// before by this image tower).
     pub fn embed_image_file(&self, path: &Path) -> Result<Vec<f32>> {
-        let pixels = self.preprocess_file(path)?;
-        let mut e = self.embed_pixels(&pixels)?;
-        e.pop().ok_or_else(|| Error::Worker {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        self.embed_image_bytes(&bytes, path)
+    }
+
+    /// Normalised embedding of an encoded image (JPEG, PNG...) held in memory; `name` names it
+    /// in errors. Cached on disk like [`Engine::embed_image_file`].
+    pub fn embed_image_bytes(&self, bytes: &[u8], name: &Path) -> Result<Vec<f32>> {
+        let key = match &self.disk {
+            Some(_) => Some(cache::key(&[
+                self.image_fingerprint()?.as_bytes(),
+                b"image",
+                bytes,
+            ])),
+            None => None,
+        };
+        if let (Some(disk), Some(key)) = (&self.disk, key)
+            && let Ok(mut found) = disk.get_many(&[key])
+            && let Some(Some(e)) = found.pop()
+        {
+            return Ok(e);
+        }
+        let rgb = decode_image_bytes(bytes, name)?;
+        let mut pre = self.preprocessor()?;
+        let mut pixels = vec![0.0; pre.output_len()];
+        pre.run_rgb8(rgb.as_raw(), rgb.width(), rgb.height(), &mut pixels)?;
+        let e = self.embed_pixels(&pixels)?.pop().ok_or_else(|| Error::Worker {
             message: "no result".into(),
-        })
+        })?;
+        if let (Some(disk), Some(key)) = (&self.disk, key)
+            && let Err(err) = disk.put_many(&[(key, &e)])
+        {
+            tracing::warn!(error = %err, "embedding cache not written");
+        }
+        Ok(e)
     }
 
     /// Decodes an image file and preprocesses it.
@@ -298,7 +372,12 @@ fn stream_window(engine: &Engine) -> usize {
 /// Decodes an image file to 8-bit RGB (alpha dropped, as `CLIPImageProcessor`'s convert_rgb).
 pub fn decode_image(path: &Path) -> Result<image::RgbImage> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let img = image::ImageReader::new(std::io::Cursor::new(&bytes))
+    decode_image_bytes(&bytes, path)
+}
+
+/// Decodes an encoded image held in memory to 8-bit RGB; `path` names it in errors.
+pub fn decode_image_bytes(bytes: &[u8], path: &Path) -> Result<image::RgbImage> {
+    let img = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| Error::Image {
             path: path.to_path_buf(),

@@ -185,11 +185,13 @@ mod tests {
             negative,
             enter,
             leave,
+            key: name.into(),
         };
-        CompiledLabels {
-            labels: vec![l("smoke", false), l("sky", true)],
-            classes: ClassEmbeddings::new(vec![vec![1.0, 0.0], vec![0.0, 1.0]], 100.0).unwrap(),
-        }
+        CompiledLabels::new(
+            vec![l("smoke", false), l("sky", true)],
+            ClassEmbeddings::new(vec![vec![1.0, 0.0], vec![0.0, 1.0]], 100.0).unwrap(),
+            crate::labels::LabelDefaults::default(),
+        )
     }
 
     fn sample(cos: f32) -> Scores {

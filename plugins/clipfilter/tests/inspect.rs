@@ -22,7 +22,7 @@ fn plugin_dir() -> PathBuf {
     dir
 }
 
-const PROPERTIES: [&str; 22] = [
+const PROPERTIES: [&str; 25] = [
     "model",
     "variant",
     "labels",
@@ -38,6 +38,9 @@ const PROPERTIES: [&str; 22] = [
     "leave-samples",
     "mode",
     "post-scores",
+    "post-embedding",
+    "post-frame",
+    "label-set",
     "snapshot",
     "max-batch",
     "threads",

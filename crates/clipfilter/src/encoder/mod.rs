@@ -5,6 +5,7 @@
 //! required it, fails the load. ONNX Runtime itself would quietly fall back to the CPU; we
 //! register each provider with `error_on_failure` so that we know.
 
+pub mod cache;
 mod image;
 mod text;
 
@@ -107,7 +108,7 @@ pub const DEFAULT_NICE: i32 = 10;
 
 /// Sets the nice value of the calling thread (Linux keeps it per thread, and threads started
 /// from it inherit it). Raising it needs no privilege; failures are logged, not fatal.
-pub(crate) fn set_thread_nice(nice: i32) {
+pub fn set_thread_nice(nice: i32) {
     if nice == 0 {
         return;
     }

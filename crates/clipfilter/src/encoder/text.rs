@@ -1,13 +1,17 @@
 //! The text tower: `input_ids [N, L]` (and `attention_mask` when the graph takes it) ->
-//! `text_embeds [N, D]`, with the tokenizer in front and a cache of embeddings by prompt.
+//! `text_embeds [N, D]`, with the tokenizer in front and caches of embeddings by prompt: a
+//! bounded one in memory and, when the engine gives one, the disk cache shared by every process
+//! ([`super::cache`]).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use half::f16;
 use ort::session::Session;
 use ort::value::{DynValue, Tensor, TensorElementType};
 
+use super::cache::{self, DiskCache, MemoryCache};
 use super::{Port, Provider, SessionConfig, build_session, find_output, names, port};
 use crate::error::{Error, Result};
 use crate::model::ModelDir;
@@ -24,8 +28,10 @@ pub struct TextEncoder {
     fixed_len: Option<usize>,
     path: PathBuf,
     provider: Provider,
-    /// Raw (not normalised) embeddings by prompt text.
-    cache: HashMap<String, Vec<f32>>,
+    /// Raw (not normalised) embeddings by prompt text, bounded.
+    memory: MemoryCache,
+    /// The shared disk cache and the key prefix of this tower (its fingerprint and variant).
+    disk: Option<(Arc<DiskCache>, String)>,
 }
 
 impl TextEncoder {
@@ -88,8 +94,25 @@ impl TextEncoder {
             fixed_len,
             path: path.clone(),
             provider,
-            cache: HashMap::new(),
+            memory: MemoryCache::new(cache::DEFAULT_MEMORY_BYTES),
+            disk: None,
         })
+    }
+
+    /// Also looks embeddings up in (and adds them to) `disk`, under keys that start with
+    /// `model_key` (what identifies this tower: its files' fingerprint and variant).
+    pub fn set_disk_cache(&mut self, disk: Arc<DiskCache>, model_key: String) {
+        self.disk = Some((disk, model_key));
+    }
+
+    /// Bounds the in-memory cache to about `bytes` (from now on).
+    pub fn set_memory_limit(&mut self, bytes: usize) {
+        self.memory = MemoryCache::new(bytes);
+    }
+
+    /// Entries and bytes in the in-memory cache.
+    pub fn memory_usage(&self) -> (usize, usize) {
+        (self.memory.len(), self.memory.bytes())
     }
 
     /// The provider running this tower.
@@ -112,30 +135,76 @@ impl TextEncoder {
         self.fixed_len
     }
 
-    /// Raw embeddings of `texts`, from the cache where possible. Texts are encoded in batches
-    /// of up to 64.
+    /// Raw embeddings of `texts`: from memory, else from the disk cache, else from the tower
+    /// (in batches of up to 64; what the tower computes goes to both caches).
     pub fn embed(&mut self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
-        let missing: Vec<&str> = {
-            let mut seen = std::collections::HashSet::new();
-            texts
+        let mut found: HashMap<&str, Vec<f32>> = HashMap::new();
+        let mut missing: Vec<&str> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for t in texts {
+            if !seen.insert(*t) {
+                continue;
+            }
+            match self.memory.get(t) {
+                Some(e) => {
+                    found.insert(t, e.to_vec());
+                }
+                None => missing.push(t),
+            }
+        }
+        if let Some((disk, model)) = &self.disk
+            && !missing.is_empty()
+        {
+            let keys: Vec<cache::Key> = missing
                 .iter()
-                .copied()
-                .filter(|t| !self.cache.contains_key(*t) && seen.insert(*t))
-                .collect()
-        };
+                .map(|t| cache::key(&[model.as_bytes(), b"text", t.as_bytes()]))
+                .collect();
+            match disk.get_many(&keys) {
+                Ok(stored) => {
+                    let mut still = Vec::new();
+                    for (t, e) in missing.iter().zip(stored) {
+                        match e {
+                            Some(e) => {
+                                self.memory.insert((*t).to_string(), e.clone());
+                                found.insert(t, e);
+                            }
+                            None => still.push(*t),
+                        }
+                    }
+                    missing = still;
+                }
+                Err(e) => tracing::warn!(error = %e, "embedding cache not readable"),
+            }
+        }
         for chunk in missing.chunks(64) {
             let ids: Vec<Vec<u32>> = chunk
                 .iter()
                 .map(|t| self.tokenizer.encode(t))
                 .collect::<Result<_>>()?;
             let embeds = self.run_ids(&ids)?;
+            if let Some((disk, model)) = &self.disk {
+                let entries: Vec<(cache::Key, &[f32])> = chunk
+                    .iter()
+                    .zip(&embeds)
+                    .map(|(t, e)| {
+                        (
+                            cache::key(&[model.as_bytes(), b"text", t.as_bytes()]),
+                            e.as_slice(),
+                        )
+                    })
+                    .collect();
+                if let Err(e) = disk.put_many(&entries) {
+                    tracing::warn!(error = %e, "embedding cache not written");
+                }
+            }
             for (text, e) in chunk.iter().zip(embeds) {
-                self.cache.insert((*text).to_string(), e);
+                self.memory.insert((*text).to_string(), e.clone());
+                found.insert(text, e);
             }
         }
         Ok(texts
             .iter()
-            .map(|t| self.cache.get(*t).cloned().unwrap_or_default())
+            .map(|t| found.get(t).cloned().unwrap_or_default())
             .collect())
     }
 

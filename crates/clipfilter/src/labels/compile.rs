@@ -1,11 +1,11 @@
 //! A label set with its text embeddings, ready to score frames.
 
-use super::{Action, LabelSet, Threshold};
+use super::{Action, LabelSet, LabelSetInfo, Threshold};
 use crate::error::Result;
 use crate::zeroshot::{ClassEmbeddings, Scores, ensemble};
 
 /// What labels that do not set their own rules get (the element's properties).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LabelDefaults {
     pub threshold: Threshold,
     pub action: Action,
@@ -25,7 +25,7 @@ impl Default for LabelDefaults {
 }
 
 /// One label with every rule resolved.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CompiledLabel {
     pub name: String,
     pub threshold: Threshold,
@@ -33,6 +33,9 @@ pub struct CompiledLabel {
     pub negative: bool,
     pub enter: u32,
     pub leave: u32,
+    /// The key of the label's texts ([`super::texts_key`]): labels with equal keys have equal
+    /// class embeddings, so their cosines can be reused (backtests do).
+    pub key: String,
 }
 
 impl CompiledLabel {
@@ -57,6 +60,7 @@ fn resolve(set: &LabelSet, defaults: &LabelDefaults) -> Vec<CompiledLabel> {
             negative: l.negative,
             enter: l.enter.unwrap_or(defaults.enter),
             leave: l.leave.unwrap_or(defaults.leave),
+            key: l.key(),
         })
         .collect()
 }
@@ -66,6 +70,11 @@ fn resolve(set: &LabelSet, defaults: &LabelDefaults) -> Vec<CompiledLabel> {
 pub struct CompiledLabels {
     pub labels: Vec<CompiledLabel>,
     pub classes: ClassEmbeddings,
+    /// The defaults the rules were resolved with.
+    pub defaults: LabelDefaults,
+    /// Changes whenever a label, a rule, a text or the logit scale does
+    /// ([`LabelSetInfo::version`]).
+    pub version: String,
 }
 
 impl CompiledLabels {
@@ -86,10 +95,38 @@ impl CompiledLabels {
             let group: Vec<Vec<f32>> = embeddings.by_ref().take(t.len()).collect();
             rows.push(ensemble(&group));
         }
-        Ok(CompiledLabels {
-            labels: resolve(set, defaults),
-            classes: ClassEmbeddings::new(rows, logit_scale)?,
-        })
+        Ok(CompiledLabels::new(
+            resolve(set, defaults),
+            ClassEmbeddings::new(rows, logit_scale)?,
+            *defaults,
+        ))
+    }
+
+    /// Labels with their class embeddings (one row per label, in order) and the defaults
+    /// their rules were resolved with; computes the version.
+    pub fn new(
+        labels: Vec<CompiledLabel>,
+        classes: ClassEmbeddings,
+        defaults: LabelDefaults,
+    ) -> Self {
+        let version = LabelSetInfo::version_of(classes.logit_scale(), &defaults, &labels);
+        CompiledLabels {
+            labels,
+            classes,
+            defaults,
+            version,
+        }
+    }
+
+    /// The set as data: rules, keys, defaults, version (what the element's `label-set`
+    /// property shows and what a sample history records).
+    pub fn info(&self) -> LabelSetInfo {
+        LabelSetInfo {
+            version: self.version.clone(),
+            logit_scale: self.classes.logit_scale(),
+            defaults: self.defaults,
+            labels: self.labels.clone(),
+        }
     }
 
     /// Re-resolves the rules of labels that take the caller's defaults (threshold, action,
@@ -110,6 +147,9 @@ impl CompiledLabels {
         }
         set.check_default_threshold(defaults.threshold)?;
         self.labels = resolve(set, defaults);
+        self.defaults = *defaults;
+        self.version =
+            LabelSetInfo::version_of(self.classes.logit_scale(), &self.defaults, &self.labels);
         Ok(())
     }
 
@@ -154,7 +194,10 @@ mod tests {
             enter: 2,
             leave: 3,
         };
+        let before = compiled.version.clone();
         compiled.apply_defaults(&set, &defaults).unwrap();
+        assert_ne!(compiled.version, before, "new rules, new version");
+        assert_eq!(compiled.info().labels[0].key, set.labels[0].key());
         let red = &compiled.labels[0];
         assert_eq!(
             (red.threshold, red.action, red.enter, red.leave),

@@ -28,8 +28,10 @@
 //! holds the set's text embeddings, ready to score frames.
 
 mod compile;
+mod info;
 
 pub use compile::{CompiledLabel, CompiledLabels, LabelDefaults};
+pub use info::{LabelSetInfo, texts_key};
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -40,8 +42,9 @@ use toml::Spanned;
 use crate::error::{Error, Location, Result};
 use crate::zeroshot::Templates;
 
-/// What decides that a label matches a sampled frame.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// What decides that a label matches a sampled frame (`{"cosine": 0.24}` as JSON).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Threshold {
     /// Cosine similarity between the frame and the label's (ensembled) text embedding.
     Cosine(f32),
@@ -59,7 +62,10 @@ impl std::fmt::Display for Threshold {
 }
 
 /// What happens to frames while a label matches (the element applies it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum Action {
     /// Nothing: report only.
     #[default]
@@ -124,6 +130,12 @@ impl Label {
             .iter()
             .flat_map(|p| self.templates.expand(p))
             .collect()
+    }
+
+    /// The key of this label's texts ([`texts_key`]): equal keys, equal class embeddings
+    /// (with one model).
+    pub fn key(&self) -> String {
+        texts_key(&self.texts())
     }
 }
 

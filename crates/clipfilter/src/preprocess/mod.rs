@@ -15,7 +15,7 @@ mod yuv;
 
 pub use config::{CLIP_MEAN, CLIP_STD, Filter, PreprocessConfig, Resize};
 pub use frame::{FrameRef, PixelFormat, YuvColor, YuvMatrix};
-pub use yuv::frame_to_rgb8;
+pub use yuv::{frame_to_rgb8, thumbnail_rgb8};
 
 use fast_image_resize as fir;
 use fir::pixels::{InnerPixel, U8, U8x2, U8x3, U8x4};

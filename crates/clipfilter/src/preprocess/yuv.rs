@@ -143,9 +143,117 @@ pub fn frame_to_rgb8(frame: &FrameRef<'_>) -> Result<Vec<u8>> {
     Ok(rgb)
 }
 
+/// The colour of the pixel at (`x`, `y`) (chroma of the 2x2 block it belongs to).
+#[inline]
+fn pixel_at(frame: &FrameRef<'_>, k: &Coeffs, x: usize, y: usize) -> [u8; 3] {
+    let p = &frame.planes;
+    let s = &frame.strides;
+    match frame.format {
+        PixelFormat::I420 | PixelFormat::Yv12 => {
+            let (a, b) = (p[1][(y / 2) * s[1] + x / 2], p[2][(y / 2) * s[2] + x / 2]);
+            let (u, v) = if frame.format == PixelFormat::I420 {
+                (a, b)
+            } else {
+                (b, a)
+            };
+            k.rgb(p[0][y * s[0] + x], u, v)
+        }
+        PixelFormat::Nv12 | PixelFormat::Nv21 => {
+            let c = &p[1][(y / 2) * s[1] + (x / 2) * 2..];
+            let (u, v) = if frame.format == PixelFormat::Nv12 {
+                (c[0], c[1])
+            } else {
+                (c[1], c[0])
+            };
+            k.rgb(p[0][y * s[0] + x], u, v)
+        }
+        PixelFormat::Gray8 => {
+            let g = p[0][y * s[0] + x];
+            [g, g, g]
+        }
+        f => {
+            let bpp = f.packed_bytes().unwrap_or(3);
+            let o = f.rgb_offsets();
+            let px = &p[0][y * s[0] + x * bpp..];
+            [px[o[0]], px[o[1]], px[o[2]]]
+        }
+    }
+}
+
+/// A small packed-RGB picture of the frame, `long_side` pixels on its longer side (aspect kept,
+/// never enlarged): each pixel is the mean of a 4x4 grid of points in its source area, so only
+/// a few hundred thousand pixels of a large frame are read. For thumbnails, not for inference.
+/// Returns (pixels, width, height).
+pub fn thumbnail_rgb8(frame: &FrameRef<'_>, long_side: u32) -> Result<(Vec<u8>, u32, u32)> {
+    frame.validate()?;
+    let (w, h) = (frame.width.max(1), frame.height.max(1));
+    let scale = (f64::from(long_side.max(1)) / f64::from(w.max(h))).min(1.0);
+    let tw = ((f64::from(w) * scale).round() as u32).max(1);
+    let th = ((f64::from(h) * scale).round() as u32).max(1);
+    let k = Coeffs::new(frame.color);
+    const GRID: usize = 4;
+    let mut out = Vec::with_capacity(tw as usize * th as usize * 3);
+    let (w, h, tw_, th_) = (w as usize, h as usize, tw as usize, th as usize);
+    for oy in 0..th_ {
+        let (y0, y1) = (oy * h / th_, ((oy + 1) * h / th_).max(oy * h / th_ + 1));
+        for ox in 0..tw_ {
+            let (x0, x1) = (ox * w / tw_, ((ox + 1) * w / tw_).max(ox * w / tw_ + 1));
+            let mut sum = [0u32; 3];
+            let mut n = 0u32;
+            for gy in 0..GRID {
+                let y = (y0 + (y1 - y0) * (2 * gy + 1) / (2 * GRID)).min(h - 1);
+                for gx in 0..GRID {
+                    let x = (x0 + (x1 - x0) * (2 * gx + 1) / (2 * GRID)).min(w - 1);
+                    let px = pixel_at(frame, &k, x, y);
+                    for c in 0..3 {
+                        sum[c] += u32::from(px[c]);
+                    }
+                    n += 1;
+                }
+            }
+            out.extend(sum.iter().map(|s| ((s + n / 2) / n) as u8));
+        }
+    }
+    Ok((out, tw, th))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn thumbnails_keep_the_aspect_and_the_colour() {
+        let (w, h) = (320usize, 180usize);
+        let mut y = vec![81u8; w * h];
+        let mut uv = vec![0u8; w * h / 2];
+        for c in uv.chunks_exact_mut(2) {
+            c.copy_from_slice(&[90, 240]);
+        }
+        // The right half is black.
+        for row in y.chunks_exact_mut(w) {
+            row[w / 2..].fill(16);
+        }
+        for row in uv.chunks_exact_mut(w) {
+            for c in row[w / 2..].chunks_exact_mut(2) {
+                c.copy_from_slice(&[128, 128]);
+            }
+        }
+        let frame = FrameRef {
+            format: PixelFormat::Nv12,
+            width: w as u32,
+            height: h as u32,
+            planes: [&y, &uv, &[]],
+            strides: [w, w, 0],
+            color: YuvColor::default(),
+        };
+        let (rgb, tw, th) = thumbnail_rgb8(&frame, 160).unwrap();
+        assert_eq!((tw, th, rgb.len()), (160, 90, 160 * 90 * 3));
+        let at = |x: usize, y: usize| &rgb[(y * 160 + x) * 3..][..3];
+        assert!(at(10, 45)[0] > 240 && at(10, 45)[1] < 10, "{:?}", at(10, 45));
+        assert_eq!(at(150, 45), [0, 0, 0]);
+        let (_, tw, th) = thumbnail_rgb8(&frame, 1000).unwrap();
+        assert_eq!((tw, th), (320, 180), "never enlarged");
+    }
 
     #[test]
     fn studio_range_primaries() {

@@ -91,6 +91,24 @@ pub fn ensemble(embeddings: &[Vec<f32>]) -> Vec<f32> {
     sum
 }
 
+/// Dot product (the cosine of two normalised vectors).
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(a, b)| a * b).sum::<f32>()
+}
+
+/// Softmax of `logit_scale` x `cosine` into `probability` (reusing its buffer): the
+/// probabilities [`ClassEmbeddings::score_into`] gives, from cosines however they were obtained
+/// (a backtest replays stored ones through this same function).
+pub fn softmax_into(logit_scale: f32, cosine: &[f32], probability: &mut Vec<f32>) {
+    probability.clear();
+    let max = cosine
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, c| m.max(logit_scale * c));
+    probability.extend(cosine.iter().map(|c| (logit_scale * c - max).exp()));
+    let total: f32 = probability.iter().sum();
+    probability.iter_mut().for_each(|p| *p /= total);
+}
+
 /// Normalised class embeddings, one row per label, and the logit scale.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClassEmbeddings {
@@ -161,24 +179,23 @@ impl ClassEmbeddings {
             ));
         }
         out.cosine.clear();
-        out.cosine.extend(
-            self.rows
-                .chunks_exact(self.dim)
-                .map(|row| row.iter().zip(image).map(|(a, b)| a * b).sum::<f32>()),
-        );
-        out.probability.clear();
-        let max = out
-            .cosine
-            .iter()
-            .fold(f32::NEG_INFINITY, |m, c| m.max(self.logit_scale * c));
-        out.probability.extend(
-            out.cosine
-                .iter()
-                .map(|c| (self.logit_scale * c - max).exp()),
-        );
-        let total: f32 = out.probability.iter().sum();
-        out.probability.iter_mut().for_each(|p| *p /= total);
+        out.cosine
+            .extend(self.rows.chunks_exact(self.dim).map(|row| dot(row, image)));
+        softmax_into(self.logit_scale, &out.cosine, &mut out.probability);
         Ok(())
+    }
+
+    /// Cosine similarity of class `i` with a normalised image embedding of the right width
+    /// (`None` when `i` is out of range or the width differs); the same arithmetic as
+    /// [`ClassEmbeddings::score_into`].
+    pub fn cosine(&self, i: usize, image: &[f32]) -> Option<f32> {
+        if image.len() != self.dim {
+            return None;
+        }
+        self.rows
+            .chunks_exact(self.dim)
+            .nth(i)
+            .map(|row| dot(row, image))
     }
 
     /// Scores a normalised image embedding.

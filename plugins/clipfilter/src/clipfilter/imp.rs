@@ -71,6 +71,9 @@ pub struct ClipFilter {
     counters: Counters,
     /// Set between FLUSH_START and FLUSH_STOP, and when stopping: waits give up.
     flushing: AtomicBool,
+    /// The `label-set` property: JSON of the compiled label set in use (kept outside the state
+    /// so that reading it never waits for the streaming thread).
+    label_set: Mutex<Option<String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -130,6 +133,7 @@ impl ClipFilter {
             relabel = true;
         }
         if relabel {
+            self.publish_label_set(state);
             state.action = state.matcher.action(&state.labels);
             let passthrough = !State::needs_writable(&state.labels);
             if passthrough != state.passthrough {
@@ -137,6 +141,11 @@ impl ClipFilter {
                 self.obj().set_passthrough(passthrough);
             }
         }
+    }
+
+    /// Updates the `label-set` property from the labels in use.
+    fn publish_label_set(&self, state: &State) {
+        *lock(&self.label_set) = serde_json::to_string(&state.labels.info()).ok();
     }
 
     /// Everything but painting: sampling, inference, verdicts. Posts its messages itself.
@@ -536,6 +545,23 @@ impl ObjectImpl for ClipFilter {
                     .default_value(props::DEFAULT_POST_SCORES)
                     .mutable_playing()
                     .build(),
+                glib::ParamSpecBoolean::builder(props::POST_EMBEDDING)
+                    .nick("Post embedding")
+                    .blurb("Add the frame's normalised image embedding to clipfilter-scores messages (field embedding: a buffer of little-endian float32, absent on samples the scene gate skipped), to record or search frames outside the element")
+                    .default_value(props::DEFAULT_POST_EMBEDDING)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecBoolean::builder(props::POST_FRAME)
+                    .nick("Post frame")
+                    .blurb("Add the sampled frame to clipfilter-scores messages of inferred samples, as a GstSample in the image field (for thumbnails)")
+                    .default_value(props::DEFAULT_POST_FRAME)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecString::builder(props::LABEL_SET)
+                    .nick("Label set in use")
+                    .blurb("JSON of the label set in use: version (the labels-version of clipfilter-scores messages), logit_scale, defaults, and each label's resolved threshold, action, negative, enter, leave and key (a hash of its prompts expanded with templates); null before start")
+                    .read_only()
+                    .build(),
                 glib::ParamSpecBoolean::builder(props::SNAPSHOT)
                     .nick("Snapshot")
                     .blurb("Attach the frame that starts a match to the clipfilter-match start message, as a GstSample in the snapshot field")
@@ -631,6 +657,10 @@ impl ObjectImpl for ClipFilter {
             }
             props::MODE => s.mode = value.get().unwrap_or(props::DEFAULT_MODE),
             props::POST_SCORES => s.post_scores = value.get().unwrap_or(props::DEFAULT_POST_SCORES),
+            props::POST_EMBEDDING => {
+                s.post_embedding = value.get().unwrap_or(props::DEFAULT_POST_EMBEDDING)
+            }
+            props::POST_FRAME => s.post_frame = value.get().unwrap_or(props::DEFAULT_POST_FRAME),
             props::SNAPSHOT => s.snapshot = value.get().unwrap_or(props::DEFAULT_SNAPSHOT),
             props::MAX_BATCH => s.max_batch = value.get().unwrap_or(props::DEFAULT_MAX_BATCH),
             props::THREADS => s.threads = value.get().unwrap_or(props::DEFAULT_THREADS),
@@ -687,6 +717,12 @@ impl ObjectImpl for ClipFilter {
             props::LEAVE_SAMPLES => s.leave_samples.to_value(),
             props::MODE => s.mode.to_value(),
             props::POST_SCORES => s.post_scores.to_value(),
+            props::POST_EMBEDDING => s.post_embedding.to_value(),
+            props::POST_FRAME => s.post_frame.to_value(),
+            props::LABEL_SET => {
+                drop(s);
+                lock(&self.label_set).to_value()
+            }
             props::SNAPSHOT => s.snapshot.to_value(),
             props::MAX_BATCH => s.max_batch.to_value(),
             props::THREADS => s.threads.to_value(),
@@ -797,6 +833,7 @@ impl BaseTransformImpl for ClipFilter {
             state.engine.providers().0
         );
         self.obj().set_passthrough(state.passthrough);
+        self.publish_label_set(&state);
         *lock(&self.state) = Some(state);
         Ok(())
     }

@@ -192,6 +192,16 @@ pub struct ScoresMessage {
     pub probabilities: Vec<f64>,
     /// From submission to verdict.
     pub latency: Duration,
+    /// `labels-version`: the version of the label set that scored the frame (see the
+    /// `label-set` property).
+    pub labels_version: String,
+    /// `embedding` (with `post-embedding=true`): the frame's normalised image embedding, as a
+    /// buffer of little-endian float32. Absent on samples the scene gate skipped: the previous
+    /// sample's verdict (and embedding) stands for them.
+    pub embedding: Option<Vec<f32>>,
+    /// `image` (with `post-frame=true`): the sampled frame (a `GstSample` with its caps), on
+    /// inferred samples.
+    pub image: Option<gst::Sample>,
 }
 
 impl ScoresMessage {
@@ -206,16 +216,62 @@ impl ScoresMessage {
                 "latency",
                 u64::try_from(self.latency.as_nanos()).unwrap_or(u64::MAX),
             )
+            .field("labels-version", &self.labels_version)
+            .field_if_some(
+                "embedding",
+                self.embedding.as_ref().map(|e| {
+                    gst::Buffer::from_mut_slice(
+                        e.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>(),
+                    )
+                }),
+            )
+            .field_if_some("image", self.image.clone())
             .build()
     }
 
     pub fn from_structure(s: &gst::StructureRef) -> Result<ScoresMessage, MessageError> {
+        let embedding = match s.get_optional::<gst::Buffer>("embedding") {
+            Ok(None) => None,
+            Ok(Some(buffer)) => {
+                let map = buffer.map_readable().map_err(|e| MessageError {
+                    structure: SCORES,
+                    field: "embedding",
+                    message: e.to_string(),
+                })?;
+                if map.len() % 4 != 0 {
+                    return Err(MessageError {
+                        structure: SCORES,
+                        field: "embedding",
+                        message: format!("{} bytes is not a whole number of floats", map.len()),
+                    });
+                }
+                Some(
+                    map.chunks_exact(4)
+                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                        .collect(),
+                )
+            }
+            Err(e) => {
+                return Err(MessageError {
+                    structure: SCORES,
+                    field: "embedding",
+                    message: e.to_string(),
+                });
+            }
+        };
         Ok(ScoresMessage {
             position: Position::read(s, SCORES)?,
             labels: get_array(s, SCORES, "labels")?,
             scores: get_array(s, SCORES, "scores")?,
             probabilities: get_array(s, SCORES, "probabilities")?,
             latency: Duration::from_nanos(get(s, SCORES, "latency")?),
+            labels_version: s
+                .get_optional::<String>("labels-version")
+                .ok()
+                .flatten()
+                .unwrap_or_default(),
+            embedding,
+            image: s.get_optional::<gst::Sample>("image").ok().flatten(),
         })
     }
 }
@@ -362,11 +418,20 @@ mod tests {
             scores: vec![0.5, -0.25],
             probabilities: vec![0.9, 0.1],
             latency: Duration::from_millis(12),
+            labels_version: "0123456789abcdef".into(),
+            embedding: Some(vec![0.6, -0.8, 1e-7]),
+            image: None,
         };
         let Some(Ok(Message::Scores(back))) = Message::from_structure(&s.to_structure()) else {
             panic!("not read back as scores");
         };
         assert_eq!(back, s);
+        let repeated = ScoresMessage {
+            embedding: None,
+            ..s.clone()
+        };
+        let back = ScoresMessage::from_structure(&repeated.to_structure()).unwrap();
+        assert_eq!(back.embedding, None);
 
         let stats = Stats {
             frames: 3,

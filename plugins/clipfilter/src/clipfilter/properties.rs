@@ -29,6 +29,9 @@ pub const ENTER_SAMPLES: &str = "enter-samples";
 pub const LEAVE_SAMPLES: &str = "leave-samples";
 pub const MODE: &str = "mode";
 pub const POST_SCORES: &str = "post-scores";
+pub const POST_EMBEDDING: &str = "post-embedding";
+pub const POST_FRAME: &str = "post-frame";
+pub const LABEL_SET: &str = "label-set";
 pub const SNAPSHOT: &str = "snapshot";
 pub const MAX_BATCH: &str = "max-batch";
 pub const THREADS: &str = "threads";
@@ -49,6 +52,8 @@ pub const DEFAULT_ENTER_SAMPLES: u32 = 1;
 pub const DEFAULT_LEAVE_SAMPLES: u32 = 1;
 pub const DEFAULT_MODE: ClipFilterMode = ClipFilterMode::Async;
 pub const DEFAULT_POST_SCORES: bool = false;
+pub const DEFAULT_POST_EMBEDDING: bool = false;
+pub const DEFAULT_POST_FRAME: bool = false;
 pub const DEFAULT_SNAPSHOT: bool = false;
 pub const DEFAULT_MAX_BATCH: u32 = limits::DEFAULT_MAX_BATCH;
 pub const DEFAULT_THREADS: u32 = 0;
@@ -64,6 +69,8 @@ pub(super) struct Rules {
     pub(super) interval: u64,
     pub(super) mode: ClipFilterMode,
     pub(super) post_scores: bool,
+    pub(super) post_embedding: bool,
+    pub(super) post_frame: bool,
     pub(super) snapshot: bool,
     pub(super) sync_timeout: Duration,
     /// Scene-change gate threshold: < 0 automatic (on for live sources), 0 off.
@@ -88,6 +95,8 @@ pub(super) struct Settings {
     pub(super) leave_samples: u32,
     pub(super) mode: ClipFilterMode,
     pub(super) post_scores: bool,
+    pub(super) post_embedding: bool,
+    pub(super) post_frame: bool,
     pub(super) snapshot: bool,
     pub(super) max_batch: u32,
     pub(super) threads: u32,
@@ -114,6 +123,8 @@ impl Default for Settings {
             leave_samples: DEFAULT_LEAVE_SAMPLES,
             mode: DEFAULT_MODE,
             post_scores: DEFAULT_POST_SCORES,
+            post_embedding: DEFAULT_POST_EMBEDDING,
+            post_frame: DEFAULT_POST_FRAME,
             snapshot: DEFAULT_SNAPSHOT,
             max_batch: DEFAULT_MAX_BATCH,
             threads: DEFAULT_THREADS,
@@ -200,6 +211,8 @@ impl Settings {
             interval: self.interval.nseconds(),
             mode: self.mode,
             post_scores: self.post_scores,
+            post_embedding: self.post_embedding,
+            post_frame: self.post_frame,
             snapshot: self.snapshot,
             sync_timeout: Duration::from_nanos(self.sync_timeout.nseconds()),
             scene_gate: self.scene_gate,

@@ -266,19 +266,28 @@ impl State {
             counters.errors.fetch_add(1, Ordering::Relaxed);
             return Some(e.to_string());
         }
-        self.apply_scores(&pending.position, pending.snapshot.as_ref(), latency, posts);
+        self.apply_scores(
+            &pending.position,
+            pending.snapshot.as_ref(),
+            latency,
+            Some(embedding),
+            posts,
+        );
         None
     }
 
     /// Feeds `self.scores` (the verdict for the sample at `position`) to the matcher and posts
-    /// what changed.
+    /// what changed. `embedding`: the frame's, when it was inferred (not a repeated verdict).
     fn apply_scores(
         &mut self,
         position: &Position,
-        snapshot: Option<&gst::Sample>,
+        frame: Option<&gst::Sample>,
         latency: Duration,
+        embedding: Option<Vec<f32>>,
         posts: &mut Vec<Post>,
     ) {
+        let snapshot = frame.filter(|_| self.rules.snapshot);
+        let inferred = embedding.is_some();
         self.last.clear();
         self.last.extend(
             self.scores
@@ -314,6 +323,11 @@ impl State {
                     scores: doubles(&self.scores.cosine),
                     probabilities: doubles(&self.scores.probability),
                     latency,
+                    labels_version: self.labels.version.clone(),
+                    embedding: embedding.filter(|_| self.rules.post_embedding),
+                    image: frame
+                        .filter(|_| self.rules.post_frame && inferred)
+                        .cloned(),
                 }
                 .to_structure(),
             ));
@@ -328,7 +342,7 @@ impl State {
             return;
         }
         let snapshot = self.gate_snapshot.take();
-        self.apply_scores(&position, snapshot.as_ref(), Duration::ZERO, posts);
+        self.apply_scores(&position, snapshot.as_ref(), Duration::ZERO, None, posts);
     }
 
     /// Converts the sampled frame to the model's input and queues it for inference; `None`
@@ -381,7 +395,7 @@ impl State {
             self.stream.recycle(pixels);
             return Err(e);
         }
-        let snapshot = self.rules.snapshot.then(snapshot);
+        let snapshot = (self.rules.snapshot || self.rules.post_frame).then(snapshot);
         drop(frame);
         let submitted = self.stream.submit(pixels)?;
         counters.sampled.fetch_add(1, Ordering::Relaxed);
