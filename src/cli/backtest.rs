@@ -106,11 +106,7 @@ pub fn run(args: BacktestArgs) -> anyhow::Result<Outcome> {
                     .sample
                     .and_then(thumbnail)
                     .unwrap_or_else(|| "-".into());
-                format!(
-                    "{}  score {:.3}  thumbnail {thumb}",
-                    when(e),
-                    e.start.score
-                )
+                format!("{}  score {:.3}  thumbnail {thumb}", when(e), e.start.score)
             }
             (None, None) => String::new(),
         };

@@ -58,7 +58,7 @@ impl HistoryArgs {
                             format!("{e:#}; give --config FILE, --state-dir DIR or --history DIR"),
                         )
                     } else {
-                        e
+                        Error::from(e)
                     }
                 })?;
                 let model = ElementModel {

@@ -23,8 +23,8 @@ use crate::daemon::config::HistoryConfig;
 use crate::daemon::event::Event;
 use crate::history::record::now_ms;
 use crate::history::{
-    EventRecord, Limits, ModelInfo, RawThumbnail, Record, Recorder, RecorderConfig,
-    RecorderStats, SampleRecord, ThumbnailConfig,
+    EventRecord, Limits, ModelInfo, RawThumbnail, Record, Recorder, RecorderConfig, RecorderStats,
+    SampleRecord, ThumbnailConfig,
 };
 use clipfilter::engine::Engine;
 use clipfilter::preprocess::thumbnail_rgb8;
@@ -61,7 +61,9 @@ impl HistoryService {
                 quality: THUMBNAIL_QUALITY,
             }),
         })
-        .map_err(|e| crate::error::Error::worker(format!("cannot start the history thread: {e}")))?;
+        .map_err(|e| {
+            crate::error::Error::worker(format!("cannot start the history thread: {e}"))
+        })?;
         tracing::info!(dir = %config.dir.display(), "sample history on");
         Ok(Some(Arc::new(HistoryService {
             recorder,
@@ -83,7 +85,9 @@ impl HistoryService {
                 variant: engine.config().variant.name().to_string(),
                 dim: engine.dim(),
             })),
-            Err(e) => tracing::warn!(error = %e, "the model of the history is not known: samples are not recorded"),
+            Err(e) => {
+                tracing::warn!(error = %e, "the model of the history is not known: samples are not recorded")
+            }
         }
     }
 
@@ -226,9 +230,9 @@ fn thumbnail(sample: &gst::Sample, long_side: u32) -> Option<RawThumbnail> {
             .ok_or_else(|| format!("unsupported format {}", info.format().to_str()))?;
         let frame = gst_video::VideoFrameRef::from_buffer_ref_readable(buffer, &info)
             .map_err(|e| e.to_string())?;
-        let frame_ref =
-            video_frame::frame_ref(&frame, format, color).map_err(|e| e.to_string())?;
-        let (rgb, width, height) = thumbnail_rgb8(&frame_ref, long_side).map_err(|e| e.to_string())?;
+        let frame_ref = video_frame::frame_ref(&frame, format, color).map_err(|e| e.to_string())?;
+        let (rgb, width, height) =
+            thumbnail_rgb8(&frame_ref, long_side).map_err(|e| e.to_string())?;
         let _ = frame.width();
         Ok(RawThumbnail { rgb, width, height })
     })();
@@ -289,7 +293,11 @@ impl Collector for HistoryMetrics {
             (
                 "clipfilter_history_paused",
                 "1 while the history cannot be written (full disk, read-only folder)",
-                if s.paused.load(Ordering::Relaxed) { 1.0 } else { 0.0 },
+                if s.paused.load(Ordering::Relaxed) {
+                    1.0
+                } else {
+                    0.0
+                },
             ),
         ];
         for (name, help, value) in gauges {

@@ -65,9 +65,7 @@ fn thumbnail_url(id: i64) -> Option<String> {
 }
 
 /// Runs `work` on a blocking thread; its error becomes a JSON error answer.
-async fn blocking(
-    work: impl FnOnce() -> Result<Response, Error> + Send + 'static,
-) -> Response {
+async fn blocking(work: impl FnOnce() -> Result<Response, Error> + Send + 'static) -> Response {
     match tokio::task::spawn_blocking(work).await {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => error(&e),
@@ -158,8 +156,16 @@ pub fn routes(api: Arc<HistoryApi>) -> Router {
                     let now = crate::history::record::now_ms();
                     let window = Window {
                         pipelines: p.get("pipeline").map(|n| vec![n.clone()]),
-                        since_ms: query::parse_when("since", p.get("since").map(String::as_str), now)?,
-                        until_ms: query::parse_when("until", p.get("until").map(String::as_str), now)?,
+                        since_ms: query::parse_when(
+                            "since",
+                            p.get("since").map(String::as_str),
+                            now,
+                        )?,
+                        until_ms: query::parse_when(
+                            "until",
+                            p.get("until").map(String::as_str),
+                            now,
+                        )?,
                     };
                     let report = query::backtest(
                         &api.history()?,
@@ -206,8 +212,13 @@ pub fn routes(api: Arc<HistoryApi>) -> Router {
             get(move |UrlPath(id): UrlPath<i64>| {
                 let api = f.clone();
                 blocking(move || match api.history()?.thumbnail(id)? {
-                    Some(jpeg) => Ok(([(header::CONTENT_TYPE, "image/jpeg")], jpeg).into_response()),
-                    None => Ok((StatusCode::NOT_FOUND, "no thumbnail for this sample\n").into_response()),
+                    Some(jpeg) => {
+                        Ok(([(header::CONTENT_TYPE, "image/jpeg")], jpeg).into_response())
+                    }
+                    None => {
+                        Ok((StatusCode::NOT_FOUND, "no thumbnail for this sample\n")
+                            .into_response())
+                    }
                 })
             }),
         )

@@ -647,7 +647,12 @@ impl Runner {
                     metrics.observe_score(*score as f32);
                 }
                 if let Some(tap) = &mut self.history {
-                    let frame = self.status.base.lock().unwrap_or_else(|p| p.into_inner()).seen
+                    let frame = self
+                        .status
+                        .base
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .seen
                         + scores.position.frame;
                     let element = self
                         .status

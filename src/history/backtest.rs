@@ -67,7 +67,7 @@ pub struct Episode {
 }
 
 /// How an episode of the new set compares with the live ones.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Difference {
     Same,
@@ -274,9 +274,11 @@ fn replay(
             Some(i) => i.clone(),
             None => {
                 let text: Option<String> = conn
-                    .query_row("SELECT info FROM labelsets WHERE id = ?1", [s.labelset], |r| {
-                        r.get(0)
-                    })
+                    .query_row(
+                        "SELECT info FROM labelsets WHERE id = ?1",
+                        [s.labelset],
+                        |r| r.get(0),
+                    )
                     .map_err(&err)?;
                 let info: Option<LabelSetInfo> = text.and_then(|t| serde_json::from_str(&t).ok());
                 infos.insert(s.labelset, info.clone());
@@ -490,9 +492,10 @@ pub fn compare(pipeline: &str, new: &[Episode], live: &[Episode]) -> Vec<Compare
     let mut used = vec![false; live.len()];
     let mut pending: Vec<&Episode> = Vec::new();
     for e in new {
-        let exact = live.iter().enumerate().position(|(i, l)| {
-            !used[i] && l.label == e.label && l.start.same_place(&e.start)
-        });
+        let exact = live
+            .iter()
+            .enumerate()
+            .position(|(i, l)| !used[i] && l.label == e.label && l.start.same_place(&e.start));
         match exact {
             Some(i) => {
                 used[i] = true;
@@ -559,4 +562,3 @@ pub fn compare(pipeline: &str, new: &[Episode], live: &[Episode]) -> Vec<Compare
     });
     out
 }
-

@@ -63,7 +63,8 @@ pub fn read_header(bytes: &[u8]) -> Result<usize, String> {
     if bytes.len() < HEADER || &bytes[..8] != MAGIC {
         return Err("not a history segment file".into());
     }
-    let u32_at = |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+    let u32_at =
+        |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
     let version = i64::from(u32_at(8));
     if version != FORMAT_VERSION {
         return Err(format!(

@@ -17,8 +17,8 @@
 
 pub mod backtest;
 pub mod format;
-pub mod query;
 pub mod quant;
+pub mod query;
 pub mod reader;
 pub mod record;
 pub mod recorder;

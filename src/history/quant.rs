@@ -13,13 +13,16 @@
 pub fn quantize(x: &[f32], out: &mut Vec<i8>) -> f32 {
     out.clear();
     let max = x.iter().fold(0f32, |m, v| m.max(v.abs()));
-    if !(max > 0.0) || !max.is_finite() {
+    if max.is_nan() || max <= 0.0 || !max.is_finite() {
         out.resize(x.len(), 0);
         return 0.0;
     }
     let scale = max / 127.0;
     let inv = 1.0 / scale;
-    out.extend(x.iter().map(|v| (v * inv).round().clamp(-127.0, 127.0) as i8));
+    out.extend(
+        x.iter()
+            .map(|v| (v * inv).round().clamp(-127.0, 127.0) as i8),
+    );
     scale
 }
 
@@ -136,7 +139,11 @@ mod tests {
             assert_eq!(dot_i8(&qa, &qb), dot_i8_plain(&qa, &qb));
             worst = worst.max((approx - exact).abs());
             let back = dequantize(&qa, sa);
-            assert!(a.iter().zip(&back).all(|(x, y)| (x - y).abs() <= sa / 2.0 + 1e-7));
+            assert!(
+                a.iter()
+                    .zip(&back)
+                    .all(|(x, y)| (x - y).abs() <= sa / 2.0 + 1e-7)
+            );
         }
         assert!(worst < 5e-3, "{worst}");
         let mut q = Vec::new();

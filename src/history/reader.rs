@@ -137,9 +137,11 @@ impl History {
         let err = sql(&self.dir);
         let id: Option<i64> = self
             .conn
-            .query_row("SELECT model FROM segments ORDER BY id DESC LIMIT 1", [], |r| {
-                r.get(0)
-            })
+            .query_row(
+                "SELECT model FROM segments ORDER BY id DESC LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
             .optional()
             .map_err(&err)?;
         let models = self.models()?;
@@ -188,7 +190,8 @@ impl History {
     /// The committed segments of `model`, mapped (segments deleted meanwhile are skipped).
     pub fn segments(&self, model: i64) -> Result<Vec<MappedSegment>> {
         let err = sql(&self.dir);
-        let list: Vec<(i64, i64, i64, Option<i64>, Option<i64>, i64)> = {
+        type Listed = (i64, i64, i64, Option<i64>, Option<i64>, i64);
+        let list: Vec<Listed> = {
             let mut stmt = self
                 .conn
                 .prepare(
@@ -198,7 +201,14 @@ impl History {
                 )
                 .map_err(&err)?;
             stmt.query_map([model], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
             })
             .map_err(&err)?
             .collect::<std::result::Result<_, _>>()
@@ -240,7 +250,9 @@ impl History {
         let err = sql(&self.dir);
         let all: i64 = self
             .conn
-            .query_row("SELECT coalesce(sum(rows), 0) FROM segments", [], |r| r.get(0))
+            .query_row("SELECT coalesce(sum(rows), 0) FROM segments", [], |r| {
+                r.get(0)
+            })
             .map_err(&err)?;
         let of: i64 = match model {
             Some(m) => self

@@ -209,7 +209,11 @@ impl Loop {
             let wait = FLUSH.saturating_sub(self.last_flush.elapsed());
             let never = crossbeam_channel::never();
             let s = if samples_open { samples } else { &never };
-            let c = if control_open { control } else { &crossbeam_channel::never() };
+            let c = if control_open {
+                control
+            } else {
+                &crossbeam_channel::never()
+            };
             select! {
                 recv(c) -> r => match r {
                     Ok(r) => self.pending.push(r),

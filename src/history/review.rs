@@ -95,7 +95,9 @@ pub fn add(dir: &Path, new: &NewReview) -> Result<Review> {
             if history.sample(id)?.is_none() {
                 return Err(Error::invalid(
                     "review",
-                    format!("no sample {id} in the history (deleted by retention, or never stored)"),
+                    format!(
+                        "no sample {id} in the history (deleted by retention, or never stored)"
+                    ),
                 ));
             }
             Some(id)

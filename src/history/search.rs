@@ -120,10 +120,7 @@ impl Partial {
             self.hits
                 .select_nth_unstable_by(keep, |a, b| b.score.total_cmp(&a.score));
             self.hits.truncate(keep);
-            self.floor = self
-                .hits
-                .iter()
-                .fold(f32::INFINITY, |m, h| m.min(h.score));
+            self.floor = self.hits.iter().fold(f32::INFINITY, |m, h| m.min(h.score));
         }
     }
 }
@@ -284,9 +281,13 @@ pub fn search(history: &History, query: &Query) -> Result<Found> {
         }
         m
     };
-    let cutoff = query
-        .min_score
-        .unwrap_or_else(|| if scanned == 0 { 0.0 } else { (best + median) / 2.0 });
+    let cutoff = query.min_score.unwrap_or_else(|| {
+        if scanned == 0 {
+            0.0
+        } else {
+            (best + median) / 2.0
+        }
+    });
     hits.retain(|h| h.score >= cutoff);
     if hits.len() > keep {
         hits.select_nth_unstable_by(keep, |a, b| b.score.total_cmp(&a.score));

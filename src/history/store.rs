@@ -82,7 +82,8 @@ pub fn open(dir: &Path, create: bool) -> Result<Connection> {
         conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")
             .map_err(&err)?;
     }
-    conn.pragma_update(None, "journal_mode", "WAL").map_err(&err)?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(&err)?;
     conn.pragma_update(None, "synchronous", "NORMAL")
         .map_err(&err)?;
     let has_info: bool = conn
@@ -129,7 +130,10 @@ pub fn open(dir: &Path, create: bool) -> Result<Connection> {
         None => {
             return Err(Error::invalid(
                 "history",
-                format!("{}: not a sample history (no format version)", dir.display()),
+                format!(
+                    "{}: not a sample history (no format version)",
+                    dir.display()
+                ),
             ));
         }
     }
@@ -167,7 +171,9 @@ mod tests {
             let e = open(dir.path(), false).unwrap_err();
             let text = e.to_string();
             assert!(
-                text.contains(word) && text.contains(&format!("version {v}")) && text.contains("reads version 1"),
+                text.contains(word)
+                    && text.contains(&format!("version {v}"))
+                    && text.contains("reads version 1"),
                 "{text}"
             );
             assert!(e.is_user_error());

@@ -29,9 +29,10 @@ pub fn parse_time(text: &str, now_ms: i64) -> Result<i64, String> {
     if let Ok(ts) = t.parse::<jiff::Timestamp>() {
         return Ok(ts.as_millisecond());
     }
-    let civil = t
-        .parse::<jiff::civil::DateTime>()
-        .or_else(|_| t.parse::<jiff::civil::Date>().map(|d| d.to_datetime(jiff::civil::Time::midnight())));
+    let civil = t.parse::<jiff::civil::DateTime>().or_else(|_| {
+        t.parse::<jiff::civil::Date>()
+            .map(|d| d.to_datetime(jiff::civil::Time::midnight()))
+    });
     if let Ok(dt) = civil {
         return dt
             .to_zoned(jiff::tz::TimeZone::system())

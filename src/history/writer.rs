@@ -17,7 +17,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::format::{self, RowHeader};
 use super::quant;
@@ -74,6 +74,10 @@ struct Staged {
     samples: u64,
 }
 
+/// What a segment held before a batch: id, rows, bytes of embeddings and thumbnails, first and
+/// last time.
+type Committed = (i64, i64, u64, u64, Option<i64>, Option<i64>);
+
 /// Bytes appended to one segment by the batch in progress.
 struct Appended {
     id: i64,
@@ -122,7 +126,13 @@ impl Writer {
                 .prepare("SELECT id, emb_bytes, thumb_bytes FROM segments")
                 .map_err(&err)?;
             let rows = stmt
-                .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?)))
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                })
                 .map_err(&err)?;
             for row in rows {
                 known.push(row.map_err(&err)?);
@@ -149,10 +159,7 @@ impl Writer {
         for entry in std::fs::read_dir(&seg_dir).map_err(io(&seg_dir))? {
             let entry = entry.map_err(io(&seg_dir))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            let id = name
-                .split('.')
-                .next()
-                .and_then(|n| n.parse::<i64>().ok());
+            let id = name.split('.').next().and_then(|n| n.parse::<i64>().ok());
             if id.is_some_and(|id| !known.iter().any(|(k, _, _)| *k == id)) {
                 let _ = std::fs::remove_file(entry.path());
             }
@@ -165,7 +172,11 @@ impl Writer {
                 .map_err(&err)?;
             let rows = stmt
                 .query_map([], |r| {
-                    Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
                 })
                 .map_err(&err)?;
             for row in rows {
@@ -175,7 +186,9 @@ impl Writer {
             }
         }
         let next_sample: i64 = conn
-            .query_row("SELECT coalesce(max(id), 0) + 1 FROM samples", [], |r| r.get(0))
+            .query_row("SELECT coalesce(max(id), 0) + 1 FROM samples", [], |r| {
+                r.get(0)
+            })
             .map_err(&err)?;
         let samples: i64 = conn
             .query_row("SELECT count(*) FROM samples", [], |r| r.get(0))
@@ -233,18 +246,21 @@ impl Writer {
         }
     }
 
-    fn segment_state(&self) -> Option<(i64, i64, u64, u64, Option<i64>, Option<i64>)> {
-        self.segment
-            .as_ref()
-            .map(|s| (s.id, s.rows, s.emb_bytes, s.thumb_bytes, s.first_ms, s.last_ms))
+    fn segment_state(&self) -> Option<Committed> {
+        self.segment.as_ref().map(|s| {
+            (
+                s.id,
+                s.rows,
+                s.emb_bytes,
+                s.thumb_bytes,
+                s.first_ms,
+                s.last_ms,
+            )
+        })
     }
 
     /// Puts the files back to their committed sizes after a failed batch.
-    fn undo(
-        &mut self,
-        before: Option<(i64, i64, u64, u64, Option<i64>, Option<i64>)>,
-        appended: &[Appended],
-    ) {
+    fn undo(&mut self, before: Option<Committed>, appended: &[Appended]) {
         for a in appended {
             let committed = match before {
                 Some((id, _, emb, thumb, _, _)) if id == a.id => Some((emb, thumb)),
@@ -291,17 +307,45 @@ impl Writer {
     ) -> Result<()> {
         let dir = self.dir.clone();
         let err = sql(&dir);
-        let tx = self.conn.transaction().map_err(&err)?;
+        // BEGIN/COMMIT by hand: the helpers below use the connection through `self`.
+        self.conn.execute_batch("BEGIN IMMEDIATE").map_err(&err)?;
+        let result = self.write_records(records, staged, appended);
+        match result {
+            Ok(next_sample) => match self.conn.execute_batch("COMMIT") {
+                Ok(()) => {
+                    self.next_sample = next_sample;
+                    Ok(())
+                }
+                Err(e) => {
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                    Err(err(e))
+                }
+            },
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                Err(e)
+            }
+        }
+    }
+
+    fn write_records(
+        &mut self,
+        records: &[Record],
+        staged: &mut Staged,
+        appended: &mut Vec<Appended>,
+    ) -> Result<i64> {
+        let dir = self.dir.clone();
+        let err = sql(&dir);
         let mut next_sample = self.next_sample;
         for record in records {
             match record {
                 Record::Model(m) => {
-                    let id = upsert_model(&tx, &dir, m)?;
+                    let id = upsert_model(&self.conn, &dir, m)?;
                     if self.model.map(|(i, _)| i) != Some(id) {
                         self.model = Some((id, m.dim));
                         // Rows of one segment come from one model.
                         if self.segment.is_some() {
-                            flush_segment(&tx, &dir, self.segment.as_mut(), appended)?;
+                            flush_segment(&self.conn, &dir, self.segment.as_mut(), appended)?;
                             self.segment = None;
                         }
                     }
@@ -311,8 +355,8 @@ impl Writer {
                     version,
                     info,
                 } => {
-                    let pid = self.pipeline_id(&tx, pipeline, staged)?;
-                    tx.execute(
+                    let pid = self.pipeline_id(pipeline, staged)?;
+                    self.conn.execute(
                         "INSERT INTO labelsets (pipeline, version, info, first_ms) VALUES (?1, ?2, ?3, ?4)
                          ON CONFLICT (pipeline, version) DO UPDATE SET info = coalesce(labelsets.info, excluded.info)",
                         params![pid, version, info, now_ms()],
@@ -324,8 +368,8 @@ impl Writer {
                     id,
                     start_ms,
                 } => {
-                    let pid = self.pipeline_id(&tx, pipeline, staged)?;
-                    tx.execute(
+                    let pid = self.pipeline_id(pipeline, staged)?;
+                    self.conn.execute(
                         "INSERT OR IGNORE INTO epochs (id, pipeline, start_ms) VALUES (?1, ?2, ?3)",
                         params![id, pid, start_ms],
                     )
@@ -334,56 +378,64 @@ impl Writer {
                 Record::Sample(s) => {
                     let id = next_sample;
                     next_sample += 1;
-                    self.sample(&tx, s, id, staged, appended)?;
+                    self.sample(s, id, staged, appended)?;
                 }
-                Record::Event(e) => self.event(&tx, e, staged)?,
+                Record::Event(e) => self.event(e, staged)?,
             }
         }
-        flush_segment(&tx, &dir, self.segment.as_mut(), appended)?;
+        flush_segment(&self.conn, &dir, self.segment.as_mut(), appended)?;
         for (pid, seq) in &staged.seq {
-            tx.execute(
-                "UPDATE pipelines SET next_seq = ?1 WHERE id = ?2",
-                params![i64::from(*seq), pid],
-            )
-            .map_err(&err)?;
+            self.conn
+                .execute(
+                    "UPDATE pipelines SET next_seq = ?1 WHERE id = ?2",
+                    params![i64::from(*seq), pid],
+                )
+                .map_err(&err)?;
         }
-        tx.commit().map_err(&err)?;
-        self.next_sample = next_sample;
-        Ok(())
+        Ok(next_sample)
     }
 
-    fn pipeline_id(&self, tx: &Transaction<'_>, name: &str, staged: &mut Staged) -> Result<i64> {
-        if let Some(id) = self.pipelines.get(name).or_else(|| staged.pipelines.get(name)) {
+    fn pipeline_id(&self, name: &str, staged: &mut Staged) -> Result<i64> {
+        if let Some(id) = self
+            .pipelines
+            .get(name)
+            .or_else(|| staged.pipelines.get(name))
+        {
             return Ok(*id);
         }
-        let err = sql(&self.dir);
-        tx.execute("INSERT OR IGNORE INTO pipelines (name) VALUES (?1)", [name])
+        let dir = self.dir.clone();
+        let err = sql(&dir);
+        self.conn
+            .execute("INSERT OR IGNORE INTO pipelines (name) VALUES (?1)", [name])
             .map_err(&err)?;
-        let id: i64 = tx
-            .query_row("SELECT id FROM pipelines WHERE name = ?1", [name], |r| r.get(0))
+        let id: i64 = self
+            .conn
+            .query_row("SELECT id FROM pipelines WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
             .map_err(&err)?;
         staged.pipelines.insert(name.to_string(), id);
         Ok(id)
     }
 
-    fn labelset_id(
-        &self,
-        tx: &Transaction<'_>,
-        pid: i64,
-        version: &str,
-        staged: &mut Staged,
-    ) -> Result<i64> {
+    fn labelset_id(&self, pid: i64, version: &str, staged: &mut Staged) -> Result<i64> {
         let key = (pid, version.to_string());
-        if let Some(id) = self.labelsets.get(&key).or_else(|| staged.labelsets.get(&key)) {
+        if let Some(id) = self
+            .labelsets
+            .get(&key)
+            .or_else(|| staged.labelsets.get(&key))
+        {
             return Ok(*id);
         }
-        let err = sql(&self.dir);
-        tx.execute(
+        let dir = self.dir.clone();
+        let err = sql(&dir);
+        self.conn.execute(
             "INSERT OR IGNORE INTO labelsets (pipeline, version, info, first_ms) VALUES (?1, ?2, NULL, ?3)",
             params![pid, version, now_ms()],
         )
         .map_err(&err)?;
-        let id: i64 = tx
+        let id: i64 = self
+            .conn
             .query_row(
                 "SELECT id FROM labelsets WHERE pipeline = ?1 AND version = ?2",
                 params![pid, version],
@@ -396,15 +448,15 @@ impl Writer {
 
     fn sample(
         &mut self,
-        tx: &Transaction<'_>,
         s: &SampleRecord,
         id: i64,
         staged: &mut Staged,
         appended: &mut Vec<Appended>,
     ) -> Result<()> {
-        let err = sql(&self.dir);
-        let pid = self.pipeline_id(tx, &s.pipeline, staged)?;
-        let labelset = self.labelset_id(tx, pid, &s.labels_version, staged)?;
+        let dir = self.dir.clone();
+        let err = sql(&dir);
+        let pid = self.pipeline_id(&s.pipeline, staged)?;
+        let labelset = self.labelset_id(pid, &s.labels_version, staged)?;
         let mut place: Option<(i64, i64)> = None;
         let mut thumb: Option<(i64, i64)> = None;
         let mut repeat_of = None;
@@ -428,11 +480,11 @@ impl Writer {
                     .as_ref()
                     .is_some_and(|seg| seg.emb_bytes + seg.thumb_bytes >= limit);
                 if full {
-                    flush_segment(tx, &self.dir, self.segment.as_mut(), appended)?;
+                    flush_segment(&self.conn, &self.dir, self.segment.as_mut(), appended)?;
                     self.segment = None;
                 }
                 if self.segment.is_none() {
-                    self.segment = Some(self.new_segment(tx, appended)?);
+                    self.segment = Some(self.new_segment(appended)?);
                 }
                 let seg = self.segment.as_mut().expect("opened above");
                 if !appended.iter().any(|a| a.id == seg.id) {
@@ -484,7 +536,7 @@ impl Writer {
         }
         let scores: Vec<u8> = s.scores.iter().flat_map(|x| x.to_le_bytes()).collect();
         let crop = s.crop.as_ref();
-        tx.prepare_cached(
+        self.conn.prepare_cached(
             "INSERT INTO samples (id, pipeline, epoch, time_ms, pts, stream_time, running_time, frame,
                  segment, row, repeat_of, labelset, scores, thumb_off, thumb_len,
                  crop, crop_x, crop_y, crop_w, crop_h)
@@ -519,10 +571,11 @@ impl Writer {
         Ok(())
     }
 
-    fn event(&self, tx: &Transaction<'_>, e: &EventRecord, staged: &mut Staged) -> Result<()> {
-        let err = sql(&self.dir);
-        let pid = self.pipeline_id(tx, &e.pipeline, staged)?;
-        tx.prepare_cached(
+    fn event(&self, e: &EventRecord, staged: &mut Staged) -> Result<()> {
+        let dir = self.dir.clone();
+        let err = sql(&dir);
+        let pid = self.pipeline_id(&e.pipeline, staged)?;
+        self.conn.prepare_cached(
             "INSERT OR IGNORE INTO events (id, pipeline, epoch, label, state, reason, time_ms, pts,
                  stream_time, running_time, frame, score, probability, snapshot)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
@@ -548,7 +601,7 @@ impl Writer {
         .map_err(&err)?;
         if e.reason != "sample" && e.reason != "reload" {
             // Where the stream ended: what ends a backtest's open episodes at this epoch's end.
-            tx.execute(
+            self.conn.execute(
                 "UPDATE epochs SET end_ms = ?2, end_pts = ?3, end_stream = ?4, end_running = ?5, end_frame = ?6
                  WHERE id = ?1",
                 params![e.epoch, e.time_ms, e.pts, e.stream_time, e.running_time, e.frame as i64],
@@ -558,17 +611,18 @@ impl Writer {
         Ok(())
     }
 
-    fn new_segment(&self, tx: &Transaction<'_>, appended: &mut Vec<Appended>) -> Result<Segment> {
-        let err = sql(&self.dir);
+    fn new_segment(&self, appended: &mut Vec<Appended>) -> Result<Segment> {
+        let dir = self.dir.clone();
+        let err = sql(&dir);
         let (model, dim) = self.model.ok_or_else(|| {
             Error::invalid("history", "a sample came before its model was recorded")
         })?;
-        tx.execute(
+        self.conn.execute(
             "INSERT INTO segments (model, rows, emb_bytes, thumb_bytes, created_ms) VALUES (?1, 0, ?2, 0, ?3)",
             params![model, format::HEADER as i64, now_ms()],
         )
         .map_err(&err)?;
-        let id = tx.last_insert_rowid();
+        let id = self.conn.last_insert_rowid();
         let emb_path = format::embedding_path(&self.dir, id);
         let thumb_path = format::thumbnail_path(&self.dir, id);
         // Append mode: after a failed batch cuts a file back, the next write goes to its end.
@@ -607,7 +661,8 @@ impl Writer {
     /// Applies the limits at `now_ms`: moves the horizon past what is too old and, while the
     /// folder is over `max_bytes`, past the oldest segment; deletes what is behind it.
     pub fn retain(&mut self, now_ms: i64) -> Result<Usage> {
-        let err = sql(&self.dir);
+        let dir = self.dir.clone();
+        let err = sql(&dir);
         if let Some(keep) = self.limits.keep {
             let cutoff = now_ms - keep.as_millis() as i64;
             if cutoff > self.horizon_ms {
@@ -639,7 +694,8 @@ impl Writer {
 
     /// Deletes what is older than `horizon` (and segments wholly behind it).
     fn advance(&mut self, horizon: i64) -> Result<()> {
-        let err = sql(&self.dir);
+        let dir = self.dir.clone();
+        let err = sql(&dir);
         let old: Vec<i64> = {
             let mut stmt = self
                 .conn
@@ -686,7 +742,8 @@ impl Writer {
     }
 
     fn drop_segment(&mut self, id: i64) -> Result<()> {
-        let err = sql(&self.dir);
+        let dir = self.dir.clone();
+        let err = sql(&dir);
         self.conn
             .execute("DELETE FROM segments WHERE id = ?1", [id])
             .map_err(&err)?;
@@ -711,7 +768,8 @@ impl Writer {
 
     /// Bytes of the folder: segment files (committed), database and its journal.
     pub fn bytes(&self) -> Result<u64> {
-        let err = sql(&self.dir);
+        let dir = self.dir.clone();
+        let err = sql(&dir);
         let segments: i64 = self
             .conn
             .query_row(
@@ -731,7 +789,8 @@ impl Writer {
 
     /// Samples, bytes and the oldest sample's time.
     pub fn usage(&self) -> Result<Usage> {
-        let err = sql(&self.dir);
+        let dir = self.dir.clone();
+        let err = sql(&dir);
         let oldest: Option<i64> = self
             .conn
             .query_row("SELECT min(time_ms) FROM samples", [], |r| r.get(0))
@@ -744,7 +803,7 @@ impl Writer {
     }
 }
 
-fn upsert_model(tx: &Transaction<'_>, dir: &Path, m: &ModelInfo) -> Result<i64> {
+fn upsert_model(tx: &Connection, dir: &Path, m: &ModelInfo) -> Result<i64> {
     let err = sql(dir);
     tx.execute(
         "INSERT INTO models (fingerprint, dir, variant, dim) VALUES (?1, ?2, ?3, ?4)
@@ -763,7 +822,7 @@ fn upsert_model(tx: &Transaction<'_>, dir: &Path, m: &ModelInfo) -> Result<i64> 
 /// Appends the batch's bytes for the open segment to its files, syncs them and records the
 /// segment's new committed size (in `tx`).
 fn flush_segment(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     dir: &Path,
     segment: Option<&mut Segment>,
     appended: &mut [Appended],

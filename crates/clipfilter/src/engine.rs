@@ -344,9 +344,12 @@ impl Engine {
         let mut pre = self.preprocessor()?;
         let mut pixels = vec![0.0; pre.output_len()];
         pre.run_rgb8(rgb.as_raw(), rgb.width(), rgb.height(), &mut pixels)?;
-        let e = self.embed_pixels(&pixels)?.pop().ok_or_else(|| Error::Worker {
-            message: "no result".into(),
-        })?;
+        let e = self
+            .embed_pixels(&pixels)?
+            .pop()
+            .ok_or_else(|| Error::Worker {
+                message: "no result".into(),
+            })?;
         if let (Some(disk), Some(key)) = (&self.disk, key)
             && let Err(err) = disk.put_many(&[(key, &e)])
         {

@@ -134,11 +134,7 @@ impl MemoryCache {
             cutoff = used;
         }
         self.map.retain(|_, e| e.used > cutoff);
-        self.bytes = self
-            .map
-            .iter()
-            .map(|(k, e)| Self::cost(k, &e.value))
-            .sum();
+        self.bytes = self.map.iter().map(|(k, e)| Self::cost(k, &e.value)).sum();
     }
 
     /// Entries held.
@@ -206,7 +202,7 @@ fn to_bytes(v: &[f32]) -> Vec<u8> {
 }
 
 fn from_bytes(b: &[u8]) -> Option<Vec<f32>> {
-    (b.len() % 4 == 0 && !b.is_empty()).then(|| {
+    (b.len().is_multiple_of(4) && !b.is_empty()).then(|| {
         b.chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect()
@@ -234,7 +230,8 @@ impl DiskCache {
         let err = |e| sql_error(&path, e);
         let conn = Connection::open(&path).map_err(err)?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(err)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(err)?;
         let version: i64 = conn

@@ -19,7 +19,11 @@ pub struct LabelSetInfo {
 
 impl LabelSetInfo {
     /// The version of a set: a hash of its logit scale, defaults and labels (names, rules, keys).
-    pub fn version_of(logit_scale: f32, defaults: &LabelDefaults, labels: &[CompiledLabel]) -> String {
+    pub fn version_of(
+        logit_scale: f32,
+        defaults: &LabelDefaults,
+        labels: &[CompiledLabel],
+    ) -> String {
         let text = serde_json::to_string(&(logit_scale, defaults, labels)).unwrap_or_default();
         short_hash(text.as_bytes())
     }
@@ -56,7 +60,10 @@ mod tests {
 
     #[test]
     fn keys_follow_texts_and_versions_follow_everything() {
-        assert_eq!(texts_key(&["a red car".into()]), texts_key(&["a red car".into()]));
+        assert_eq!(
+            texts_key(&["a red car".into()]),
+            texts_key(&["a red car".into()])
+        );
         assert_ne!(
             texts_key(&["ab".into(), "c".into()]),
             texts_key(&["a".into(), "bc".into()])
@@ -76,7 +83,10 @@ mod tests {
         let mut other = label.clone();
         other.enter = 2;
         assert_ne!(v, LabelSetInfo::version_of(100.0, &d, &[other]));
-        assert_ne!(v, LabelSetInfo::version_of(50.0, &d, std::slice::from_ref(&label)));
+        assert_ne!(
+            v,
+            LabelSetInfo::version_of(50.0, &d, std::slice::from_ref(&label))
+        );
         let info = LabelSetInfo {
             version: v,
             logit_scale: 100.0,

@@ -249,7 +249,11 @@ mod tests {
         let (rgb, tw, th) = thumbnail_rgb8(&frame, 160).unwrap();
         assert_eq!((tw, th, rgb.len()), (160, 90, 160 * 90 * 3));
         let at = |x: usize, y: usize| &rgb[(y * 160 + x) * 3..][..3];
-        assert!(at(10, 45)[0] > 240 && at(10, 45)[1] < 10, "{:?}", at(10, 45));
+        assert!(
+            at(10, 45)[0] > 240 && at(10, 45)[1] < 10,
+            "{:?}",
+            at(10, 45)
+        );
         assert_eq!(at(150, 45), [0, 0, 0]);
         let (_, tw, th) = thumbnail_rgb8(&frame, 1000).unwrap();
         assert_eq!((tw, th), (320, 180), "never enlarged");

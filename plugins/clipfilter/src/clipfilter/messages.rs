@@ -183,7 +183,7 @@ impl MatchMessage {
 }
 
 /// `clipfilter-scores`: every label's score for one sampled frame, in label-set order.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct ScoresMessage {
     pub position: Position,
     pub labels: Vec<String>,
@@ -202,6 +202,20 @@ pub struct ScoresMessage {
     /// `image` (with `post-frame=true`): the sampled frame (a `GstSample` with its caps), on
     /// inferred samples.
     pub image: Option<gst::Sample>,
+}
+
+impl PartialEq for ScoresMessage {
+    /// Equal fields; the frames are the same `GstSample`.
+    fn eq(&self, other: &Self) -> bool {
+        self.position == other.position
+            && self.labels == other.labels
+            && self.scores == other.scores
+            && self.probabilities == other.probabilities
+            && self.latency == other.latency
+            && self.labels_version == other.labels_version
+            && self.embedding == other.embedding
+            && self.image.as_ref().map(|s| s.as_ptr()) == other.image.as_ref().map(|s| s.as_ptr())
+    }
 }
 
 impl ScoresMessage {

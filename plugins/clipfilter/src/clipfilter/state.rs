@@ -325,9 +325,7 @@ impl State {
                     latency,
                     labels_version: self.labels.version.clone(),
                     embedding: embedding.filter(|_| self.rules.post_embedding),
-                    image: frame
-                        .filter(|_| self.rules.post_frame && inferred)
-                        .cloned(),
+                    image: frame.filter(|_| self.rules.post_frame && inferred).cloned(),
                 }
                 .to_structure(),
             ));
