@@ -7,6 +7,7 @@ mod daemon_http;
 mod delivery;
 mod element;
 mod engine;
+mod history;
 mod model_fetch;
 mod sd_notify;
 mod worker;

@@ -132,6 +132,7 @@ impl PipelineTap {
 
     /// A stream starts (pipeline start, or after an end of stream): matching starts afresh.
     pub fn stream_started(&mut self) {
+        self.stream_ended();
         // Microseconds of the wall clock: unique per pipeline, ordered, known without asking
         // the writer.
         let id = jiff::Timestamp::now().as_microsecond();
@@ -145,6 +146,16 @@ impl PipelineTap {
             id,
             start_ms: now_ms(),
         });
+    }
+
+    /// The stream ended (end of stream, stop, failure).
+    pub fn stream_ended(&mut self) {
+        if let Some(id) = self.epoch {
+            self.service.recorder.record(Record::EpochEnd {
+                id,
+                end_ms: now_ms(),
+            });
+        }
     }
 
     fn epoch(&mut self) -> i64 {

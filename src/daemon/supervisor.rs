@@ -462,6 +462,9 @@ impl Runner {
         }
         bus.unset_sync_handler();
         self.status.detach();
+        if let Some(tap) = &mut self.history {
+            tap.stream_ended();
+        }
         outcome
     }
 

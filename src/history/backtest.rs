@@ -183,6 +183,15 @@ pub fn backtest(
     Ok(report)
 }
 
+/// The end of a stream at its last sample.
+fn stream_end(last: &Boundary) -> Boundary {
+    Boundary {
+        sample: None,
+        reason: "stream end".into(),
+        ..last.clone()
+    }
+}
+
 struct Stored {
     id: i64,
     epoch: i64,
@@ -209,7 +218,7 @@ fn replay(
     let until = window.until_ms.unwrap_or(i64::MAX);
     let conn = history.conn();
     let mut infos: HashMap<i64, Option<LabelSetInfo>> = HashMap::new();
-    let mut ends: HashMap<i64, Option<Boundary>> = HashMap::new();
+    let mut ends: HashMap<i64, Option<Option<Boundary>>> = HashMap::new();
     let mut stmt = conn
         .prepare(
             "SELECT id, epoch, time_ms, pts, stream_time, frame,
@@ -267,7 +276,9 @@ fn replay(
         if let Some((e, last)) = &epoch
             && *e != s.epoch
         {
-            let end = epoch_end(history, *e, &mut ends)?.unwrap_or_else(|| last.clone());
+            let end = epoch_end(history, *e, &mut ends)?
+                .flatten()
+                .unwrap_or_else(|| stream_end(last));
             close_all(&mut matcher, &mut open, &mut episodes, Some(end));
         }
         let info = match infos.get(&s.labelset) {
@@ -367,47 +378,47 @@ fn replay(
         }
     }
     // The last stream: ended if the history says where; else its episodes are still open.
-    if let Some((e, _)) = epoch {
-        let end = epoch_end(history, e, &mut ends)?;
-        match end {
-            Some(end) => close_all(&mut matcher, &mut open, &mut episodes, Some(end)),
-            None => close_all(&mut matcher, &mut open, &mut episodes, None),
-        }
+    if let Some((e, last)) = epoch {
+        let end = epoch_end(history, e, &mut ends)?.map(|b| b.unwrap_or_else(|| stream_end(&last)));
+        close_all(&mut matcher, &mut open, &mut episodes, end);
     }
     episodes.sort_by_key(|e| (e.start.time_ms, e.label.clone()));
     Ok(episodes)
 }
 
-/// Where epoch `id` ended (from its end-of-stream events), if known.
+/// Where epoch `id` ended: `None` while it runs (or when the daemon died with it);
+/// `Some(None)` when it ended without an end-of-stream event saying where (its last sample
+/// stands for the end); `Some(Some(b))` from its end-of-stream events.
 fn epoch_end(
     history: &History,
     id: i64,
-    cache: &mut HashMap<i64, Option<Boundary>>,
-) -> Result<Option<Boundary>> {
+    cache: &mut HashMap<i64, Option<Option<Boundary>>>,
+) -> Result<Option<Option<Boundary>>> {
     if let Some(b) = cache.get(&id) {
         return Ok(b.clone());
     }
-    let b: Option<Boundary> = history
+    let row: Option<(i64, Option<i64>, Option<i64>, Option<i64>)> = history
         .conn()
         .query_row(
             "SELECT end_ms, end_pts, end_stream, end_frame FROM epochs WHERE id = ?1 AND end_ms IS NOT NULL",
             [id],
-            |r| {
-                Ok(Boundary {
-                    time_ms: r.get(0)?,
-                    epoch: id,
-                    frame: r.get::<_, Option<i64>>(3)?.unwrap_or(0) as u64,
-                    pts: r.get(1)?,
-                    stream_time: r.get(2)?,
-                    sample: None,
-                    score: 0.0,
-                    probability: 0.0,
-                    reason: "stream end".into(),
-                })
-            },
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
         )
         .optional()
         .map_err(sql(history.dir()))?;
+    let b = row.map(|(time_ms, pts, stream_time, frame)| {
+        frame.map(|frame| Boundary {
+            time_ms,
+            epoch: id,
+            frame: frame as u64,
+            pts,
+            stream_time,
+            sample: None,
+            score: 0.0,
+            probability: 0.0,
+            reason: "stream end".into(),
+        })
+    });
     cache.insert(id, b.clone());
     Ok(b)
 }

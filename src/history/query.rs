@@ -112,6 +112,8 @@ pub fn found_json(
                 "sample": r.best_sample,
                 "time": super::time::format_ms(r.best_time_ms),
                 "stream_time": r.best_stream_time.map(|t| t as f64 / 1e9),
+                "start_stream_time": r.start_stream_time.map(|t| t as f64 / 1e9),
+                "end_stream_time": r.end_stream_time.map(|t| t as f64 / 1e9),
                 "hits": r.hits,
                 "thumbnail": thumbnail(r.best_sample),
             })

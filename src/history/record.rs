@@ -86,6 +86,8 @@ pub enum Record {
         id: i64,
         start_ms: i64,
     },
+    /// A pipeline's stream ended (end of stream, stop, failure): its open episodes end there.
+    EpochEnd { id: i64, end_ms: i64 },
     Sample(SampleRecord),
     Event(EventRecord),
 }

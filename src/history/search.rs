@@ -62,6 +62,9 @@ pub struct Range {
     pub best_time_ms: i64,
     /// Stream time (ns) of the best sample, when known.
     pub best_stream_time: Option<i64>,
+    /// Stream times (ns) of the first and last hit.
+    pub start_stream_time: Option<i64>,
+    pub end_stream_time: Option<i64>,
     /// Hits in the range.
     pub hits: usize,
 }
@@ -303,6 +306,8 @@ pub fn search(history: &History, query: &Query) -> Result<Found> {
             .last_repeat_ms(r.last.sample)?
             .map_or(r.last.time_ms, |t| t.max(r.last.time_ms));
         let best = history.sample(r.best.sample)?;
+        let first = history.sample(r.first.sample)?;
+        let last = history.sample(r.last.sample)?;
         out.push(Range {
             pipeline: names
                 .get(&i64::from(r.best.pipeline))
@@ -314,6 +319,8 @@ pub fn search(history: &History, query: &Query) -> Result<Found> {
             best_sample: r.best.sample,
             best_time_ms: r.best.time_ms,
             best_stream_time: best.and_then(|b| b.stream_time),
+            start_stream_time: first.and_then(|b| b.stream_time),
+            end_stream_time: last.and_then(|b| b.stream_time),
             hits: r.hits,
         });
     }

@@ -375,6 +375,14 @@ impl Writer {
                     )
                     .map_err(&err)?;
                 }
+                Record::EpochEnd { id, end_ms } => {
+                    self.conn
+                        .execute(
+                            "UPDATE epochs SET end_ms = coalesce(end_ms, ?2) WHERE id = ?1",
+                            params![id, end_ms],
+                        )
+                        .map_err(&err)?;
+                }
                 Record::Sample(s) => {
                     let id = next_sample;
                     next_sample += 1;
