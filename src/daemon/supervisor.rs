@@ -32,6 +32,7 @@ use crate::daemon::delivery::Delivery;
 use crate::daemon::event::Event;
 use crate::daemon::metrics::{FrameCounts, LabelMetrics, Metrics, PipelineMetrics, PipelineState};
 use crate::daemon::pipeline::{self, ElementModel};
+use crate::daemon::secret::redact;
 use crate::daemon::snapshot::SnapshotStore;
 use crate::error::{Error, Result};
 use clipfilter::matcher::Transition;
@@ -312,32 +313,6 @@ struct Runner {
     labels: HashMap<String, LabelMetrics>,
     /// Words to hide in messages (a source password).
     secrets: Vec<String>,
-}
-
-/// Hides credentials in text that came from GStreamer (URLs with `user:pass@`, passwords).
-fn redact(text: &str, secrets: &[String]) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(i) = rest.find("://") {
-        let (head, tail) = rest.split_at(i + 3);
-        out.push_str(head);
-        let end = tail
-            .find(|c: char| c.is_whitespace() || matches!(c, '/' | '?' | '#' | '"' | '\''))
-            .unwrap_or(tail.len());
-        match tail[..end].rfind('@') {
-            Some(at) => {
-                out.push_str("***");
-                out.push_str(&tail[at..end]);
-            }
-            None => out.push_str(&tail[..end]),
-        }
-        rest = &tail[end..];
-    }
-    out.push_str(rest);
-    for s in secrets.iter().filter(|s| !s.is_empty()) {
-        out = out.replace(s.as_str(), "***");
-    }
-    out
 }
 
 impl Runner {
@@ -989,17 +964,6 @@ impl Drop for Supervisor {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn redacts_credentials_in_gstreamer_text() {
-        let t =
-            "Could not open rtsp://admin:hunter2@cam:554/s (rtspsrc.c:123) user admin pass hunter2";
-        let r = redact(t, &["hunter2".into()]);
-        assert!(!r.contains("hunter2"), "{r}");
-        assert!(r.contains("rtsp://***@cam:554/s"), "{r}");
-        assert_eq!(redact("no urls here", &[]), "no urls here");
-        assert_eq!(redact("http://h/p@x", &[]), "http://h/p@x");
-    }
 
     #[test]
     fn status_line() {
