@@ -1,7 +1,8 @@
 //! Event delivery: the outbox plus one worker thread per output.
 //!
-//! The workers' loops are the outputs' own ([`crate::daemon::output`]); this module only starts,
-//! feeds and stops them.
+//! The pipelines hand their events to [`EventOutputs`], which holds the delivery in use and
+//! swaps it when a reload changes the outputs. The workers' loops are the outputs' own
+//! ([`crate::daemon::output`]); this module only starts, feeds and stops them.
 //!
 //! [`Delivery::submit`] writes an event durably to the [`Outbox`] for each of its outputs and
 //! wakes their workers; it returns once the event is on disk. Each worker drains its output's
@@ -24,7 +25,8 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -265,5 +267,67 @@ struct Finished {
 impl Drop for Finished {
     fn drop(&mut self) {
         let _ = self.tx.send(std::mem::take(&mut self.name));
+    }
+}
+
+/// Where the pipelines' events go: the [`Delivery`] to the configured outputs in use, replaced
+/// when a reload changes the outputs, and the count of events handed to it.
+#[derive(Debug, Default)]
+pub struct EventOutputs {
+    delivery: RwLock<Option<Delivery>>,
+    submitted: AtomicU64,
+}
+
+impl EventOutputs {
+    /// Events go to the outputs of a started delivery.
+    pub fn new(delivery: Delivery) -> EventOutputs {
+        EventOutputs {
+            delivery: RwLock::new(Some(delivery)),
+            submitted: AtomicU64::new(0),
+        }
+    }
+
+    /// Writes `event` durably for `outputs` (see [`Delivery::submit`]).
+    pub fn submit(&self, event: &Event, outputs: &[String]) -> Result<()> {
+        let guard = self.delivery.read().unwrap_or_else(|p| p.into_inner());
+        let delivery = guard
+            .as_ref()
+            .ok_or_else(|| Error::worker("event delivery is not running"))?;
+        delivery.submit(event, outputs)?;
+        self.submitted.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Events submitted since the start.
+    pub fn submitted(&self) -> u64 {
+        self.submitted.load(Ordering::Relaxed)
+    }
+
+    /// Events waiting per output.
+    pub fn pending_counts(&self) -> BTreeMap<String, u64> {
+        let guard = self.delivery.read().unwrap_or_else(|p| p.into_inner());
+        guard
+            .as_ref()
+            .map(Delivery::pending_counts)
+            .unwrap_or_default()
+    }
+
+    /// Stops the delivery in use and starts another with `start` (pipelines wait meanwhile).
+    /// When `start` fails, nothing delivers until the next successful replacement.
+    pub fn replace(&self, start: impl FnOnce() -> Result<Delivery>) -> Result<()> {
+        let mut guard = self.delivery.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(old) = guard.take() {
+            old.shutdown();
+        }
+        *guard = Some(start()?);
+        Ok(())
+    }
+
+    /// Stops the delivery (pending events stay in the outbox).
+    pub fn shutdown(&self) {
+        let mut guard = self.delivery.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(old) = guard.take() {
+            old.shutdown();
+        }
     }
 }
