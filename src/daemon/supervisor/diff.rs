@@ -131,21 +131,20 @@ url = "http://127.0.0.1:9/hook"
         (c.pipelines, model)
     }
 
-    const CAM1: &str = r#"
-[[pipeline]]
-name = "cam1"
-source = "rtsp://10.0.0.2/stream"
-labels = "cam.toml"
-outputs = ["log"]
-"#;
+    /// A `[[pipeline]]` table watching `rtsp://{host}/stream`, its events to `log`.
+    fn camera(name: &str, host: &str) -> String {
+        format!(
+            "[[pipeline]]\nname = \"{name}\"\nsource = \"rtsp://{host}/stream\"\nlabels = \"cam.toml\"\noutputs = [\"log\"]\n"
+        )
+    }
 
-    const CAM2: &str = r#"
-[[pipeline]]
-name = "cam2"
-source = "rtsp://10.0.0.3/stream"
-labels = "cam.toml"
-outputs = ["log"]
-"#;
+    fn cam1() -> String {
+        camera("cam1", "10.0.0.2")
+    }
+
+    fn cam2() -> String {
+        camera("cam2", "10.0.0.3")
+    }
 
     fn names(configs: &[PipelineConfig]) -> Vec<&str> {
         configs.iter().map(|c| c.name.as_str()).collect()
@@ -168,7 +167,7 @@ outputs = ["log"]
 
     #[test]
     fn from_nothing_everything_is_added() {
-        let (new, model) = config("/m/a", &format!("{CAM1}{CAM2}"));
+        let (new, model) = config("/m/a", &(cam1() + &cam2()));
         let p = plan(&[], &new, &model);
         assert_eq!(names(&p.added), ["cam1", "cam2"]);
         assert!(p.removed.is_empty() && p.restarted.is_empty() && p.updated.is_empty());
@@ -182,8 +181,8 @@ outputs = ["log"]
 
     #[test]
     fn unchanged_pipelines_are_left_alone() {
-        let (old, model) = config("/m/a", &format!("{CAM1}{CAM2}"));
-        let (new, _) = config("/m/a", &format!("{CAM1}{CAM2}"));
+        let (old, model) = config("/m/a", &(cam1() + &cam2()));
+        let (new, _) = config("/m/a", &(cam1() + &cam2()));
         let p = plan(&running(&old, &model), &new, &model);
         assert_eq!(p.untouched, ["cam1", "cam2"]);
         assert!(p.added.is_empty() && p.removed.is_empty());
@@ -192,8 +191,8 @@ outputs = ["log"]
 
     #[test]
     fn added_and_removed() {
-        let (old, model) = config("/m/a", CAM1);
-        let (new, _) = config("/m/a", CAM2);
+        let (old, model) = config("/m/a", &cam1());
+        let (new, _) = config("/m/a", &cam2());
         let p = plan(&running(&old, &model), &new, &model);
         assert_eq!(names(&p.added), ["cam2"]);
         assert_eq!(p.removed, ["cam1"]);
@@ -202,8 +201,8 @@ outputs = ["log"]
 
     #[test]
     fn a_renamed_pipeline_is_removed_and_added() {
-        let (old, model) = config("/m/a", CAM1);
-        let (new, _) = config("/m/a", &CAM1.replace("\"cam1\"", "\"porch\""));
+        let (old, model) = config("/m/a", &cam1());
+        let (new, _) = config("/m/a", &camera("porch", "10.0.0.2"));
         let p = plan(&running(&old, &model), &new, &model);
         assert_eq!(names(&p.added), ["porch"]);
         assert_eq!(p.removed, ["cam1"]);
@@ -212,11 +211,8 @@ outputs = ["log"]
 
     #[test]
     fn a_changed_source_restarts_that_pipeline_only() {
-        let (old, model) = config("/m/a", &format!("{CAM1}{CAM2}"));
-        let (new, _) = config(
-            "/m/a",
-            &format!("{}{CAM2}", CAM1.replace("10.0.0.2", "10.0.0.9")),
-        );
+        let (old, model) = config("/m/a", &(cam1() + &cam2()));
+        let (new, _) = config("/m/a", &(camera("cam1", "10.0.0.9") + &cam2()));
         let p = plan(&running(&old, &model), &new, &model);
         assert_eq!(names(&p.restarted), ["cam1"]);
         assert_eq!(p.restarted[0].source, new[0].source);
@@ -226,9 +222,9 @@ outputs = ["log"]
 
     #[test]
     fn changed_outputs_alone_update_in_place() {
-        let (old, model) = config("/m/a", &format!("{CAM1}{CAM2}"));
-        let cam2 = CAM2.replace(r#"outputs = ["log"]"#, r#"outputs = ["log", "hook"]"#);
-        let (new, _) = config("/m/a", &format!("{CAM1}{cam2}"));
+        let (old, model) = config("/m/a", &(cam1() + &cam2()));
+        let cam2 = cam2().replace(r#"outputs = ["log"]"#, r#"outputs = ["log", "hook"]"#);
+        let (new, _) = config("/m/a", &(cam1() + &cam2));
         let p = plan(&running(&old, &model), &new, &model);
         assert_eq!(names(&p.updated), ["cam2"]);
         assert_eq!(p.updated[0].outputs, ["log", "hook"]);
@@ -242,8 +238,8 @@ outputs = ["log"]
 
     #[test]
     fn outputs_and_more_changed_is_a_restart() {
-        let (old, model) = config("/m/a", CAM1);
-        let cam1 = CAM1
+        let (old, model) = config("/m/a", &cam1());
+        let cam1 = cam1()
             .replace(r#"outputs = ["log"]"#, r#"outputs = ["hook"]"#)
             .replace("cam.toml", "porch.toml");
         let (new, _) = config("/m/a", &cam1);
@@ -254,8 +250,8 @@ outputs = ["log"]
 
     #[test]
     fn a_new_model_restarts_every_pipeline() {
-        let (old, model) = config("/m/a", &format!("{CAM1}{CAM2}"));
-        let (new, other) = config("/m/b", &format!("{CAM1}{CAM2}"));
+        let (old, model) = config("/m/a", &(cam1() + &cam2()));
+        let (new, other) = config("/m/b", &(cam1() + &cam2()));
         assert_ne!(model, other);
         let p = plan(&running(&old, &model), &new, &other);
         assert_eq!(names(&p.restarted), ["cam1", "cam2"]);
@@ -263,8 +259,8 @@ outputs = ["log"]
         assert!(p.added.is_empty() && p.removed.is_empty());
         assert!(p.updated.is_empty() && p.untouched.is_empty());
         // With a new model, a change of outputs alone restarts too.
-        let cam2 = CAM2.replace(r#"outputs = ["log"]"#, r#"outputs = ["hook"]"#);
-        let (new, other) = config("/m/b", &format!("{CAM1}{cam2}"));
+        let cam2 = cam2().replace(r#"outputs = ["log"]"#, r#"outputs = ["hook"]"#);
+        let (new, other) = config("/m/b", &(cam1() + &cam2));
         let p = plan(&running(&old, &model), &new, &other);
         assert_eq!(names(&p.restarted), ["cam1", "cam2"]);
         assert!(p.updated.is_empty());
@@ -272,7 +268,7 @@ outputs = ["log"]
 
     #[test]
     fn removed_names_come_in_name_order() {
-        let (old, model) = config("/m/a", &format!("{CAM2}{CAM1}"));
+        let (old, model) = config("/m/a", &(cam2() + &cam1()));
         let p = plan(&running(&old, &model), &[], &model);
         assert_eq!(p.removed, ["cam1", "cam2"]);
         assert_eq!(
