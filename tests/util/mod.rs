@@ -3,6 +3,7 @@
 pub mod daemon;
 pub mod rtsp;
 
+use std::ffi::OsStr;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -81,7 +82,7 @@ pub fn clipfilterd() -> Command {
 }
 
 /// Runs `clipfilterd` with `args`.
-pub fn run(args: &[&str]) -> Output {
+pub fn run(args: &[impl AsRef<OsStr>]) -> Output {
     clipfilterd().args(args).output().expect("clipfilterd runs")
 }
 
