@@ -14,6 +14,9 @@
 //!   and input shape (via `tools/clip-tools bench-baselines`), with our ratio to each, and the
 //!   fp32 ceiling of this machine: ONNX Runtime's MatMul GFLOP/s on the tower's largest product
 //!   divided by the tower's FLOPs per image;
+//! - `history` (not run by default): the sample history's ingest rate and bytes per sample, the
+//!   worker's images/s while it ingests, and one search over `--history-samples` stored samples
+//!   against a numpy brute-force baseline (see [`history`]);
 //! - peak RSS is always reported.
 //!
 //! Benchmarks are commands, not tests: these machines are shared and noisy, so compare ratios
@@ -27,6 +30,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use serde_json::{Value, json};
+
+mod history;
 
 use super::ModelArgs;
 use clipfilter::encoder::ImageEncoder;
@@ -48,6 +53,7 @@ pub enum Section {
     Pipelines,
     Static,
     Baselines,
+    History,
 }
 
 /// Arguments of `bench`.
@@ -84,6 +90,10 @@ pub struct BenchArgs {
     /// Video for the `pipelines` section (default: the set-up's .local/media/video/vtest.avi).
     #[arg(long, value_name = "FILE")]
     pub video: Option<PathBuf>,
+
+    /// Stored samples the `history` section searches.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub history_samples: usize,
 
     /// Also write the figures as JSON to this file.
     #[arg(long, value_name = "FILE")]
@@ -803,6 +813,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<super::Outcome> {
     }
     if has(Section::Static) {
         report.insert("static_camera", static_section(&args, &model)?);
+    }
+
+    if has(Section::History) {
+        report.insert("history", history::section(&args)?);
     }
 
     if has(Section::Baselines) {

@@ -12,9 +12,9 @@ from __future__ import annotations
 import argparse
 
 from . import __doc__ as DESCRIPTION
-from . import baselines, digits, export, fixtures, photos
+from . import baselines, digits, export, fixtures, photos, search_baseline
 
-COMMAND_MODULES = (fixtures, digits, photos, export, baselines)
+COMMAND_MODULES = (fixtures, digits, photos, export, baselines, search_baseline)
 
 
 def main(argv=None):
