@@ -21,6 +21,10 @@ pub enum Verdict {
     TruePositive,
     /// The label fired but should not have.
     FalsePositive,
+    /// The label should have fired here and did not.
+    FalseNegative,
+    /// The label rightly stayed quiet here.
+    TrueNegative,
 }
 
 impl Verdict {
@@ -28,6 +32,8 @@ impl Verdict {
         match self {
             Verdict::TruePositive => "true_positive",
             Verdict::FalsePositive => "false_positive",
+            Verdict::FalseNegative => "false_negative",
+            Verdict::TrueNegative => "true_negative",
         }
     }
 
@@ -35,6 +41,8 @@ impl Verdict {
         match name {
             "true_positive" => Some(Verdict::TruePositive),
             "false_positive" => Some(Verdict::FalsePositive),
+            "false_negative" => Some(Verdict::FalseNegative),
+            "true_negative" => Some(Verdict::TrueNegative),
             _ => None,
         }
     }
