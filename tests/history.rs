@@ -93,7 +93,11 @@ fn ranges(found: &Value, pipeline: &str) -> Vec<(f64, f64)> {
 /// Each found range covers exactly one expected segment [from, to), within one interval.
 fn assert_segments(found: &Value, pipeline: &str, want: &[(f64, f64)]) {
     let got = ranges(found, pipeline);
-    assert_eq!(got.len(), want.len(), "{pipeline}: {got:?} vs {want:?}\n{found:#}");
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "{pipeline}: {got:?} vs {want:?}\n{found:#}"
+    );
     for ((s, e), (from, to)) in got.iter().zip(want) {
         assert!(
             *s >= *from - 1e-6 && *s <= from + INTERVAL + 1e-6,
@@ -124,7 +128,13 @@ fn record() -> Recorded {
     // cam-a: red 0-2 s, green 2-4, blue 4-6, red 6-8, white 8-10; cam-b: green 0-3, red 3-4.
     make_clip(
         &a,
-        &[("red", 20), ("green", 20), ("blue", 20), ("red", 20), ("white", 20)],
+        &[
+            ("red", 20),
+            ("green", 20),
+            ("blue", 20),
+            ("red", 20),
+            ("white", 20),
+        ],
     );
     make_clip(&b, &[("green", 30), ("red", 10)]);
     let labels = dir.path().join("labels.toml");
@@ -174,30 +184,56 @@ fn search_and_backtest_a_recorded_history() {
     assert!(bad["error"].as_str().unwrap().contains("whenever"), "{bad}");
 
     // The command line, per pipeline, with --since.
-    let out = cli(&["search", "blue", "--config", config, "--json", "--pipeline", "cam-a"]);
+    let out = cli(&[
+        "search",
+        "blue",
+        "--config",
+        config,
+        "--json",
+        "--pipeline",
+        "cam-a",
+    ]);
     let blue = stdout_json(&out);
     assert_segments(&blue, "cam-a", &[(4.0, 6.0)]);
-    let thumb = blue["ranges"][0]["thumbnail"].as_str().expect("a thumbnail path");
+    let thumb = blue["ranges"][0]["thumbnail"]
+        .as_str()
+        .expect("a thumbnail path");
     let [red, green_, b] = mean_colour(Path::new(thumb));
-    assert!(b > 150.0 && red < 80.0 && green_ < 80.0, "thumbnail colour {red} {green_} {b}");
+    assert!(
+        b > 150.0 && red < 80.0 && green_ < 80.0,
+        "thumbnail colour {red} {green_} {b}"
+    );
     let first_red_end = ranges(&found, "cam-a")[0];
     let first_end_ms = found["ranges"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|x| x["pipeline"] == "cam-a" && x["start_stream_time"].as_f64() == Some(first_red_end.0))
+        .find(|x| {
+            x["pipeline"] == "cam-a" && x["start_stream_time"].as_f64() == Some(first_red_end.0)
+        })
         .unwrap()["end_ms"]
         .as_i64()
         .unwrap();
     let since = clipfilterd::history::time::format_ms(first_end_ms + 1000);
     let later = stdout_json(&cli(&[
-        "search", "red", "--config", config, "--json", "--pipeline", "cam-a", "--since", &since,
+        "search",
+        "red",
+        "--config",
+        config,
+        "--json",
+        "--pipeline",
+        "cam-a",
+        "--since",
+        &since,
     ]));
     assert_segments(&later, "cam-a", &[(6.0, 8.0)]);
     let text = cli(&["search", "red", "--config", config, "--pipeline", "cam-b"]);
     assert!(text.status.success());
     let line = String::from_utf8_lossy(&text.stdout);
-    assert!(line.starts_with("cam-b  ") && line.contains("thumbnail"), "{line}");
+    assert!(
+        line.starts_with("cam-b  ") && line.contains("thumbnail"),
+        "{line}"
+    );
 
     // By example image.
     let red_png = r.state.join("red.png");
@@ -258,7 +294,11 @@ fn search_and_backtest_a_recorded_history() {
                 state.to_string(),
                 b["frame"].as_u64().unwrap(),
                 // Ends at the end of a stream carry no score of their own.
-                if b["reason"] == "sample" { b["score"].as_f64().unwrap() } else { -1.0 },
+                if b["reason"] == "sample" {
+                    b["score"].as_f64().unwrap()
+                } else {
+                    -1.0
+                },
             ));
         }
     }
@@ -269,11 +309,7 @@ fn search_and_backtest_a_recorded_history() {
         assert!(reason_sample);
     }
     // Events at the end of the stream: compare without their score.
-    let eos: Vec<u64> = replayed
-        .iter()
-        .filter(|x| x.4 < 0.0)
-        .map(|x| x.3)
-        .collect();
+    let eos: Vec<u64> = replayed.iter().filter(|x| x.4 < 0.0).map(|x| x.3).collect();
     for e in &mut from_events {
         if e.2 == "end" && eos.contains(&e.3) {
             e.4 = -1.0;
@@ -337,20 +373,40 @@ fn search_and_backtest_a_recorded_history() {
     assert_eq!(status, 200, "{over_http}");
     assert_eq!(over_http["summary"]["changed"], 2, "{over_http:#}");
     assert_eq!(over_http["summary"]["added"], 1, "{over_http:#}");
-    let (status, broken) = http(r.port, "POST", "/api/backtest", Some(b"[[label]]\nnom = 1\n"));
+    let (status, broken) = http(
+        r.port,
+        "POST",
+        "/api/backtest",
+        Some(b"[[label]]\nnom = 1\n"),
+    );
     assert_eq!(status, 400, "{broken}");
 
     // Review marks, by event and by sample; they outlive the daemon.
     let start_event = events.iter().find(|e| e["state"] == "start").unwrap();
     let body = serde_json::json!({"event": start_event["id"], "label": start_event["label"], "verdict": "true_positive"});
-    let (status, mark) = http(r.port, "POST", "/api/review", Some(body.to_string().as_bytes()));
+    let (status, mark) = http(
+        r.port,
+        "POST",
+        "/api/review",
+        Some(body.to_string().as_bytes()),
+    );
     assert_eq!(status, 201, "{mark}");
     assert!(mark["sample"].as_i64().is_some(), "{mark}");
     let sample = found["ranges"][0]["sample"].as_i64().unwrap();
     let body = serde_json::json!({"sample": sample, "label": "red", "verdict": "false_positive", "note": "a red car"});
-    let (status, _) = http(r.port, "POST", "/api/review", Some(body.to_string().as_bytes()));
+    let (status, _) = http(
+        r.port,
+        "POST",
+        "/api/review",
+        Some(body.to_string().as_bytes()),
+    );
     assert_eq!(status, 201);
-    let (status, bad) = http(r.port, "POST", "/api/review", Some(br#"{"label": "red", "verdict": "true_positive"}"#));
+    let (status, bad) = http(
+        r.port,
+        "POST",
+        "/api/review",
+        Some(br#"{"label": "red", "verdict": "true_positive"}"#),
+    );
     assert_eq!(status, 400, "{bad}");
     let (_, listed) = http(r.port, "GET", "/api/reviews", None);
     assert_eq!(listed["reviews"].as_array().unwrap().len(), 2, "{listed}");
@@ -371,13 +427,16 @@ fn search_and_backtest_a_recorded_history() {
     let marks = review::list(&history, None).unwrap();
     assert_eq!(marks.len(), 2);
     assert_eq!(marks[1].note.as_deref(), Some("a red car"));
-    let e = marks[1].embedding.as_ref().expect("the mark keeps the embedding");
+    let e = marks[1]
+        .embedding
+        .as_ref()
+        .expect("the mark keeps the embedding");
     assert!(e[0] > 0.95, "red dimension of the oracle: {e:?}");
 }
 
 fn oracle_model() -> (clipfilter::engine::Engine, ModelInfo) {
-    let engine = clipfilter::engine::Engine::load(&clipfilter::engine::EngineConfig::new(oracle()))
-        .unwrap();
+    let engine =
+        clipfilter::engine::Engine::load(&clipfilter::engine::EngineConfig::new(oracle())).unwrap();
     let info = ModelInfo {
         fingerprint: engine.image_fingerprint().unwrap(),
         dir: oracle().display().to_string(),
@@ -424,7 +483,12 @@ fn retention_holds_by_bytes_and_by_age() {
     let start = now - 2 * 3600 * 1000;
     let mut batch = vec![Record::Model(model)];
     for i in 0..(2 * 3600 * 2) {
-        batch.push(sample("cam", start + i * 500, (i % 3) as usize, Some(jpeg.clone())));
+        batch.push(sample(
+            "cam",
+            start + i * 500,
+            (i % 3) as usize,
+            Some(jpeg.clone()),
+        ));
         if batch.len() >= 1000 {
             w.write(&batch).unwrap();
             batch.clear();
@@ -436,7 +500,11 @@ fn retention_holds_by_bytes_and_by_age() {
     assert!(usage.bytes <= limits.max_bytes, "{usage:?}");
     assert!(usage.samples > 50, "{usage:?}");
     let oldest = usage.oldest_ms.unwrap();
-    assert!(oldest >= now - 3600 * 1000, "kept beyond an hour: {}", now - oldest);
+    assert!(
+        oldest >= now - 3600 * 1000,
+        "kept beyond an hour: {}",
+        now - oldest
+    );
     let on_disk: u64 = walk(dir.path());
     assert!(on_disk <= limits.max_bytes, "{on_disk} bytes on disk");
 
@@ -457,10 +525,7 @@ fn retention_holds_by_bytes_and_by_age() {
     }
     w.write(&batch).unwrap();
     let usage = w.retain(now).unwrap();
-    assert!(
-        (595..=601).contains(&usage.samples),
-        "{usage:?}"
-    );
+    assert!((595..=601).contains(&usage.samples), "{usage:?}");
     assert!(usage.oldest_ms.unwrap() >= now - 600 * 1000);
 }
 
@@ -480,7 +545,14 @@ fn bad_input_exits_2_with_a_clear_message() {
     let dir = tempfile::tempdir().unwrap();
     let history = dir.path().join("history");
     let (engine, model) = oracle_model();
-    let mut w = Writer::open(&history, Limits { keep: None, max_bytes: 1 << 30 }).unwrap();
+    let mut w = Writer::open(
+        &history,
+        Limits {
+            keep: None,
+            max_bytes: 1 << 30,
+        },
+    )
+    .unwrap();
     w.write(&[Record::Model(model), sample("cam", 1_000, 0, None)])
         .unwrap();
     drop(w);
@@ -504,19 +576,42 @@ fn bad_input_exits_2_with_a_clear_message() {
     std::fs::write(&labels, "[[label]]\nname = \"a\"\ncolour = 1\n").unwrap();
     let empty = tempfile::tempdir().unwrap();
     let cases: Vec<(Vec<&str>, &str)> = vec![
-        (vec!["search", "red", "--history", h, "--pipeline", "nope"], "`nope`"),
-        (vec!["search", "", "--history", h], "empty"),
-        (vec!["search", "red", "--history", h, "--since", "last tuesday"], "last tuesday"),
         (
-            vec!["search", "red", "--state-dir", empty.path().to_str().unwrap()],
+            vec!["search", "red", "--history", h, "--pipeline", "nope"],
+            "`nope`",
+        ),
+        (vec!["search", "", "--history", h], "empty"),
+        (
+            vec!["search", "red", "--history", h, "--since", "last tuesday"],
+            "last tuesday",
+        ),
+        (
+            vec![
+                "search",
+                "red",
+                "--state-dir",
+                empty.path().to_str().unwrap(),
+            ],
             "no sample history",
         ),
         (
-            vec!["search", "--image", not_image.to_str().unwrap(), "--history", h],
+            vec![
+                "search",
+                "--image",
+                not_image.to_str().unwrap(),
+                "--history",
+                h,
+            ],
             "not a readable image",
         ),
         (
-            vec!["backtest", "--labels", labels.to_str().unwrap(), "--history", h],
+            vec![
+                "backtest",
+                "--labels",
+                labels.to_str().unwrap(),
+                "--history",
+                h,
+            ],
             "colour",
         ),
     ];
@@ -567,7 +662,10 @@ fn kill_9_during_writes_leaves_a_history_that_opens_and_searches() {
         if stored >= 100.0 {
             break;
         }
-        assert!(Instant::now() < deadline, "too few samples stored: {stored}");
+        assert!(
+            Instant::now() < deadline,
+            "too few samples stored: {stored}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     let killed_at = clipfilterd::history::record::now_ms();
@@ -584,16 +682,36 @@ fn kill_9_during_writes_leaves_a_history_that_opens_and_searches() {
             .unwrap()
     };
     // At most the last second is lost (with slack for a loaded machine).
-    assert!(killed_at - newest < 1500, "newest sample {} ms before the kill", killed_at - newest);
+    assert!(
+        killed_at - newest < 1500,
+        "newest sample {} ms before the kill",
+        killed_at - newest
+    );
     drop(h);
-    let out = cli(&["search", "red", "--history", history.to_str().unwrap(), "--json"]);
+    let out = cli(&[
+        "search",
+        "red",
+        "--history",
+        history.to_str().unwrap(),
+        "--json",
+    ]);
     let found = stdout_json(&out);
     assert_eq!(found["ranges"][0]["pipeline"], "live-red", "{found}");
     // A writer opening it again cuts off what was not committed and goes on.
-    let mut w = Writer::open(&history, Limits { keep: None, max_bytes: 1 << 30 }).unwrap();
+    let mut w = Writer::open(
+        &history,
+        Limits {
+            keep: None,
+            max_bytes: 1 << 30,
+        },
+    )
+    .unwrap();
     let (_, model) = oracle_model();
-    w.write(&[Record::Model(model), sample("live-red", killed_at + 10, 0, None)])
-        .unwrap();
+    w.write(&[
+        Record::Model(model),
+        sample("live-red", killed_at + 10, 0, None),
+    ])
+    .unwrap();
 }
 
 /// Mounts a small tmpfs on `dir` (the tests run as root; a refused mount fails the test).
@@ -656,7 +774,9 @@ fn a_full_or_read_only_history_pauses_without_stopping_events() {
         // Events go on: two more starts after the pause.
         let n = daemon.events().len();
         daemon.wait_event(n, "an event after the pause", |e| e["state"] == "start");
-        daemon.wait_event(n + 1, "another event after the pause", |e| e["state"] == "start");
+        daemon.wait_event(n + 1, "another event after the pause", |e| {
+            e["state"] == "start"
+        });
         let m = daemon.get("/metrics");
         assert!(m.contains("clipfilter_history_paused 1"), "{m}");
         assert_eq!(
@@ -731,7 +851,9 @@ fn text_embeddings_are_cached_on_disk_across_encoders() {
     let dir = tempfile::tempdir().unwrap();
     let cache = Arc::new(DiskCache::open(dir.path()).unwrap());
     let model = ModelDir::open(&model("oracle-clip"), Variant::Fp32).unwrap();
-    let texts: Vec<String> = (0..300).map(|i| format!("a red thing number {i}")).collect();
+    let texts: Vec<String> = (0..300)
+        .map(|i| format!("a red thing number {i}"))
+        .collect();
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let mut first = TextEncoder::load(&model, &SessionConfig::default()).unwrap();
     first.set_disk_cache(cache.clone(), "oracle".into());

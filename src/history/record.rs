@@ -87,7 +87,10 @@ pub enum Record {
         start_ms: i64,
     },
     /// A pipeline's stream ended (end of stream, stop, failure): its open episodes end there.
-    EpochEnd { id: i64, end_ms: i64 },
+    EpochEnd {
+        id: i64,
+        end_ms: i64,
+    },
     Sample(SampleRecord),
     Event(EventRecord),
 }

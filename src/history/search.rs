@@ -282,7 +282,10 @@ pub fn search(history: &History, query: &Query) -> Result<Found> {
                 break;
             }
         }
-        m
+        // A bin's centre can lie above the best score in it: when most rows score the best
+        // (one sample, or a scene that matches most of the time), the cut must still let the
+        // best through.
+        m.min(best)
     };
     let cutoff = query.min_score.unwrap_or_else(|| {
         if scanned == 0 {

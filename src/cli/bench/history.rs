@@ -213,7 +213,10 @@ fn inference_beside_ingest(
                     let due = (t.elapsed().as_secs_f64() * FEED_RATE) as usize;
                     while i < due {
                         let time = 1_700_000_000_000 + (round * 1_000_000 + i) as i64;
-                        rec.sample(sample(i % 4, i, time, vectors.next()), Some(raw_thumbnail(i)));
+                        rec.sample(
+                            sample(i % 4, i, time, vectors.next()),
+                            Some(raw_thumbnail(i)),
+                        );
                         i += 1;
                     }
                     std::thread::sleep(Duration::from_millis(2));
@@ -226,14 +229,19 @@ fn inference_beside_ingest(
         fed_secs += feeder
             .join()
             .map_err(|_| anyhow::anyhow!("the feeder thread panicked"))?;
-        let rec = Arc::try_unwrap(rec)
-            .map_err(|_| anyhow::anyhow!("the recorder is still shared"))?;
+        let rec =
+            Arc::try_unwrap(rec).map_err(|_| anyhow::anyhow!("the recorder is still shared"))?;
         let stats = rec.stats().clone();
         rec.shutdown();
         stored += stats.stored.load(Ordering::Relaxed);
         dropped += stats.dropped.load(Ordering::Relaxed);
     }
-    Ok((alone.per_s(), beside.per_s(), stored as f64 / fed_secs, dropped))
+    Ok((
+        alone.per_s(),
+        beside.per_s(),
+        stored as f64 / fed_secs,
+        dropped,
+    ))
 }
 
 /// Writes `(rows, dim)` float32 as a .npy file header.

@@ -150,7 +150,10 @@ impl PipelineStatus {
 
     /// The `clipfilter` element of the attempt running, if any.
     pub(super) fn element(&self) -> Option<gst::Element> {
-        self.element.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.element
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Reads the counters of `element`, the `clipfilter` of the attempt starting.
