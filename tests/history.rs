@@ -850,7 +850,7 @@ fn text_embeddings_are_cached_on_disk_across_encoders() {
     use std::sync::Arc;
     let dir = tempfile::tempdir().unwrap();
     let cache = Arc::new(DiskCache::open(dir.path()).unwrap());
-    let model = ModelDir::open(&model("oracle-clip"), Variant::Fp32).unwrap();
+    let model = ModelDir::open(model("oracle-clip"), Variant::Fp32).unwrap();
     let texts: Vec<String> = (0..300)
         .map(|i| format!("a red thing number {i}"))
         .collect();

@@ -397,7 +397,9 @@ fn epoch_end(
     if let Some(b) = cache.get(&id) {
         return Ok(b.clone());
     }
-    let row: Option<(i64, Option<i64>, Option<i64>, Option<i64>)> = history
+    // end_ms, end_pts, end_stream, end_frame
+    type EndRow = (i64, Option<i64>, Option<i64>, Option<i64>);
+    let row: Option<EndRow> = history
         .conn()
         .query_row(
             "SELECT end_ms, end_pts, end_stream, end_frame FROM epochs WHERE id = ?1 AND end_ms IS NOT NULL",
