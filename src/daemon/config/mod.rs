@@ -16,6 +16,10 @@
 //! require_provider = false        # fail instead of falling back to the next provider
 //! threads = 0                     # threads per ONNX Runtime operator (0: one per core)
 //! max_batch = 8                   # largest inference batch (frames of all pipelines together)
+//! # tensorrt_cache = "/var/cache/clipfilter/tensorrt"   # TensorRT engines built once, kept here
+//! # onnxruntime = "/opt/onnxruntime/lib/libonnxruntime.so"   # the ONNX Runtime library to load
+//! #                               # (default: see `clipfilter::runtime`); loaded once per process:
+//! #                               # a change takes effect at the next start
 //!
 //! [snapshots]                     # JPEGs of the frames that start matches
 //! # dir = "/var/lib/clipfilter/snapshots"   # default: <state_dir>/snapshots
@@ -68,27 +72,44 @@
 //! outputs = ["log"]               # default: every output
 //! ```
 //!
-//! Parsing goes in two steps: raw serde structs (unknown fields are errors with their line),
-//! then a validated [`Config`] whose errors name the file, line and field.
+//! Reading goes in two steps (as ripgrep's low-level and high-level arguments): `raw` holds the
+//! serde structs as written, with the spans of their values, read table by table; the topic
+//! modules validate them into the public types (`model`, `pipeline` with [`source`], `outputs`,
+//! `snapshots`, `restart`). Every problem in the file is reported at once, each
+//! with the file, line and field ([`clipfilter::Error::Problems`] when there are several), so that
+//! a file is fixed in one pass. `crate::daemon::check` adds what needs the machine.
 
-use std::collections::BTreeSet;
+mod model;
+mod outputs;
+mod pipeline;
+mod raw;
+mod restart;
+mod snapshots;
+pub mod source;
+
+use std::cell::RefCell;
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use serde::Deserialize;
 use toml::Spanned;
 
 use crate::daemon::output::{OutputConfig, Outputs};
-use crate::daemon::secret::{Secret, redact_url};
-use crate::daemon::source::{Source, SourceKind, Transport};
-use clipfilter::encoder::Provider;
-use clipfilter::error::{Error, Location, Result};
-use clipfilter::labels::{Action, LabelSet, Threshold};
-use clipfilter::model::Variant;
-use clipfilter::zeroshot::Templates;
-use gstclipfilter::clipfilter::{ClipFilterMode, from_nick, nicks};
+use crate::daemon::paths;
+use clipfilter::error::{Error, Location, Problems, Result};
+use raw::RawConfig;
+
+pub use model::{ModelConfig, ModelSource};
+pub use pipeline::{DEFAULT_INTERVAL, LabelSource, PipelineConfig};
+pub use restart::{
+    DEFAULT_RESTART_INITIAL, DEFAULT_RESTART_MAX, DEFAULT_STALL_TIMEOUT, RestartPolicy,
+};
+pub use snapshots::{
+    DEFAULT_SNAPSHOT_BYTES, DEFAULT_SNAPSHOT_FILES, DEFAULT_SNAPSHOT_QUALITY, SnapshotConfig,
+    parse_size,
+};
 
 /// In `launch` and `sink` descriptions, stands for the folder of the configuration file (file
 /// names inside descriptions are otherwise relative to the daemon's working directory).
@@ -100,207 +121,6 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/clipfilter/clipfilterd.toml";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/clipfilter";
 /// Default address of the metrics and health server.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
-/// Default time between sampled frames.
-pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
-/// Default bound on the number of snapshot files.
-pub const DEFAULT_SNAPSHOT_FILES: u64 = 1000;
-/// Default bound on the bytes of snapshot files (256 MiB).
-pub const DEFAULT_SNAPSHOT_BYTES: u64 = 256 << 20;
-/// Default JPEG quality of snapshots.
-pub const DEFAULT_SNAPSHOT_QUALITY: u8 = 85;
-/// Default first wait before restarting a failed pipeline.
-pub const DEFAULT_RESTART_INITIAL: Duration = Duration::from_secs(1);
-/// Default longest wait before restarting a failed pipeline.
-pub const DEFAULT_RESTART_MAX: Duration = Duration::from_secs(60);
-/// Default time without frames after which a running pipeline is restarted.
-pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(30);
-
-// ---------------------------------------------------------------------------------------------
-// Raw, as written.
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawConfig {
-    state_dir: Option<Spanned<PathBuf>>,
-    listen: Option<Spanned<String>>,
-    model: Option<Spanned<RawModel>>,
-    #[serde(default)]
-    snapshots: RawSnapshots,
-    #[serde(default)]
-    outbox: RawOutbox,
-    #[serde(default)]
-    restart: RawRestart,
-    #[serde(default)]
-    output: Vec<Spanned<OutputConfig>>,
-    #[serde(default)]
-    pipeline: Vec<Spanned<RawPipeline>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawModel {
-    path: Option<Spanned<PathBuf>>,
-    repo: Option<Spanned<String>>,
-    revision: Option<Spanned<String>>,
-    cache_dir: Option<Spanned<PathBuf>>,
-    variant: Option<Spanned<String>>,
-    providers: Option<Spanned<Vec<String>>>,
-    #[serde(default)]
-    require_provider: bool,
-    threads: Option<Spanned<u32>>,
-    max_batch: Option<Spanned<u32>>,
-    tensorrt_cache: Option<Spanned<PathBuf>>,
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum RawSize {
-    Bytes(u64),
-    Text(String),
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawSnapshots {
-    dir: Option<Spanned<PathBuf>>,
-    max_files: Option<Spanned<u64>>,
-    max_bytes: Option<Spanned<RawSize>>,
-    quality: Option<Spanned<u8>>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawOutbox {
-    max_pending: Option<Spanned<u64>>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawRestart {
-    initial: Option<Spanned<String>>,
-    max: Option<Spanned<String>>,
-    stall_timeout: Option<Spanned<String>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawPipeline {
-    name: Spanned<String>,
-    source: Option<Spanned<String>>,
-    launch: Option<Spanned<String>>,
-    transport: Option<Spanned<String>>,
-    latency: Option<Spanned<String>>,
-    username: Option<Spanned<String>>,
-    password: Option<Spanned<String>>,
-    #[serde(rename = "loop")]
-    looping: Option<Spanned<bool>>,
-    realtime: Option<Spanned<bool>>,
-    sink: Option<Spanned<String>>,
-    #[serde(default)]
-    keyframes_only: bool,
-    interval: Option<Spanned<String>>,
-    labels: Option<Spanned<PathBuf>>,
-    prompts: Option<Spanned<Vec<String>>>,
-    templates: Option<Spanned<String>>,
-    min_probability: Option<Spanned<f64>>,
-    min_cosine: Option<Spanned<f64>>,
-    action: Option<Spanned<String>>,
-    enter: Option<Spanned<u32>>,
-    leave: Option<Spanned<u32>>,
-    mode: Option<Spanned<String>>,
-    scene_gate: Option<Spanned<f64>>,
-    snapshots: Option<bool>,
-    outputs: Option<Spanned<Vec<String>>>,
-}
-
-// ---------------------------------------------------------------------------------------------
-// Validated.
-
-/// Where the model comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ModelSource {
-    /// A model folder.
-    Path(PathBuf),
-    /// A repository in the Hugging Face hub cache, as `clipfilterd model fetch` leaves it.
-    Repo {
-        repo: String,
-        revision: String,
-        /// `None`: the cache `model fetch` uses by default.
-        cache_dir: Option<PathBuf>,
-    },
-}
-
-impl std::fmt::Display for ModelSource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ModelSource::Path(p) => write!(f, "{}", p.display()),
-            ModelSource::Repo { repo, revision, .. } => write!(f, "{repo}@{revision}"),
-        }
-    }
-}
-
-/// The `[model]` table.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ModelConfig {
-    pub source: ModelSource,
-    pub variant: Variant,
-    pub providers: Vec<Provider>,
-    pub require_provider: bool,
-    pub threads: u32,
-    pub max_batch: u32,
-    pub tensorrt_cache: Option<PathBuf>,
-}
-
-/// The `[snapshots]` table.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SnapshotConfig {
-    /// Folder of the JPEG files (default `<state_dir>/snapshots`).
-    pub dir: PathBuf,
-    pub max_files: u64,
-    pub max_bytes: u64,
-    pub quality: u8,
-}
-
-/// The `[restart]` table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RestartPolicy {
-    pub initial: Duration,
-    pub max: Duration,
-    /// `None`: never restart a pipeline for lack of frames.
-    pub stall_timeout: Option<Duration>,
-}
-
-/// What a pipeline matches against.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LabelSource {
-    /// A label-set file (absolute), reloaded by the element when it changes.
-    File(PathBuf),
-    /// Inline prompts, one label each.
-    Prompts(Vec<String>),
-}
-
-/// One `[[pipeline]]` table, validated.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PipelineConfig {
-    pub name: String,
-    pub source: Source,
-    /// A gst-launch description placed after clipfilter (default: a fake sink).
-    pub sink: Option<String>,
-    pub interval: Duration,
-    pub labels: LabelSource,
-    pub templates: Option<String>,
-    pub threshold: Option<Threshold>,
-    pub action: Option<Action>,
-    pub enter: Option<u32>,
-    pub leave: Option<u32>,
-    pub mode: ClipFilterMode,
-    /// Scene-change gate threshold (the element's `scene-gate`); `None`: automatic, on for
-    /// live sources.
-    pub scene_gate: Option<f64>,
-    pub snapshots: bool,
-    /// Names of the outputs its events go to (already checked against `[[output]]`).
-    pub outputs: Vec<String>,
-}
 
 /// The whole file, validated.
 #[derive(Debug, Clone)]
@@ -319,17 +139,114 @@ pub struct Config {
     pub pipelines: Vec<PipelineConfig>,
 }
 
-// ---------------------------------------------------------------------------------------------
-// Parsing.
+impl Config {
+    /// Reads and validates the configuration file.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Config::parse(&text, path)
+    }
 
+    /// Parses and validates configuration text; `path` names it in errors and anchors relative
+    /// paths (its folder). All problems are reported together.
+    pub fn parse(text: &str, path: &Path) -> Result<Config> {
+        let cx = Ctx::new(text, path);
+        let raw = RawConfig::read(&cx)?;
+        let state_dir = cx.keep(state_dir(&cx, &raw));
+        let listen = cx.keep(listen(&cx, &raw));
+        let model = raw.model.as_ref().and_then(|m| model::model(&cx, m));
+        let snapshots = snapshots::snapshots(
+            &cx,
+            &raw.snapshots,
+            state_dir.as_deref().unwrap_or(Path::new(DEFAULT_STATE_DIR)),
+        );
+        let restart = restart::restart(&cx, &raw.restart);
+        let outputs = outputs::outputs(&cx, &raw.outbox, &raw.output);
+        let pipelines = pipeline::pipelines(&cx, &raw.pipeline, outputs.as_ref().map(|o| &o.1));
+        let config = (|| {
+            let (output_configs, outputs) = outputs?;
+            Some(Config {
+                path: path.to_path_buf(),
+                state_dir: state_dir?,
+                listen: listen?,
+                model: model?,
+                snapshots: snapshots?,
+                restart: restart?,
+                output_configs,
+                outputs,
+                pipelines: pipelines?,
+            })
+        })();
+        cx.finish()?;
+        // Every step that gives nothing records why: this is only a safety net.
+        config.ok_or_else(|| Error::config(path, Location::default(), "invalid configuration"))
+    }
+
+    /// The pipeline called `name`.
+    pub fn pipeline(&self, name: &str) -> Option<&PipelineConfig> {
+        self.pipelines.iter().find(|p| p.name == name)
+    }
+}
+
+fn state_dir(cx: &Ctx<'_>, raw: &RawConfig) -> Result<PathBuf> {
+    match &raw.state_dir {
+        Some(d) if d.get_ref().as_os_str().is_empty() => {
+            Err(cx.err(Some(d.span()), "state_dir", "must not be empty"))
+        }
+        Some(d) => Ok(cx.resolve(d.get_ref())),
+        None => Ok(state_dir_default()),
+    }
+}
+
+fn state_dir_default() -> PathBuf {
+    std::env::var("STATE_DIRECTORY")
+        .ok()
+        .and_then(|s| s.split(':').find(|p| !p.is_empty()).map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
+}
+
+fn listen(cx: &Ctx<'_>, raw: &RawConfig) -> Result<Option<SocketAddr>> {
+    match &raw.listen {
+        None => Ok(Some(
+            parse_addr(DEFAULT_LISTEN).map_err(|m| cx.err(None, "listen", m))?,
+        )),
+        Some(l) if l.get_ref().trim().is_empty() => Ok(None),
+        Some(l) => Ok(Some(
+            parse_addr(l.get_ref()).map_err(|m| cx.err(Some(l.span()), "listen", m))?,
+        )),
+    }
+}
+
+fn parse_addr(text: &str) -> std::result::Result<SocketAddr, String> {
+    SocketAddr::from_str(text.trim()).map_err(|e| {
+        format!("{text:?} is not an address with a port such as \"127.0.0.1:9464\": {e}")
+    })
+}
+
+/// What every validation step works with: the text (for lines and columns), the file (for
+/// messages), the folder relative paths start from, and the problems found so far.
+///
+/// Steps that check one field return a `Result` (the caller records it with [`Ctx::keep`]);
+/// steps that check several record each problem themselves and return an `Option`, `None`
+/// when what they validate is unusable.
 struct Ctx<'a> {
     text: &'a str,
     path: &'a Path,
     base: PathBuf,
+    problems: RefCell<Problems>,
 }
 
-impl Ctx<'_> {
-    fn at(&self, span: Option<std::ops::Range<usize>>, field: impl Into<String>) -> Location {
+impl<'a> Ctx<'a> {
+    fn new(text: &'a str, path: &'a Path) -> Ctx<'a> {
+        Ctx {
+            text,
+            path,
+            base: paths::config_dir(path),
+            problems: RefCell::default(),
+        }
+    }
+
+    /// Where `field` is: at `span` when known, else looked up in the text.
+    fn at(&self, span: Option<Range<usize>>, field: impl Into<String>) -> Location {
         let field = field.into();
         match span {
             Some(s) => Location::from_offset(self.text, s.start, Some(field)),
@@ -337,13 +254,50 @@ impl Ctx<'_> {
         }
     }
 
+    /// A problem with `field` (at `span` when known).
     fn err(
         &self,
-        span: Option<std::ops::Range<usize>>,
+        span: Option<Range<usize>>,
         field: impl Into<String>,
         message: impl Into<String>,
     ) -> Error {
         Error::config(self.path, self.at(span, field), message)
+    }
+
+    /// Records a problem with `field`.
+    fn problem(
+        &self,
+        span: Option<Range<usize>>,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) {
+        self.push(self.err(span, field, message));
+    }
+
+    /// Records `problem`, with its line when it only names a field.
+    fn push(&self, problem: Error) {
+        self.problems
+            .borrow_mut()
+            .push(relocate(problem, self.text));
+    }
+
+    /// The value of `result`, or `None` once its problem is recorded.
+    fn keep<T>(&self, result: Result<T>) -> Option<T> {
+        result.map_err(|e| self.push(e)).ok()
+    }
+
+    /// A TOML error of the file, at its line and column.
+    fn toml(&self, e: &toml::de::Error) -> Error {
+        Error::toml(self.path, self.text, e)
+    }
+
+    /// A problem at byte `offset` of the text that names no field (as TOML errors).
+    fn err_at(&self, offset: usize, message: impl Into<String>) -> Error {
+        Error::config(
+            self.path,
+            Location::from_offset(self.text, offset, None),
+            message,
+        )
     }
 
     fn duration(&self, raw: &Spanned<String>, field: &str) -> Result<Duration> {
@@ -351,32 +305,34 @@ impl Ctx<'_> {
             .map_err(|m| self.err(Some(raw.span()), field, m))
     }
 
-    fn path(&self, raw: &Path) -> PathBuf {
-        normalize(&self.base.join(raw))
+    /// The folder relative paths start from.
+    fn base(&self) -> &Path {
+        &self.base
+    }
+
+    /// A path as written in the file, resolved.
+    fn resolve(&self, raw: &Path) -> PathBuf {
+        paths::resolve(&self.base, raw)
+    }
+
+    /// Every problem found, in the order of their lines.
+    fn finish(self) -> Result<()> {
+        self.problems.into_inner().finish()
     }
 }
 
-/// `path` without `.` and `..` components (lexically; symbolic links are not followed).
-pub fn normalize(path: &Path) -> PathBuf {
-    use std::path::Component;
-    let mut out = PathBuf::new();
-    for c in path.components() {
-        match c {
-            Component::CurDir => {}
-            Component::ParentDir => {
-                if !out.pop() {
-                    out.push("..");
-                }
-            }
-            other => out.push(other.as_os_str()),
-        }
+/// The message of an engine error about a value, without its "invalid ...:" prefix (the
+/// location says what is invalid).
+fn message_of(e: Error) -> String {
+    match e {
+        Error::InvalidInput { message, .. } => message,
+        other => other.to_string(),
     }
-    out
 }
 
 /// The line and column of `field` (a dotted path such as `pipeline[2].source` or
 /// `output[0].url`) in `text`, for errors found after parsing.
-fn locate(text: &str, field: &str) -> Location {
+pub(crate) fn locate(text: &str, field: &str) -> Location {
     let span = toml::de::DeTable::parse(text).ok().and_then(|root| {
         let mut span = None;
         let mut table = Some(root.get_ref());
@@ -414,154 +370,6 @@ fn locate(text: &str, field: &str) -> Location {
     }
 }
 
-/// A size in bytes: an integer, or a string such as `"256MiB"`, `"1.5 GB"`, `"800k"`.
-pub fn parse_size(text: &str) -> std::result::Result<u64, String> {
-    let t = text.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (number, unit) = t.split_at(split);
-    let number: f64 = number
-        .parse()
-        .map_err(|_| format!("invalid size {text:?} (expected e.g. \"256MiB\" or 1000000)"))?;
-    let factor: f64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1.0,
-        "k" | "kb" => 1e3,
-        "m" | "mb" => 1e6,
-        "g" | "gb" => 1e9,
-        "kib" => 1024.0,
-        "mib" => 1024.0 * 1024.0,
-        "gib" => 1024.0 * 1024.0 * 1024.0,
-        other => return Err(format!("unknown size unit {other:?} in {text:?}")),
-    };
-    Ok((number * factor).round() as u64)
-}
-
-/// Whether `name` can name a pipeline: it appears in file names, metric labels and MQTT topics.
-fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
-        && !name.starts_with('.')
-}
-
-fn state_dir_default() -> PathBuf {
-    std::env::var("STATE_DIRECTORY")
-        .ok()
-        .and_then(|s| s.split(':').find(|p| !p.is_empty()).map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
-}
-
-impl Config {
-    /// Reads and validates the configuration file.
-    pub fn load(path: &Path) -> Result<Config> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        Config::parse(&text, path)
-    }
-
-    /// Parses and validates configuration text; `path` names it in errors and anchors relative
-    /// paths (its folder).
-    pub fn parse(text: &str, path: &Path) -> Result<Config> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| Error::toml(path, text, &e))?;
-        let base = path
-            .parent()
-            .map(|p| {
-                if p.as_os_str().is_empty() {
-                    Path::new(".")
-                } else {
-                    p
-                }
-            })
-            .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()))
-            .unwrap_or_else(|| PathBuf::from("."));
-        let cx = Ctx { text, path, base };
-
-        let state_dir = match &raw.state_dir {
-            Some(d) if d.get_ref().as_os_str().is_empty() => {
-                return Err(cx.err(Some(d.span()), "state_dir", "must not be empty"));
-            }
-            Some(d) => cx.path(d.get_ref()),
-            None => state_dir_default(),
-        };
-        let listen = match &raw.listen {
-            None => Some(parse_addr(DEFAULT_LISTEN).map_err(|m| cx.err(None, "listen", m))?),
-            Some(l) if l.get_ref().trim().is_empty() => None,
-            Some(l) => {
-                Some(parse_addr(l.get_ref()).map_err(|m| cx.err(Some(l.span()), "listen", m))?)
-            }
-        };
-        let model = match &raw.model {
-            Some(m) => model(&cx, m)?,
-            None => {
-                return Err(cx.err(
-                    None,
-                    "model",
-                    "no [model] table: add one with `repo = \"Xenova/clip-vit-base-patch32\"` (fetched with `clipfilterd model fetch`) or `path = \"/path/to/model\"`",
-                ));
-            }
-        };
-        let snapshots = snapshots(&cx, &raw.snapshots, &state_dir)?;
-        let restart = restart(&cx, &raw.restart)?;
-
-        let default_pending = match &raw.outbox.max_pending {
-            Some(n) if *n.get_ref() == 0 => {
-                return Err(cx.err(Some(n.span()), "outbox.max_pending", "must be at least 1"));
-            }
-            Some(n) => Some(*n.get_ref()),
-            None => None,
-        };
-        let mut output_configs: Vec<OutputConfig> = Vec::with_capacity(raw.output.len());
-        for o in &raw.output {
-            let mut o = o.get_ref().clone();
-            if let Some(n) = default_pending {
-                fill_max_pending(&mut o, n);
-            }
-            if let OutputConfig::Jsonl(j) = &mut o
-                && j.path != Path::new("-")
-            {
-                j.path = cx.path(&j.path);
-            }
-            output_configs.push(o);
-        }
-        let outputs = Outputs::new(path, output_configs.clone()).map_err(|e| relocate(e, text))?;
-
-        let mut pipelines: Vec<PipelineConfig> = Vec::with_capacity(raw.pipeline.len());
-        for (i, p) in raw.pipeline.iter().enumerate() {
-            let p = pipeline(&cx, i, p.get_ref(), &outputs)?;
-            if let Some(first) = pipelines.iter().position(|o| o.name == p.name) {
-                let name = &raw.pipeline[i].get_ref().name;
-                return Err(cx.err(
-                    Some(name.span()),
-                    format!("pipeline[{i}].name"),
-                    format!(
-                        "duplicate pipeline name `{}` (pipeline[{first}] has it too)",
-                        p.name
-                    ),
-                ));
-            }
-            pipelines.push(p);
-        }
-        Ok(Config {
-            path: path.to_path_buf(),
-            state_dir,
-            listen,
-            model,
-            snapshots,
-            restart,
-            output_configs,
-            outputs,
-            pipelines,
-        })
-    }
-
-    /// The pipeline called `name`.
-    pub fn pipeline(&self, name: &str) -> Option<&PipelineConfig> {
-        self.pipelines.iter().find(|p| p.name == name)
-    }
-}
-
 /// Fills in a line and column for errors that only name a field.
 fn relocate(err: Error, text: &str) -> Error {
     match err {
@@ -580,575 +388,21 @@ fn relocate(err: Error, text: &str) -> Error {
                 message,
             }
         }
+        Error::Problems(list) => {
+            Error::Problems(list.into_iter().map(|e| relocate(e, text)).collect())
+        }
         other => other,
     }
-}
-
-fn fill_max_pending(o: &mut OutputConfig, n: u64) {
-    let slot = match o {
-        OutputConfig::Jsonl(c) => &mut c.max_pending,
-        OutputConfig::Webhook(c) => &mut c.max_pending,
-        OutputConfig::Mqtt(c) => &mut c.max_pending,
-    };
-    slot.get_or_insert(n);
-}
-
-fn parse_addr(text: &str) -> std::result::Result<SocketAddr, String> {
-    SocketAddr::from_str(text.trim()).map_err(|e| {
-        format!("{text:?} is not an address with a port such as \"127.0.0.1:9464\": {e}")
-    })
-}
-
-fn model(cx: &Ctx<'_>, raw: &Spanned<RawModel>) -> Result<ModelConfig> {
-    let m = raw.get_ref();
-    let source = match (&m.path, &m.repo) {
-        (Some(p), None) => {
-            if m.revision.is_some() || m.cache_dir.is_some() {
-                return Err(cx.err(
-                    Some(p.span()),
-                    "model.path",
-                    "revision and cache_dir go with `repo`, not with `path`",
-                ));
-            }
-            ModelSource::Path(cx.path(p.get_ref()))
-        }
-        (None, Some(r)) => {
-            let repo = r.get_ref().trim();
-            let parts: Vec<&str> = repo.split('/').collect();
-            if parts.len() != 2 || parts.iter().any(|s| s.is_empty()) {
-                return Err(cx.err(
-                    Some(r.span()),
-                    "model.repo",
-                    format!("`{repo}` is not a hub repository id such as \"Xenova/clip-vit-base-patch32\""),
-                ));
-            }
-            ModelSource::Repo {
-                repo: repo.to_string(),
-                revision: m
-                    .revision
-                    .as_ref()
-                    .map_or_else(|| "main".to_string(), |r| r.get_ref().trim().to_string()),
-                cache_dir: m.cache_dir.as_ref().map(|d| cx.path(d.get_ref())),
-            }
-        }
-        (Some(p), Some(_)) => {
-            return Err(cx.err(
-                Some(p.span()),
-                "model.path",
-                "give `path` or `repo`, not both",
-            ));
-        }
-        (None, None) => {
-            return Err(cx.err(
-                Some(raw.span()),
-                "model",
-                "give `repo` (a model fetched with `clipfilterd model fetch`) or `path` (a model folder)",
-            ));
-        }
-    };
-    let variant = match &m.variant {
-        Some(v) => v.get_ref().parse::<Variant>().map_err(|_| {
-            cx.err(
-                Some(v.span()),
-                "model.variant",
-                format!("`{}`: expected fp32, fp16 or quantized", v.get_ref()),
-            )
-        })?,
-        None => Variant::Fp32,
-    };
-    let providers = match &m.providers {
-        Some(p) if p.get_ref().is_empty() => {
-            return Err(cx.err(Some(p.span()), "model.providers", "the list is empty"));
-        }
-        Some(p) => p
-            .get_ref()
-            .iter()
-            .map(|s| s.trim().parse::<Provider>())
-            .collect::<Result<Vec<_>>>()
-            .map_err(|e| {
-                let message = match e {
-                    Error::InvalidInput { message, .. } => message,
-                    other => other.to_string(),
-                };
-                cx.err(Some(p.span()), "model.providers", message)
-            })?,
-        None => vec![Provider::Cpu],
-    };
-    let max_batch = match &m.max_batch {
-        Some(b) if *b.get_ref() == 0 || *b.get_ref() > 1024 => {
-            return Err(cx.err(
-                Some(b.span()),
-                "model.max_batch",
-                "must be between 1 and 1024",
-            ));
-        }
-        Some(b) => *b.get_ref(),
-        None => 8,
-    };
-    let threads = match &m.threads {
-        Some(t) if *t.get_ref() > 1024 => {
-            return Err(cx.err(Some(t.span()), "model.threads", "must be at most 1024"));
-        }
-        Some(t) => *t.get_ref(),
-        None => 0,
-    };
-    Ok(ModelConfig {
-        source,
-        variant,
-        providers,
-        require_provider: m.require_provider,
-        threads,
-        max_batch,
-        tensorrt_cache: m.tensorrt_cache.as_ref().map(|d| cx.path(d.get_ref())),
-    })
-}
-
-fn snapshots(cx: &Ctx<'_>, raw: &RawSnapshots, state_dir: &Path) -> Result<SnapshotConfig> {
-    let max_files = match &raw.max_files {
-        Some(n) if *n.get_ref() == 0 => {
-            return Err(cx.err(Some(n.span()), "snapshots.max_files", "must be at least 1"));
-        }
-        Some(n) => *n.get_ref(),
-        None => DEFAULT_SNAPSHOT_FILES,
-    };
-    let max_bytes = match &raw.max_bytes {
-        Some(s) => {
-            let bytes = match s.get_ref() {
-                RawSize::Bytes(b) => *b,
-                RawSize::Text(t) => {
-                    parse_size(t).map_err(|m| cx.err(Some(s.span()), "snapshots.max_bytes", m))?
-                }
-            };
-            if bytes < 4096 {
-                return Err(cx.err(
-                    Some(s.span()),
-                    "snapshots.max_bytes",
-                    "must be at least 4 KiB",
-                ));
-            }
-            bytes
-        }
-        None => DEFAULT_SNAPSHOT_BYTES,
-    };
-    let quality = match &raw.quality {
-        Some(q) if !(1..=100).contains(q.get_ref()) => {
-            return Err(cx.err(
-                Some(q.span()),
-                "snapshots.quality",
-                "must be between 1 and 100",
-            ));
-        }
-        Some(q) => *q.get_ref(),
-        None => DEFAULT_SNAPSHOT_QUALITY,
-    };
-    Ok(SnapshotConfig {
-        dir: raw
-            .dir
-            .as_ref()
-            .map_or_else(|| state_dir.join("snapshots"), |d| cx.path(d.get_ref())),
-        max_files,
-        max_bytes,
-        quality,
-    })
-}
-
-fn restart(cx: &Ctx<'_>, raw: &RawRestart) -> Result<RestartPolicy> {
-    let initial = match &raw.initial {
-        Some(d) => cx.duration(d, "restart.initial")?,
-        None => DEFAULT_RESTART_INITIAL,
-    };
-    if initial.is_zero() {
-        return Err(cx.err(
-            raw.initial.as_ref().map(Spanned::span),
-            "restart.initial",
-            "must be greater than zero",
-        ));
-    }
-    let max = match &raw.max {
-        Some(d) => cx.duration(d, "restart.max")?,
-        None => DEFAULT_RESTART_MAX.max(initial),
-    };
-    if max < initial {
-        return Err(cx.err(
-            raw.max.as_ref().map(Spanned::span),
-            "restart.max",
-            "must not be shorter than restart.initial",
-        ));
-    }
-    let stall_timeout = match &raw.stall_timeout {
-        Some(d) => Some(cx.duration(d, "restart.stall_timeout")?).filter(|d| !d.is_zero()),
-        None => Some(DEFAULT_STALL_TIMEOUT),
-    };
-    Ok(RestartPolicy {
-        initial,
-        max,
-        stall_timeout,
-    })
-}
-
-fn pipeline(cx: &Ctx<'_>, i: usize, p: &RawPipeline, outputs: &Outputs) -> Result<PipelineConfig> {
-    let at = |f: &str| format!("pipeline[{i}].{f}");
-    let name = p.name.get_ref().trim().to_string();
-    if !valid_name(&name) {
-        return Err(cx.err(
-            Some(p.name.span()),
-            at("name"),
-            format!("`{name}`: use 1 to 64 letters, digits, `_`, `-` or `.` (it names files, metrics and MQTT topics)"),
-        ));
-    }
-
-    let password = p
-        .password
-        .as_ref()
-        .map(|s| Secret::new(s.get_ref().clone()));
-    let mut source = match (&p.source, &p.launch) {
-        (Some(s), None) => Source::parse(s.get_ref(), &cx.base).map_err(|m| {
-            cx.err(
-                Some(s.span()),
-                at("source"),
-                format!("{}: {m}", redact_url(s.get_ref())),
-            )
-        })?,
-        (None, Some(l)) => {
-            if l.get_ref().trim().is_empty() {
-                return Err(cx.err(Some(l.span()), at("launch"), "must not be empty"));
-            }
-            Source::launch(
-                &l.get_ref()
-                    .replace(CONFIG_DIR, &cx.base.display().to_string()),
-            )
-        }
-        (Some(s), Some(_)) => {
-            return Err(cx.err(
-                Some(s.span()),
-                at("source"),
-                "give `source` or `launch`, not both",
-            ));
-        }
-        (None, None) => {
-            return Err(cx.err(
-                Some(p.name.span()),
-                at("source"),
-                "a pipeline needs a `source` (a URI or a file path) or a `launch` description",
-            ));
-        }
-    };
-    let kind = source.kind();
-    let only = |field: &str, span: std::ops::Range<usize>, kinds: &[SourceKind], what: &str| {
-        if kinds.contains(&kind) {
-            Ok(())
-        } else {
-            Err(cx.err(
-                Some(span),
-                at(field),
-                format!(
-                    "`{field}` applies to {what} sources only, not to {}",
-                    kind.describe()
-                ),
-            ))
-        }
-    };
-    if let Some(t) = &p.transport {
-        only("transport", t.span(), &[SourceKind::Rtsp], "rtsp://")?;
-        let transport = t
-            .get_ref()
-            .parse::<Transport>()
-            .map_err(|m| cx.err(Some(t.span()), at("transport"), m))?;
-        source.options.transport = Some(transport);
-    }
-    if let Some(l) = &p.latency {
-        only("latency", l.span(), &[SourceKind::Rtsp], "rtsp://")?;
-        source.options.latency = Some(cx.duration(l, &at("latency"))?);
-    }
-    if let Some(u) = &p.username {
-        only(
-            "username",
-            u.span(),
-            &[SourceKind::Rtsp, SourceKind::Http],
-            "rtsp:// and http(s)://",
-        )?;
-        if source.has_userinfo() {
-            return Err(cx.err(
-                Some(u.span()),
-                at("username"),
-                "the source URL already carries credentials: give them in one place",
-            ));
-        }
-        source.options.username = Some(u.get_ref().clone());
-    }
-    if let Some(pw) = &p.password {
-        only(
-            "password",
-            pw.span(),
-            &[SourceKind::Rtsp, SourceKind::Http],
-            "rtsp:// and http(s)://",
-        )?;
-        if p.username.is_none() {
-            return Err(cx.err(
-                Some(pw.span()),
-                at("password"),
-                "a password needs a username",
-            ));
-        }
-        source.options.password = password;
-    }
-    if let Some(l) = &p.looping {
-        only("loop", l.span(), &[SourceKind::File], "file")?;
-        source.options.looping = *l.get_ref();
-    }
-    if let Some(r) = &p.realtime {
-        only(
-            "realtime",
-            r.span(),
-            &[SourceKind::File, SourceKind::Launch],
-            "file and launch",
-        )?;
-        source.options.realtime = *r.get_ref();
-    }
-    source.options.keyframes_only = p.keyframes_only;
-    let sink = match &p.sink {
-        Some(s) if s.get_ref().trim().is_empty() => {
-            return Err(cx.err(Some(s.span()), at("sink"), "must not be empty"));
-        }
-        Some(s) => Some(
-            s.get_ref()
-                .trim()
-                .replace(CONFIG_DIR, &cx.base.display().to_string()),
-        ),
-        None => None,
-    };
-
-    let interval = match &p.interval {
-        Some(d) => cx.duration(d, &at("interval"))?,
-        None => DEFAULT_INTERVAL,
-    };
-    let labels = match (&p.labels, &p.prompts) {
-        (Some(l), None) => {
-            if l.get_ref().as_os_str().is_empty() {
-                return Err(cx.err(Some(l.span()), at("labels"), "must not be empty"));
-            }
-            LabelSource::File(cx.path(l.get_ref()))
-        }
-        (None, Some(pr)) => {
-            let set = LabelSet::from_prompts(pr.get_ref(), Templates::None).map_err(|e| {
-                let message = match e {
-                    Error::InvalidInput { message, .. } => message,
-                    other => other.to_string(),
-                };
-                cx.err(Some(pr.span()), at("prompts"), message)
-            })?;
-            if let Some(bad) = pr
-                .get_ref()
-                .iter()
-                .find(|s| s.contains(';') || s.contains('\n'))
-            {
-                return Err(cx.err(
-                    Some(pr.span()),
-                    at("prompts"),
-                    format!("{bad:?}: a prompt cannot contain `;` or a new line"),
-                ));
-            }
-            LabelSource::Prompts(set.labels.into_iter().map(|l| l.name).collect())
-        }
-        (Some(l), Some(_)) => {
-            return Err(cx.err(
-                Some(l.span()),
-                at("labels"),
-                "give `labels` or `prompts`, not both",
-            ));
-        }
-        (None, None) => {
-            return Err(cx.err(
-                Some(p.name.span()),
-                at("labels"),
-                "a pipeline needs `labels` (a label-set file) or `prompts`",
-            ));
-        }
-    };
-    let templates = match &p.templates {
-        Some(t) => {
-            t.get_ref().trim().parse::<Templates>().map_err(|e| {
-                let message = match e {
-                    Error::InvalidInput { message, .. } => message,
-                    other => other.to_string(),
-                };
-                cx.err(Some(t.span()), at("templates"), message)
-            })?;
-            Some(t.get_ref().trim().to_string())
-        }
-        None => None,
-    };
-    let threshold = match (&p.min_probability, &p.min_cosine) {
-        (Some(pr), Some(_)) => {
-            return Err(cx.err(
-                Some(pr.span()),
-                at("min_probability"),
-                "give min_probability or min_cosine, not both",
-            ));
-        }
-        (Some(pr), None) => {
-            let v = *pr.get_ref();
-            if !(v > 0.0 && v <= 1.0) {
-                return Err(cx.err(
-                    Some(pr.span()),
-                    at("min_probability"),
-                    format!("{v} is outside (0, 1]"),
-                ));
-            }
-            Some(Threshold::Probability(v as f32))
-        }
-        (None, Some(c)) => {
-            let v = *c.get_ref();
-            if !(-1.0..=1.0).contains(&v) {
-                return Err(cx.err(
-                    Some(c.span()),
-                    at("min_cosine"),
-                    format!("{v} is outside [-1, 1]"),
-                ));
-            }
-            Some(Threshold::Cosine(v as f32))
-        }
-        (None, None) => None,
-    };
-    if let (LabelSource::Prompts(prompts), Some(Threshold::Probability(_)) | None) =
-        (&labels, threshold)
-        && prompts.len() < 2
-    {
-        let span = p.prompts.as_ref().map(Spanned::span);
-        return Err(cx.err(
-            span,
-            at("prompts"),
-            "with a single prompt its probability is always 1: add prompts or set min_cosine",
-        ));
-    }
-    let action = match &p.action {
-        Some(a) => Some(a.get_ref().parse::<Action>().map_err(|_| {
-            cx.err(
-                Some(a.span()),
-                at("action"),
-                format!("`{}`: expected none, drop, blank or pixelate", a.get_ref()),
-            )
-        })?),
-        None => None,
-    };
-    let count = |raw: &Option<Spanned<u32>>, field: &str| -> Result<Option<u32>> {
-        match raw {
-            Some(n) if *n.get_ref() == 0 => {
-                Err(cx.err(Some(n.span()), at(field), "must be at least 1"))
-            }
-            Some(n) => Ok(Some(*n.get_ref())),
-            None => Ok(None),
-        }
-    };
-    let enter = count(&p.enter, "enter")?;
-    let leave = count(&p.leave, "leave")?;
-    let scene_gate = match &p.scene_gate {
-        Some(g) if !(0.0..=255.0).contains(g.get_ref()) => {
-            return Err(cx.err(
-                Some(g.span()),
-                at("scene_gate"),
-                format!(
-                    "{} is outside 0..=255 (mean 8-bit level difference; 0 turns the gate off)",
-                    g.get_ref()
-                ),
-            ));
-        }
-        g => g.as_ref().map(|g| *g.get_ref()),
-    };
-    let mode = match &p.mode {
-        Some(m) => from_nick::<ClipFilterMode>(m.get_ref()).ok_or_else(|| {
-            cx.err(
-                Some(m.span()),
-                at("mode"),
-                format!(
-                    "`{}`: expected {}",
-                    m.get_ref(),
-                    nicks::<ClipFilterMode>().join(" or ")
-                ),
-            )
-        })?,
-        None => ClipFilterMode::default(),
-    };
-    let outputs = match &p.outputs {
-        Some(o) => {
-            let mut seen = BTreeSet::new();
-            if let Some(dup) = o.get_ref().iter().find(|n| !seen.insert(n.as_str())) {
-                return Err(cx.err(
-                    Some(o.span()),
-                    at("outputs"),
-                    format!("output {dup:?} is listed twice"),
-                ));
-            }
-            outputs
-                .check_names(cx.path, &at("outputs"), o.get_ref())
-                .map_err(|e| match e {
-                    Error::Config { message, .. } => cx.err(Some(o.span()), at("outputs"), message),
-                    other => other,
-                })?;
-            o.get_ref().clone()
-        }
-        None => outputs.iter().map(|o| o.name().to_string()).collect(),
-    };
-    Ok(PipelineConfig {
-        name,
-        source,
-        sink,
-        interval,
-        labels,
-        templates,
-        threshold,
-        action,
-        enter,
-        leave,
-        scene_gate,
-        mode,
-        snapshots: p.snapshots.unwrap_or(true),
-        outputs,
-    })
-}
-
-// ---------------------------------------------------------------------------------------------
-// `clipfilterd check`.
-
-/// Checks a daemon configuration for `clipfilterd check`: everything [`Config::parse`] checks,
-/// plus what needs the machine: label-set files, URI schemes GStreamer can read, launch
-/// descriptions, the model. Returns a one-line summary.
-pub fn check_file(path: &Path, text: &str) -> Result<String> {
-    let config = Config::parse(text, path)?;
-    let mut problems: Vec<Error> = Vec::new();
-    for (i, p) in config.pipelines.iter().enumerate() {
-        if let LabelSource::File(f) = &p.labels
-            && let Err(e) = LabelSet::from_file(f)
-        {
-            problems.push(Error::config(
-                path,
-                locate(text, &format!("pipeline[{i}].labels")),
-                format!("{e}"),
-            ));
-        }
-    }
-    if let Some(first) = problems.into_iter().next() {
-        return Err(first);
-    }
-    if let Err(e) = crate::daemon::source::check_machine(&config) {
-        return Err(relocate(e, text));
-    }
-    let model = match crate::daemon::service::resolve_model(&config.model) {
-        Ok(dir) => format!("model {}", dir.display()),
-        Err(e) => return Err(Error::config(path, locate(text, "model"), e.to_string())),
-    };
-    Ok(format!(
-        "daemon config, {} pipeline{}, {} output{}, {model}",
-        config.pipelines.len(),
-        if config.pipelines.len() == 1 { "" } else { "s" },
-        config.outputs.len(),
-        if config.outputs.len() == 1 { "" } else { "s" },
-    ))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::daemon::config::source::{SourceKind, Transport};
+    use clipfilter::encoder::Provider;
+    use clipfilter::labels::Threshold;
+    use clipfilter::model::Variant;
+    use gstclipfilter::clipfilter::ClipFilterMode;
 
     fn parse(text: &str) -> Result<Config> {
         Config::parse(text, Path::new("/etc/clipfilter/d.toml"))
@@ -1372,12 +626,150 @@ snapshots = false
     }
 
     #[test]
-    fn sizes() {
-        assert_eq!(parse_size("256MiB"), Ok(256 << 20));
-        assert_eq!(parse_size("1.5 GB"), Ok(1_500_000_000));
-        assert_eq!(parse_size("800k"), Ok(800_000));
-        assert_eq!(parse_size("42"), Ok(42));
-        assert!(parse_size("lots").is_err());
-        assert!(parse_size("1 parsec").is_err());
+    fn every_problem_is_reported_at_once_with_its_line() {
+        let text = r#"listen = "localhost"
+
+[model]
+repo = "nope"
+max_batch = 0
+
+[snapshots]
+quality = 0
+
+[[pipeline]]
+name = "a"
+source = "file:///x.mp4"
+prompts = ["red", "green"]
+interval = "soon"
+mode = "later"
+
+[[pipeline]]
+name = "b"
+source = "gopher://host/x"
+prompts = ["red"]
+enter = 0
+"#;
+        let e = parse(text).unwrap_err();
+        let Error::Problems(problems) = &e else {
+            panic!("one problem only: {e}");
+        };
+        let lines: Vec<String> = e.to_string().lines().map(str::to_string).collect();
+        assert_eq!(lines.len(), problems.len(), "{e}");
+        let expect = [
+            (1, "listen"),
+            (4, "model.repo"),
+            (5, "model.max_batch"),
+            (8, "snapshots.quality"),
+            (14, "pipeline[0].interval"),
+            (15, "pipeline[0].mode"),
+            (19, "pipeline[1].source"),
+            (20, "pipeline[1].prompts"),
+            (21, "pipeline[1].enter"),
+        ];
+        assert_eq!(lines.len(), expect.len(), "{e}");
+        for (line, (n, field)) in lines.iter().zip(expect) {
+            assert!(
+                line.starts_with(&format!("/etc/clipfilter/d.toml: line {n}, "))
+                    && line.contains(&format!("field `{field}`")),
+                "line {n}, {field}: {e}"
+            );
+        }
+        assert!(e.is_user_error());
+    }
+
+    #[test]
+    fn mistakes_in_several_tables_are_all_reported() {
+        // Unknown fields and wrong types: serde stops at the first in a table, not in the file.
+        let text = r#"colour = 1
+
+[model]
+path = "m"
+varient = "fp16"
+
+[restart]
+initial = 5
+
+[[output]]
+name = "log"
+type = "jsonl"
+path = "-"
+speed = 2
+
+[[pipeline]]
+name = "a"
+source = "file:///x.mp4"
+prompts = ["red", "green"]
+intervall = "1s"
+
+[[pipeline]]
+name = "b"
+source = "file:///x.mp4"
+prompts = ["red", "green"]
+interval = "soon"
+"#;
+        let e = parse(text).unwrap_err().to_string();
+        let lines: Vec<&str> = e.lines().collect();
+        let expect = [
+            (1, "colour"),
+            (5, "varient"),
+            (8, "invalid type"),
+            // Output types are read through serde's buffer, which loses the spans of their
+            // fields: the line is the table's.
+            (10, "speed"),
+            (20, "intervall"),
+            (26, "pipeline[1].interval"),
+        ];
+        assert_eq!(lines.len(), expect.len(), "{e}");
+        for (line, (n, word)) in lines.iter().zip(expect) {
+            assert!(
+                line.contains(&format!("line {n},")) && line.contains(word),
+                "line {n}, {word}: {e}"
+            );
+        }
+        // A missing [model] is one problem among others.
+        let e = parse("listen = \"x\"\n").unwrap_err().to_string();
+        assert!(e.contains("[model]") && e.contains("line 1"), "{e}");
+        // A syntax error stops the reading.
+        let e = parse("[model\npath = \"m\"\n").unwrap_err().to_string();
+        assert!(e.contains("line 1") && !e.contains('\n'), "{e}");
+    }
+
+    #[test]
+    fn onnxruntime_is_a_path_relative_to_the_file() {
+        let c =
+            parse("[model]\npath = \"m\"\nonnxruntime = \"../lib/libonnxruntime.so\"\n").unwrap();
+        assert_eq!(
+            c.model.onnxruntime.as_deref(),
+            Some(Path::new("/etc/lib/libonnxruntime.so"))
+        );
+        assert_eq!(parse(MINIMAL).unwrap().model.onnxruntime, None);
+        let e = err("[model]\npath = \"m\"\nonnxruntime = \"\"\n");
+        assert!(
+            e.contains("line 3") && e.contains("model.onnxruntime"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn numbers_stay_within_what_the_element_takes() {
+        // The element's properties panic on values outside their ranges: the config refuses them.
+        let pipe = |extra: &str| {
+            format!(
+                "{MINIMAL}[[pipeline]]\nname = \"a\"\nsource = \"file:///x.mp4\"\nprompts = [\"red\", \"green\"]\n{extra}\n"
+            )
+        };
+        let e = err(&pipe("leave = 1001"));
+        assert!(
+            e.contains("pipeline[0].leave") && e.contains("between 1 and 1000"),
+            "{e}"
+        );
+        let e = err(&pipe("scene_gate = 256.0"));
+        assert!(e.contains("0..=255"), "{e}");
+        let e = err("[model]\npath = \"m\"\nmax_batch = 257\n");
+        assert!(
+            e.contains("model.max_batch") && e.contains("between 1 and 256"),
+            "{e}"
+        );
+        assert!(parse(&pipe("enter = 1000\nleave = 1")).is_ok());
     }
 }
