@@ -3,7 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::util::daemon::{Daemon, config_head, free_port, live_pattern, write_atomically};
+use crate::util::daemon::{Daemon, config_head, live_pattern};
+use crate::util::{free_port, write_atomically};
 
 /// `config_head` with `onnxruntime = "<library>"` in its `[model]` table.
 fn head_with_library(state: &Path, http: u16, library: &Path) -> String {

@@ -4,13 +4,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use clipfilterd::daemon::http::HttpServer;
+use clipfilterd::daemon::http::{HttpServer, core_routes};
 use clipfilterd::daemon::metrics::{CONTENT_TYPE, FrameCounts, Metrics, PipelineState};
+
+use crate::util::PATIENCE;
 
 fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(20)))
+        .timeout_global(Some(PATIENCE))
         .build()
         .into()
 }
@@ -58,15 +60,17 @@ fn metrics_healthz_and_status_over_http() {
         let reason = Arc::clone(&reason);
         HttpServer::start(
             "127.0.0.1:0",
-            Arc::clone(&metrics),
-            move || {
-                if healthy.load(Ordering::SeqCst) {
-                    Ok(())
-                } else {
-                    Err(reason.lock().unwrap().clone())
-                }
-            },
-            || serde_json::json!({ "pipelines": { "cam1": { "state": "running" } } }),
+            core_routes(
+                Arc::clone(&metrics),
+                move || {
+                    if healthy.load(Ordering::SeqCst) {
+                        Ok(())
+                    } else {
+                        Err(reason.lock().unwrap().clone())
+                    }
+                },
+                || serde_json::json!({ "pipelines": { "cam1": { "state": "running" } } }),
+            ),
         )
         .unwrap()
     };
@@ -126,8 +130,7 @@ fn metrics_healthz_and_status_over_http() {
     assert_eq!(response.status().as_u16(), 405);
 
     server.shutdown();
-    // tiny_http closes its listening socket on its own thread: a connection made just now may
-    // still be accepted by the kernel, but no request is answered any more.
+    // The listening socket is closed once the server's thread ends: nothing answers any more.
     let quick: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(Duration::from_secs(3)))
         .build()
@@ -144,11 +147,93 @@ fn a_taken_address_is_a_clear_error() {
     let addr = taken.local_addr().unwrap().to_string();
     let err = HttpServer::start(
         &addr,
-        Arc::new(Metrics::new()),
-        || Ok(()),
-        || serde_json::json!({}),
+        core_routes(
+            Arc::new(Metrics::new()),
+            || Ok(()),
+            || serde_json::json!({}),
+        ),
     )
     .unwrap_err();
     assert!(err.to_string().contains(&addr), "{err}");
     assert!(err.is_user_error());
+}
+
+const CHILD_FLAG: &str = "CLIPFILTER_TEST_IDLE_CONNECTIONS_CHILD";
+
+/// Threads of this process (Linux).
+fn thread_count() -> usize {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// In its own process (so that other tests' threads do not count): opens 500 connections that
+/// never send a request, then asks for /healthz, and prints the thread counts.
+#[test]
+#[ignore = "helper process, run by idle_connections_cost_no_thread_and_do_not_block_requests"]
+fn idle_connections_child() {
+    if std::env::var_os(CHILD_FLAG).is_none() {
+        return;
+    }
+    let server = HttpServer::start(
+        "127.0.0.1:0",
+        core_routes(
+            Arc::new(Metrics::new()),
+            || Ok(()),
+            || serde_json::json!({}),
+        ),
+    )
+    .unwrap();
+    let addr = server.local_addr();
+    let before = thread_count();
+    let idle: Vec<std::net::TcpStream> = (0..500)
+        .map(|_| std::net::TcpStream::connect(addr).unwrap())
+        .collect();
+    let (status, _, body) = get(&agent(), &format!("http://{addr}/healthz"));
+    println!(
+        "IDLE {} STATUS {status} BODY {} THREADS {before} {}",
+        idle.len(),
+        body.trim(),
+        thread_count()
+    );
+    drop(idle);
+    server.shutdown();
+}
+
+#[test]
+fn idle_connections_cost_no_thread_and_do_not_block_requests() {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "daemon_http::idle_connections_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_FLAG, "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .find_map(|l| l.split_once("IDLE ").map(|(_, rest)| rest))
+        .unwrap_or_else(|| panic!("no report from the child:\n{stdout}"));
+    let words: Vec<&str> = line.split_whitespace().collect();
+    // 500 STATUS 200 BODY ok THREADS <before> <after>
+    assert_eq!(
+        &words[..5],
+        ["500", "STATUS", "200", "BODY", "ok"],
+        "{line}"
+    );
+    let (before, after): (usize, usize) = (words[6].parse().unwrap(), words[7].parse().unwrap());
+    assert!(
+        after < before + 8,
+        "500 idle connections took {} threads",
+        after.saturating_sub(before)
+    );
 }

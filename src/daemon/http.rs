@@ -1,19 +1,26 @@
-//! The metrics and health HTTP server (127.0.0.1:9464 by default).
+//! The daemon's HTTP listener (127.0.0.1:9464 by default), on axum.
 //!
 //! - `GET /metrics`: Prometheus scrape, OpenMetrics text ([`crate::daemon::metrics::CONTENT_TYPE`]).
 //! - `GET /healthz`: `200 ok` when the health callback says healthy, else `503` with its reason.
 //! - `GET /status`: the JSON document from the status callback.
 //! - anything else: `404` (`405` for another method on a known path).
 //!
-//! Requests are served one at a time on the server's own thread; callbacks should be quick (read
-//! atomics or a snapshot, never wait on a pipeline).
+//! Other parts of the daemon add their routes to the [`Router`] given to [`HttpServer::start`]
+//! ([`core_routes`] are the three above). The server runs on its own thread with a small tokio
+//! runtime: connections cost no thread each, and a handler that has real work to do runs it with
+//! `tokio::task::spawn_blocking` so that the others stay responsive. Callbacks of the core routes
+//! should be quick (read atomics or a snapshot, never wait on a pipeline).
 
+use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
-use tiny_http::{Header, Method, Request, Response, Server};
+use axum::Router;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
 
 use crate::daemon::metrics::{CONTENT_TYPE, Metrics};
 use crate::error::{Error, Result};
@@ -21,16 +28,80 @@ use crate::error::{Error, Result};
 /// Default listen address.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:9464";
 
+/// How long a stopping server waits for requests in progress (and long-lived streams) to end.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+/// Threads for handlers' blocking work (searches, backtests), at most.
+const BLOCKING_THREADS: usize = 4;
+
 /// Health callback: `Ok(())` when healthy, else the reason (sent with status 503).
 pub type HealthFn = dyn Fn() -> std::result::Result<(), String> + Send + Sync;
 /// Status callback: the `/status` document.
 pub type StatusFn = dyn Fn() -> serde_json::Value + Send + Sync;
 
-/// A running metrics/health server. Stop it with [`HttpServer::shutdown`] (dropping it stops it too).
+const TEXT: &str = "text/plain; charset=utf-8";
+
+/// `/metrics`, `/healthz` and `/status`.
+pub fn core_routes(
+    metrics: Arc<Metrics>,
+    health: impl Fn() -> std::result::Result<(), String> + Send + Sync + 'static,
+    status: impl Fn() -> serde_json::Value + Send + Sync + 'static,
+) -> Router {
+    let health: Arc<HealthFn> = Arc::new(health);
+    let status: Arc<StatusFn> = Arc::new(status);
+    Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = Arc::clone(&metrics);
+                async move { ([(header::CONTENT_TYPE, CONTENT_TYPE)], metrics.encode()) }
+            }),
+        )
+        .route(
+            "/healthz",
+            get(move || {
+                let health = Arc::clone(&health);
+                async move {
+                    match health() {
+                        Ok(()) => (
+                            StatusCode::OK,
+                            [(header::CONTENT_TYPE, TEXT)],
+                            "ok\n".into(),
+                        ),
+                        Err(reason) => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            [(header::CONTENT_TYPE, TEXT)],
+                            format!("{reason}\n"),
+                        ),
+                    }
+                }
+            }),
+        )
+        .route(
+            "/status",
+            get(move || {
+                let status = Arc::clone(&status);
+                async move {
+                    let body = serde_json::to_string_pretty(&status())
+                        .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+                    ([(header::CONTENT_TYPE, "application/json")], body + "\n")
+                }
+            }),
+        )
+}
+
+async fn not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        [(header::CONTENT_TYPE, TEXT)],
+        "not found\n",
+    )
+        .into_response()
+}
+
+/// A running HTTP listener. Stop it with [`HttpServer::shutdown`] (dropping it stops it too).
 pub struct HttpServer {
-    server: Arc<Server>,
     addr: SocketAddr,
-    stopping: Arc<AtomicBool>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -42,52 +113,69 @@ impl std::fmt::Debug for HttpServer {
     }
 }
 
-struct Handlers {
-    metrics: Arc<Metrics>,
-    health: Box<HealthFn>,
-    status: Box<StatusFn>,
-}
-
 impl HttpServer {
-    /// Binds `addr` (such as `"127.0.0.1:9464"`; port 0 picks a free one) and serves on a thread
-    /// named `http`.
-    pub fn start(
-        addr: &str,
-        metrics: Arc<Metrics>,
-        health: impl Fn() -> std::result::Result<(), String> + Send + Sync + 'static,
-        status: impl Fn() -> serde_json::Value + Send + Sync + 'static,
-    ) -> Result<HttpServer> {
-        let server = Server::http(addr).map_err(|e| Error::Bind {
+    /// Binds `addr` (such as `"127.0.0.1:9464"`; port 0 picks a free one) and serves `routes` on
+    /// a thread named `http`.
+    pub fn start(addr: &str, routes: Router) -> Result<HttpServer> {
+        let bind_error = |message: String| Error::Bind {
             addr: addr.to_owned(),
-            message: e.to_string(),
-        })?;
-        let bound = server.server_addr().to_ip().ok_or_else(|| Error::Bind {
-            addr: addr.to_owned(),
-            message: "not an IP socket".into(),
-        })?;
-        let server = Arc::new(server);
-        let stopping = Arc::new(AtomicBool::new(false));
-        let handlers = Handlers {
-            metrics,
-            health: Box::new(health),
-            status: Box::new(status),
+            message,
         };
-        let thread = {
-            let server = Arc::clone(&server);
-            let stopping = Arc::clone(&stopping);
-            std::thread::Builder::new()
-                .name("http".into())
-                .spawn(move || serve(&server, &stopping, &handlers))
-                .map_err(|e| Error::Bind {
-                    addr: addr.to_owned(),
-                    message: format!("cannot start thread: {e}"),
-                })?
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .max_blocking_threads(BLOCKING_THREADS)
+            .thread_name("http-work")
+            .build()
+            .map_err(|e| bind_error(format!("cannot start the HTTP runtime: {e}")))?;
+        // Bound here, not on the thread, so that a taken port is this call's error.
+        let listener = std::net::TcpListener::bind(addr).map_err(|e| bind_error(e.to_string()))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| bind_error(e.to_string()))?;
+        let bound = listener
+            .local_addr()
+            .map_err(|e| bind_error(e.to_string()))?;
+        let listener = {
+            let _guard = runtime.enter();
+            tokio::net::TcpListener::from_std(listener).map_err(|e| bind_error(e.to_string()))?
         };
-        tracing::info!(addr = %bound, "serving /metrics, /healthz and /status");
+        let app = routes
+            .fallback(not_found)
+            .method_not_allowed_fallback(method_not_allowed);
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("http".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let (graceful_tx, graceful_rx) = tokio::sync::oneshot::channel::<()>();
+                    let server = axum::serve(listener, app)
+                        .with_graceful_shutdown(async move {
+                            let _ = graceful_rx.await;
+                        })
+                        .into_future();
+                    tokio::pin!(server);
+                    tokio::select! {
+                        result = &mut server => {
+                            if let Err(e) = result {
+                                tracing::error!(error = %e, "HTTP server stopped");
+                            }
+                            return;
+                        }
+                        _ = stop_rx => {}
+                    }
+                    // Stop accepting, let requests in progress finish; streams that would
+                    // never end are cut after the grace period.
+                    let _ = graceful_tx.send(());
+                    let _ = tokio::time::timeout(SHUTDOWN_GRACE, server).await;
+                });
+                runtime.shutdown_timeout(SHUTDOWN_GRACE);
+            })
+            .map_err(|e| bind_error(format!("cannot start thread: {e}")))?;
+        tracing::info!(addr = %bound, "HTTP listener ready (/metrics, /healthz, /status)");
         Ok(HttpServer {
-            server,
             addr: bound,
-            stopping,
+            stop: Some(stop_tx),
             thread: Some(thread),
         })
     }
@@ -97,16 +185,20 @@ impl HttpServer {
         self.addr
     }
 
-    /// Stops serving and joins the thread (after the request in progress, if any).
+    /// Stops serving and joins the thread (after the requests in progress, at most about a
+    /// second).
     pub fn shutdown(mut self) {
         self.stop();
     }
 
     fn stop(&mut self) {
-        self.stopping.store(true, Ordering::SeqCst);
-        self.server.unblock();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("the HTTP thread panicked");
         }
     }
 }
@@ -117,63 +209,11 @@ impl Drop for HttpServer {
     }
 }
 
-fn serve(server: &Server, stopping: &AtomicBool, handlers: &Handlers) {
-    loop {
-        match server.recv() {
-            Ok(request) => {
-                if let Err(e) = respond(request, handlers) {
-                    tracing::debug!(error = %e, "HTTP response not sent");
-                }
-            }
-            Err(e) => {
-                if stopping.load(Ordering::SeqCst) {
-                    break;
-                }
-                tracing::warn!(error = %e, "HTTP server: cannot accept a connection");
-            }
-        }
-    }
-}
-
-fn header(name: &str, value: &str) -> Header {
-    // Only called with constant, valid ASCII names and values.
-    Header::from_bytes(name.as_bytes(), value.as_bytes())
-        .unwrap_or_else(|()| unreachable!("invalid header {name}"))
-}
-
-fn respond(request: Request, handlers: &Handlers) -> std::io::Result<()> {
-    let path = request
-        .url()
-        .split(['?', '#'])
-        .next()
-        .unwrap_or("/")
-        .to_owned();
-    let known = matches!(path.as_str(), "/metrics" | "/healthz" | "/status");
-    if known && *request.method() != Method::Get {
-        let response = Response::from_string("method not allowed\n")
-            .with_status_code(405)
-            .with_header(header("Allow", "GET"));
-        return request.respond(response);
-    }
-    let text = "text/plain; charset=utf-8";
-    let response = match path.as_str() {
-        "/metrics" => Response::from_string(handlers.metrics.encode())
-            .with_header(header("Content-Type", CONTENT_TYPE)),
-        "/healthz" => match (handlers.health)() {
-            Ok(()) => Response::from_string("ok\n").with_header(header("Content-Type", text)),
-            Err(reason) => Response::from_string(format!("{reason}\n"))
-                .with_status_code(503)
-                .with_header(header("Content-Type", text)),
-        },
-        "/status" => {
-            let body = serde_json::to_string_pretty(&(handlers.status)())
-                .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
-            Response::from_string(body + "\n")
-                .with_header(header("Content-Type", "application/json"))
-        }
-        _ => Response::from_string("not found\n")
-            .with_status_code(404)
-            .with_header(header("Content-Type", text)),
-    };
-    request.respond(response)
+async fn method_not_allowed() -> Response {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        [(header::CONTENT_TYPE, TEXT)],
+        "method not allowed\n",
+    )
+        .into_response()
 }

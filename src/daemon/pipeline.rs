@@ -15,11 +15,9 @@ use gstclipfilter::clipfilter::{ClipFilterAction, ClipFilterThresholdKind, ClipF
 
 use crate::daemon::config::source::SourceKind;
 use crate::daemon::config::{LabelSource, PipelineConfig};
+use crate::daemon::model::ElementModel;
 use crate::daemon::source::{self, make};
 use clipfilter::error::{Error, Result};
-
-/// Re-exported where it was: the supervisor hands it to [`build`].
-pub use crate::daemon::model::ElementModel;
 
 /// The largest `interval` property value (the element's maximum).
 const MAX_INTERVAL_NS: u64 = u64::MAX - 1;
