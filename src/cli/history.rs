@@ -6,8 +6,7 @@ use anyhow::Context;
 use clap::Args;
 
 use crate::daemon::config::{Config, DEFAULT_CONFIG_PATH};
-use crate::daemon::pipeline::ElementModel;
-use crate::daemon::service::{engine_config, resolve_model};
+use crate::daemon::model::{ElementModel, engine_config, resolve_model};
 use crate::error::Error;
 use crate::history::History;
 use clipfilter::engine::{Engine, EngineConfig};

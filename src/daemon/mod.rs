@@ -5,6 +5,7 @@
 //! [`http::HttpServer`]; [`notify::Notifier`] talks to systemd.
 
 pub mod backoff;
+pub mod check;
 pub mod config;
 pub mod delivery;
 pub mod duration;
@@ -13,9 +14,11 @@ pub mod history;
 pub mod history_api;
 pub mod http;
 pub mod metrics;
+pub mod model;
 pub mod notify;
 pub mod outbox;
 pub mod output;
+pub mod paths;
 pub mod pipeline;
 pub mod reload;
 pub mod secret;
