@@ -804,7 +804,7 @@ fn the_element_posts_embeddings_frames_and_its_label_set() {
     use gst::prelude::*;
     clipfilterd::gstreamer::init().unwrap();
     let pipeline = gst::parse::launch(&format!(
-        "videotestsrc pattern=red num-buffers=3 ! video/x-raw,width=32,height=32 ! clipfilter name=f model={} prompts=red;green interval=0 post-scores=true post-embedding=true post-frame=true ! fakesink",
+        "videotestsrc pattern=red num-buffers=3 ! video/x-raw,width=32,height=32 ! clipfilter name=f model={} prompts=red;green interval=0 mode=sync post-scores=true post-embedding=true post-frame=true ! fakesink",
         oracle().display()
     ))
     .unwrap()
