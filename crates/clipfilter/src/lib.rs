@@ -5,6 +5,7 @@
 //! GStreamer or of the daemon. The `clipfilter` element (`plugins/clipfilter`) and `clipfilterd`
 //! (`src/`) are its front ends. See `ARCHITECTURE.md` for the map of modules.
 
+pub mod crops;
 pub mod encoder;
 pub mod engine;
 pub mod error;
