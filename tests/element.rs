@@ -10,7 +10,7 @@ use gst_video::prelude::*;
 
 use crate::util;
 
-fn init() {
+pub(crate) fn init() {
     static INIT: Once = Once::new();
     INIT.call_once(|| {
         gst::init().expect("GStreamer initialises");
@@ -18,16 +18,16 @@ fn init() {
     });
 }
 
-const MS: u64 = 1_000_000;
+pub(crate) const MS: u64 = 1_000_000;
 const RED: [u8; 3] = [255, 0, 0];
 const GREEN: [u8; 3] = [0, 255, 0];
 
-fn oracle() -> String {
+pub(crate) fn oracle() -> String {
     util::model("oracle-clip").display().to_string()
 }
 
 /// A pipeline that is set to NULL when dropped (also when a test fails half-way).
-struct Pipe(gst::Pipeline);
+pub(crate) struct Pipe(pub(crate) gst::Pipeline);
 
 impl std::ops::Deref for Pipe {
     type Target = gst::Pipeline;
@@ -43,7 +43,7 @@ impl Drop for Pipe {
     }
 }
 
-fn pipeline(desc: &str) -> Pipe {
+pub(crate) fn pipeline(desc: &str) -> Pipe {
     init();
     Pipe(
         gst::parse::launch(desc)
@@ -53,7 +53,7 @@ fn pipeline(desc: &str) -> Pipe {
     )
 }
 
-fn by_name<T: IsA<gst::Element>>(p: &gst::Pipeline, name: &str) -> T {
+pub(crate) fn by_name<T: IsA<gst::Element>>(p: &gst::Pipeline, name: &str) -> T {
     p.by_name(name)
         .unwrap_or_else(|| panic!("no element {name}"))
         .downcast::<T>()
@@ -62,16 +62,16 @@ fn by_name<T: IsA<gst::Element>>(p: &gst::Pipeline, name: &str) -> T {
 
 /// A `clipfilter-match` message.
 #[derive(Debug, Clone)]
-struct Match {
-    start: bool,
-    label: String,
-    score: f64,
-    stream_time: Option<gst::ClockTime>,
-    reason: String,
-    snapshot: Option<gst::Sample>,
+pub(crate) struct Match {
+    pub(crate) start: bool,
+    pub(crate) label: String,
+    pub(crate) score: f64,
+    pub(crate) stream_time: Option<gst::ClockTime>,
+    pub(crate) reason: String,
+    pub(crate) snapshot: Option<gst::Sample>,
 }
 
-fn as_match(msg: &gst::Message) -> Option<Match> {
+pub(crate) fn as_match(msg: &gst::Message) -> Option<Match> {
     let gst::MessageView::Element(e) = msg.view() else {
         return None;
     };
@@ -91,7 +91,7 @@ fn as_match(msg: &gst::Message) -> Option<Match> {
     })
 }
 
-fn structure_name(msg: &gst::Message) -> Option<String> {
+pub(crate) fn structure_name(msg: &gst::Message) -> Option<String> {
     match msg.view() {
         gst::MessageView::Element(e) => e.structure().map(|s| s.name().to_string()),
         _ => None,
@@ -100,7 +100,7 @@ fn structure_name(msg: &gst::Message) -> Option<String> {
 
 /// Plays `p` to EOS and returns every message on the way; panics on an error or after 60 s.
 /// The pipeline stays in PLAYING (appsinks keep their samples) until it is dropped.
-fn run_to_eos(p: &gst::Pipeline) -> Vec<gst::Message> {
+pub(crate) fn run_to_eos(p: &gst::Pipeline) -> Vec<gst::Message> {
     let bus = p.bus().expect("bus");
     p.set_state(gst::State::Playing).expect("pipeline plays");
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -119,16 +119,16 @@ fn run_to_eos(p: &gst::Pipeline) -> Vec<gst::Message> {
     out
 }
 
-fn matches(msgs: &[gst::Message]) -> Vec<Match> {
+pub(crate) fn matches(msgs: &[gst::Message]) -> Vec<Match> {
     msgs.iter().filter_map(as_match).collect()
 }
 
-fn solid_rgb(w: usize, h: usize, rgb: [u8; 3]) -> Vec<u8> {
+pub(crate) fn solid_rgb(w: usize, h: usize, rgb: [u8; 3]) -> Vec<u8> {
     rgb.iter().copied().cycle().take(w * h * 3).collect()
 }
 
 /// `n` frames of 25 fps video, the first `switch` of colour `a`, then colour `b`.
-fn push_frames(src: &gst_app::AppSrc, n: u64, switch: u64, pixels: impl Fn(bool) -> Vec<u8>) {
+pub(crate) fn push_frames(src: &gst_app::AppSrc, n: u64, switch: u64, pixels: impl Fn(bool) -> Vec<u8>) {
     for i in 0..n {
         let mut buf = gst::Buffer::from_mut_slice(pixels(i < switch));
         {
@@ -140,11 +140,11 @@ fn push_frames(src: &gst_app::AppSrc, n: u64, switch: u64, pixels: impl Fn(bool)
     }
 }
 
-fn pull_all(sink: &gst_app::AppSink) -> Vec<gst::Sample> {
+pub(crate) fn pull_all(sink: &gst_app::AppSink) -> Vec<gst::Sample> {
     std::iter::from_fn(|| sink.try_pull_sample(gst::ClockTime::ZERO)).collect()
 }
 
-fn pixels(sample: &gst::Sample) -> Vec<u8> {
+pub(crate) fn pixels(sample: &gst::Sample) -> Vec<u8> {
     let map = sample
         .buffer()
         .expect("buffer")
@@ -153,7 +153,7 @@ fn pixels(sample: &gst::Sample) -> Vec<u8> {
     map.as_slice().to_vec()
 }
 
-fn labels_file(dir: &Path, body: &str) -> PathBuf {
+pub(crate) fn labels_file(dir: &Path, body: &str) -> PathBuf {
     let path = dir.join("labels.toml");
     replace_file(&path, body);
     path
@@ -166,7 +166,7 @@ fn replace_file(path: &Path, body: &str) {
     std::fs::rename(&tmp, path).expect("rename");
 }
 
-fn close_to(t: Option<gst::ClockTime>, expected_ms: u64, tolerance_ms: u64) -> bool {
+pub(crate) fn close_to(t: Option<gst::ClockTime>, expected_ms: u64, tolerance_ms: u64) -> bool {
     t.is_some_and(|t| t.mseconds().abs_diff(expected_ms) <= tolerance_ms)
 }
 
@@ -687,7 +687,7 @@ fn fifty_null_playing_cycles_leave_no_threads_behind() {
     assert!(grown < 8 * 1024, "RSS grew by {grown} KiB over 50 cycles");
 }
 
-fn start_error(desc: &str) -> String {
+pub(crate) fn start_error(desc: &str) -> String {
     let p = pipeline(desc);
     let bus = p.bus().unwrap();
     assert!(
