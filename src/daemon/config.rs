@@ -18,6 +18,7 @@
 //! max_batch = 8                   # largest inference batch (frames of all pipelines together)
 //!
 //! [snapshots]                     # JPEGs of the frames that start matches
+//! # draw_box = true               # outline the crop that matched (what the model saw)
 //! # dir = "/var/lib/clipfilter/snapshots"   # default: <state_dir>/snapshots
 //! max_files = 1000                # the oldest are deleted beyond either bound
 //! max_bytes = "256MiB"
@@ -54,6 +55,9 @@
 //! keyframes_only = false          # decode key frames only (when `interval` exceeds the GOP)
 //! # scene_gate = 3.0              # skip inference while the picture does not change (mean
 //! #                               # 8-bit level difference; 0: off; default: on for live sources)
+//! # fit = "pad"                   # crop | pad | crops: how the whole frame reaches the model
+//! # tiles = "3x3"                 # also tile_overlap, whole_frame, action_scope and
+//! #                               # [[pipeline.region]] tables: see `view.rs`
 //! interval = "1s"                 # time between sampled frames
 //! labels = "labels/driveway.toml" # a label set (reloaded when it changes), or:
 //! # prompts = ["a person", "a car"]
@@ -83,6 +87,7 @@ use toml::Spanned;
 use crate::daemon::output::{OutputConfig, Outputs};
 use crate::daemon::secret::{Secret, redact_url};
 use crate::daemon::source::{Source, SourceKind, Transport};
+use crate::daemon::view::{RawRegion, RawView, View};
 use clipfilter::encoder::Provider;
 use clipfilter::error::{Error, Location, Result};
 use clipfilter::labels::{Action, LabelSet, Threshold};
@@ -166,6 +171,7 @@ struct RawSnapshots {
     max_files: Option<Spanned<u64>>,
     max_bytes: Option<Spanned<RawSize>>,
     quality: Option<Spanned<u8>>,
+    draw_box: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -211,6 +217,14 @@ struct RawPipeline {
     scene_gate: Option<Spanned<f64>>,
     snapshots: Option<bool>,
     outputs: Option<Spanned<Vec<String>>>,
+    // What the model sees (see `view.rs`).
+    fit: Option<Spanned<String>>,
+    tiles: Option<Spanned<String>>,
+    tile_overlap: Option<Spanned<f64>>,
+    whole_frame: Option<bool>,
+    action_scope: Option<Spanned<String>>,
+    #[serde(default)]
+    region: Vec<RawRegion>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -259,6 +273,9 @@ pub struct SnapshotConfig {
     pub max_files: u64,
     pub max_bytes: u64,
     pub quality: u8,
+    /// Outline the crop whose score started the match (a tile, a region, the `crops` square or
+    /// what `fit` showed the model of the frame).
+    pub draw_box: bool,
 }
 
 /// The `[restart]` table.
@@ -298,6 +315,8 @@ pub struct PipelineConfig {
     /// live sources.
     pub scene_gate: Option<f64>,
     pub snapshots: bool,
+    /// What the model sees: fit, tiles, regions, and what actions cover.
+    pub view: View,
     /// Names of the outputs its events go to (already checked against `[[output]]`).
     pub outputs: Vec<String>,
 }
@@ -749,6 +768,7 @@ fn snapshots(cx: &Ctx<'_>, raw: &RawSnapshots, state_dir: &Path) -> Result<Snaps
         max_files,
         max_bytes,
         quality,
+        draw_box: raw.draw_box.unwrap_or(true),
     })
 }
 
@@ -1089,7 +1109,19 @@ fn pipeline(cx: &Ctx<'_>, i: usize, p: &RawPipeline, outputs: &Outputs) -> Resul
         }
         None => outputs.iter().map(|o| o.name().to_string()).collect(),
     };
+    let view = View::parse(
+        &RawView {
+            fit: &p.fit,
+            tiles: &p.tiles,
+            tile_overlap: &p.tile_overlap,
+            whole_frame: p.whole_frame,
+            action_scope: &p.action_scope,
+            regions: &p.region,
+        },
+        &|span, field, message| cx.err(span, at(field), message),
+    )?;
     Ok(PipelineConfig {
+        view,
         name,
         source,
         sink,
@@ -1118,7 +1150,10 @@ pub fn check_file(path: &Path, text: &str) -> Result<String> {
     let mut problems: Vec<Error> = Vec::new();
     for (i, p) in config.pipelines.iter().enumerate() {
         if let LabelSource::File(f) = &p.labels
-            && let Err(e) = LabelSet::from_file(f)
+            && let Err(e) = LabelSet::from_file(f).and_then(|set| {
+                let regions = set.all_regions(&p.view.regions)?;
+                set.check_regions(&regions)
+            })
         {
             problems.push(Error::config(
                 path,
@@ -1379,5 +1414,114 @@ snapshots = false
         assert_eq!(parse_size("42"), Ok(42));
         assert!(parse_size("lots").is_err());
         assert!(parse_size("1 parsec").is_err());
+    }
+
+    #[test]
+    fn views_regions_and_tiles_are_checked_with_line_and_field() {
+        let pipe = |extra: &str| {
+            format!(
+                "{MINIMAL}[[pipeline]]\nname = \"a\"\nsource = \"file:///x.mp4\"\nprompts = [\"red\", \"green\"]\n{extra}\n"
+            )
+        };
+        // Defaults: the whole frame, letterboxed.
+        let c = parse(&pipe("")).unwrap();
+        assert_eq!(c.pipelines[0].view, View::default());
+        assert_eq!(c.pipelines[0].view.fit, clipfilter::crops::Fit::Pad);
+        let c = parse(&pipe(
+            "fit = \"crops\"\ntiles = \"3x2\"\ntile_overlap = 0.2\naction_scope = \"region\"\n[[pipeline.region]]\nname = \"gate\"\nbox = [0.62, 0.4, 0.3, 0.35]\n[[pipeline.region]]\nname = \"door\"\npolygon = [[0.1, 0.1], [0.3, 0.1], [0.2, 0.4]]",
+        ))
+        .unwrap();
+        let v = &c.pipelines[0].view;
+        assert_eq!(v.fit, clipfilter::crops::Fit::Crops);
+        assert_eq!(
+            v.tiles.map(|t| (t.columns, t.rows, t.overlap)),
+            Some((3, 2, 0.2))
+        );
+        assert_eq!(
+            v.action_scope,
+            gstclipfilter::clipfilter::ClipFilterActionScope::Region
+        );
+        assert_eq!(v.regions.len(), 2);
+        assert_eq!(
+            clipfilter::crops::regions_to_compact(&v.regions),
+            "gate:0.62,0.4,0.3,0.35;door:polygon:0.1,0.1,0.3,0.1,0.2,0.4"
+        );
+
+        let cases = [
+            (
+                "fit = \"squash\"",
+                "line 7",
+                "pipeline[0].fit",
+                "crop, pad, crops",
+            ),
+            (
+                "tiles = \"0x3\"",
+                "line 7",
+                "pipeline[0].tiles",
+                "between 1 and 8",
+            ),
+            (
+                "tiles = \"9x9\"",
+                "line 7",
+                "pipeline[0].tiles",
+                "between 1 and 8",
+            ),
+            (
+                "tiles = \"2x2\"\ntile_overlap = 0.9",
+                "line 8",
+                "pipeline[0].tile_overlap",
+                "overlap 0.9",
+            ),
+            (
+                "tile_overlap = 0.2",
+                "line 7",
+                "pipeline[0].tile_overlap",
+                "no tiles",
+            ),
+            (
+                "action_scope = \"all\"",
+                "line 7",
+                "pipeline[0].action_scope",
+                "frame or region",
+            ),
+            (
+                "[[pipeline.region]]\nname = \"gate\"\nbox = [0.9, 0.4, 0.3, 0.35]",
+                "line 9",
+                "pipeline[0].region[0].box",
+                "outside the frame",
+            ),
+            (
+                "[[pipeline.region]]\nname = \"x\"\npolygon = [[0.1, 0.1], [0.6, 0.5], [0.1, 0.5], [0.5, 0.1]]",
+                "line 9",
+                "pipeline[0].region[0].polygon",
+                "crosses itself",
+            ),
+            (
+                "[[pipeline.region]]\nname = \"x\"\npolygon = [[0.1, 0.1], [0.2, 0.2], [0.3, 0.3]]",
+                "line 9",
+                "pipeline[0].region[0].polygon",
+                "empty",
+            ),
+            (
+                "[[pipeline.region]]\nname = \"x\"\nbox = [0.1, 0.1, 0.2, 0.2]\n[[pipeline.region]]\nname = \"x\"\nbox = [0.5, 0.5, 0.2, 0.2]",
+                "line 11",
+                "pipeline[0].region[1].name",
+                "duplicate region name",
+            ),
+            (
+                "whole_frame = false",
+                "",
+                "pipeline[0].whole_frame",
+                "nothing to look at",
+            ),
+        ];
+        let mut failures = Vec::new();
+        for (extra, line, field, words) in cases {
+            let e = err(&pipe(extra));
+            if !(e.contains(line) && e.contains(&format!("`{field}`")) && e.contains(words)) {
+                failures.push(format!("{extra:?}: {e}"));
+            }
+        }
+        assert!(failures.is_empty(), "{failures:#?}");
     }
 }
