@@ -8,7 +8,6 @@
 
 use std::path::Path;
 
-use gst::prelude::*;
 use sha2::Digest;
 
 use crate::element::{
@@ -284,7 +283,10 @@ fn the_outer_fifth_is_seen_with_pad_and_crops_and_never_with_crop() {
                     "{w}x{h}"
                 );
             } else {
-                assert!(names.iter().all(|n| n.as_deref() == Some("frame")), "{names:?}");
+                assert!(
+                    names.iter().all(|n| n.as_deref() == Some("frame")),
+                    "{names:?}"
+                );
             }
         }
     }
@@ -390,12 +392,20 @@ fn a_label_limited_to_a_region_matches_only_there() {
     let red: Vec<(bool, u64)> = m
         .iter()
         .filter(|m| m.label == "red")
-        .map(|m| (m.transition == clipfilter::matcher::Transition::Start, ms(m)))
+        .map(|m| {
+            (
+                m.transition == clipfilter::matcher::Transition::Start,
+                ms(m),
+            )
+        })
         .collect();
     // The whole frame (pad) sees the square in both corners, but red may only use the region.
     assert_eq!(red, [(true, 0), (false, 1000)], "{m:?}");
     let place = m[0].place.as_ref().unwrap();
-    assert_eq!((place.id.kind, place.id.name.as_str()), (CropKind::Region, "corner"));
+    assert_eq!(
+        (place.id.kind, place.id.name.as_str()),
+        (CropKind::Region, "corner")
+    );
     assert_eq!(place.pixels, PixelBox::new(0, 0, 96, 72));
 }
 
@@ -477,7 +487,10 @@ fn region_scope_pixelates_the_matched_tile_only_from_the_matched_frame() {
         }
     }
     let m = matches(&msgs);
-    assert!(m[0].start && m[0].label == "red", "{m:?}");
+    assert!(
+        m[0].transition == clipfilter::matcher::Transition::Start && m[0].label == "red",
+        "{m:?}"
+    );
 }
 
 #[test]
@@ -491,7 +504,9 @@ fn regions_keep_their_place_across_a_resolution_change() {
     // 1 s at 320x180, 1 s at 640x360, the square in the same relative place.
     let small: Vec<Vec<u8>> = (0..25).map(|_| frame(W, H, &[corner(true)])).collect();
     let big_square = PixelBox::new(12, 12, 2 * SIDE, 2 * SIDE);
-    let big: Vec<Vec<u8>> = (0..25).map(|_| frame(2 * W, 2 * H, &[big_square])).collect();
+    let big: Vec<Vec<u8>> = (0..25)
+        .map(|_| frame(2 * W, 2 * H, &[big_square]))
+        .collect();
     push_timed(&src, W, H, &small, 0);
     push_timed(&src, 2 * W, 2 * H, &big, 25);
     src.end_of_stream().unwrap();
@@ -617,11 +632,14 @@ fn best_over_crops_finds_what_the_mean_and_a_single_view_miss() {
     let mut frames: Vec<(bool, Vec<u8>)> = Vec::new();
     for i in 0..n {
         let other = &nones[i];
-        frames.push((true, if i % 2 == 0 {
-            side_by_side(&threes[i], other)
-        } else {
-            side_by_side(other, &threes[i])
-        }));
+        frames.push((
+            true,
+            if i % 2 == 0 {
+                side_by_side(&threes[i], other)
+            } else {
+                side_by_side(other, &threes[i])
+            },
+        ));
         frames.push((false, side_by_side(&nones[i], &sevens[i])));
         frames.push((false, side_by_side(&eights[i], &nones[(i + 1) % n])));
         frames.push((false, side_by_side(&sevens[i], &eights[(i + 2) % n])));
@@ -642,9 +660,17 @@ fn best_over_crops_finds_what_the_mean_and_a_single_view_miss() {
             clipfilter::crops::score_crops(&labels, &plan.crops, &e, &mut scores).unwrap();
             if fit == Fit::Crops {
                 assert_eq!(plan.len(), 2);
-                assert!(plan.crops.iter().all(|c| may_use(&labels.labels[three], &c.id)));
+                assert!(
+                    plan.crops
+                        .iter()
+                        .all(|c| may_use(&labels.labels[three], &c.id))
+                );
                 prob[0] = scores.scores.probability[three];
-                prob[1] = scores.per_crop.iter().map(|s| s.probability[three]).sum::<f32>()
+                prob[1] = scores
+                    .per_crop
+                    .iter()
+                    .map(|s| s.probability[three])
+                    .sum::<f32>()
                     / plan.len() as f32;
             } else {
                 prob[k + 1] = scores.scores.probability[three];
@@ -664,7 +690,10 @@ fn best_over_crops_finds_what_the_mean_and_a_single_view_miss() {
     eprintln!(
         "\"three\" (probability >= {t}) on {pos} frames with a three beside another picture, {neg} without:"
     );
-    for (name, (tp, fp)) in ["crops, best", "crops, mean", "pad", "crop"].iter().zip(counts) {
+    for (name, (tp, fp)) in ["crops, best", "crops, mean", "pad", "crop"]
+        .iter()
+        .zip(counts)
+    {
         eprintln!(
             "  {name:<12} detected {tp:>2}/{pos} ({:>3.0}%), false alarms {fp:>2}/{neg} ({:>4.1}%)",
             100.0 * tp as f64 / pos as f64,
@@ -674,7 +703,10 @@ fn best_over_crops_finds_what_the_mean_and_a_single_view_miss() {
     let [best, mean, pad, crop] = counts;
     // The best square finds threes the mean and the single views miss...
     assert!(best.0 > mean.0, "best {best:?} vs mean {mean:?}");
-    assert!(best.0 > pad.0 && best.0 > crop.0, "best {best:?}, pad {pad:?}, crop {crop:?}");
+    assert!(
+        best.0 > pad.0 && best.0 > crop.0,
+        "best {best:?}, pad {pad:?}, crop {crop:?}"
+    );
     // ... and pays with more chances to be wrong, but not many.
     assert!(best.1 >= mean.1);
     assert!(best.1 * 10 <= neg, "best false alarms {best:?} of {neg}");

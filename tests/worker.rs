@@ -238,9 +238,7 @@ fn a_job_of_many_crops_comes_back_whole_and_in_order_across_batches() {
         chunk.copy_from_slice(&colours[c]);
     }
     stream.submit(job).unwrap();
-    let out = stream
-        .wait_result(PATIENCE)
-        .expect("a result");
+    let out = stream.wait_result(PATIENCE).expect("a result");
     assert_eq!(out.images, 12);
     assert_eq!(out.batch, 5);
     let got: Vec<&[f32]> = out.each().collect();
@@ -284,9 +282,7 @@ fn a_tiled_stream_takes_turns_with_the_others() {
         tiled.try_result().is_none(),
         "the tiled camera's nine crops went ahead of the other camera"
     );
-    let done = tiled
-        .wait_result(PATIENCE)
-        .expect("the tiled verdict");
+    let done = tiled.wait_result(PATIENCE).expect("the tiled verdict");
     assert_eq!(done.images, 9);
     assert!(first.latency < done.latency);
 }

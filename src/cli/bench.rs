@@ -169,11 +169,7 @@ pub(super) fn frame_ref<'a>(
     }
 }
 
-pub(super) fn engine_config(
-    args: &ModelArgs,
-    max_batch: usize,
-    variant: Variant,
-) -> EngineConfig {
+pub(super) fn engine_config(args: &ModelArgs, max_batch: usize, variant: Variant) -> EngineConfig {
     let mut cfg = args.engine_config();
     cfg.variant = variant;
     cfg.session.intra_threads = threads(args);
@@ -755,10 +751,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<super::Outcome> {
     }
 
     if has(Section::Fit) {
-        report.insert("fit_preprocess_1080p", super::bench_crops::fit_section(&model)?);
+        report.insert(
+            "fit_preprocess_1080p",
+            super::bench_crops::fit_section(&model)?,
+        );
     }
     if has(Section::Crops) {
-        report.insert("crops", super::bench_crops::crops_section(&args, &model)?);
+        report.insert("crops", super::bench_crops::crops_section(&args)?);
     }
 
     if has(Section::Latency) {

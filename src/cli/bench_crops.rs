@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use super::bench::{BenchArgs, ROUNDS, Rate, engine_config, frame_1080p, frame_ref};
 use clipfilter::crops::{CropPlan, CropSpec, Fit, Tiles};
 use clipfilter::engine::Engine;
+use clipfilter::gate::{GateConfig, SceneGate, Verdict};
 use clipfilter::model::ModelDir;
 use clipfilter::preprocess::{FrameRef, PixelFormat, Preprocessor};
 use clipfilter::worker::StreamOptions;
@@ -136,7 +137,9 @@ fn samples_through(
             .wait_result(Duration::from_secs(600))
             .context("worker did not answer")?;
         in_flight -= 1;
-        out.embeddings.as_ref().map_err(|m| anyhow::anyhow!("{m}"))?;
+        out.embeddings
+            .as_ref()
+            .map_err(|m| anyhow::anyhow!("{m}"))?;
         stream.recycle(out.pixels);
         if took.is_none() {
             samples += 1;
@@ -154,8 +157,37 @@ fn samples_through(
     ))
 }
 
+/// Milliseconds per sample of a static camera with the scene gate on: every crop's gate looks
+/// at its box and finds it unchanged (no inference), over `n` samples.
+fn static_gate_ms(plan: &CropPlan, frame: &FrameRef<'_>, n: u32) -> f64 {
+    let config = GateConfig {
+        threshold: 3.0,
+        ..GateConfig::default()
+    };
+    let mut gates = vec![SceneGate::new(config); plan.len()];
+    let mut check = |t: u64| {
+        let mut inferred = 0usize;
+        for (gate, crop) in gates.iter_mut().zip(&plan.crops) {
+            if let Verdict::Infer(_) = gate.check_area(frame, crop.pixels, Duration::from_millis(t))
+            {
+                inferred += 1;
+            }
+        }
+        inferred
+    };
+    check(0);
+    let start = Instant::now();
+    let mut inferred = 0;
+    for t in 1..=n {
+        inferred += check(u64::from(t));
+    }
+    let ms = start.elapsed().as_secs_f64() * 1000.0 / f64::from(n);
+    debug_assert_eq!(inferred, 0, "a static frame is never inferred again");
+    ms
+}
+
 /// The `crops` section.
-pub(super) fn crops_section(args: &BenchArgs, model: &ModelDir) -> anyhow::Result<Value> {
+pub(super) fn crops_section(args: &BenchArgs) -> anyhow::Result<Value> {
     let engine = Engine::load(&engine_config(
         &args.model,
         args.model.batch.max(1),
@@ -173,6 +205,7 @@ pub(super) fn crops_section(args: &BenchArgs, model: &ModelDir) -> anyhow::Resul
     let mut ms = [0.0f64; 3];
     let mut rates = [Rate::default(); 3];
     let mut samples = [0usize; 3];
+    let mut gate_ms = [0.0f64; 3];
     let slice = args.seconds / ROUNDS as f64;
     for p in &plans {
         plan_ms(&mut pre, p, &frame, &mut out, 3)?;
@@ -181,6 +214,7 @@ pub(super) fn crops_section(args: &BenchArgs, model: &ModelDir) -> anyhow::Resul
     for _ in 0..ROUNDS {
         for (i, p) in plans.iter().enumerate() {
             ms[i] += plan_ms(&mut pre, p, &frame, &mut out, 10)? / ROUNDS as f64;
+            gate_ms[i] += static_gate_ms(p, &frame, 50) / ROUNDS as f64;
             let (n, r) = samples_through(&engine, p, &frame, slice)?;
             samples[i] += n;
             rates[i].add(r);
@@ -191,8 +225,14 @@ pub(super) fn crops_section(args: &BenchArgs, model: &ModelDir) -> anyhow::Resul
         args.model.batch.max(1)
     );
     println!(
-        "  {:<6} {:>14} {:>8} {:>14} {:>10} {:>14}",
-        "crops", "preprocess ms", "ratio", "inferences/s", "samples/s", "samples ratio"
+        "  {:<6} {:>14} {:>8} {:>14} {:>10} {:>14} {:>16}",
+        "crops",
+        "preprocess ms",
+        "ratio",
+        "inferences/s",
+        "samples/s",
+        "samples ratio",
+        "static gate ms"
     );
     let mut rows = Vec::new();
     for i in 0..3 {
@@ -200,18 +240,20 @@ pub(super) fn crops_section(args: &BenchArgs, model: &ModelDir) -> anyhow::Resul
         let samples_per_s = 1.0 / per_sample;
         let base = rates[0].seconds / samples[0].max(1) as f64;
         println!(
-            "  {:<6} {:>14.2} {:>8.2} {:>14.1} {:>10.2} {:>14.3}",
+            "  {:<6} {:>14.2} {:>8.2} {:>14.1} {:>10.2} {:>14.3} {:>16.3}",
             counts[i],
             ms[i],
             ms[i] / ms[0],
             rates[i].per_s(),
             samples_per_s,
-            base / per_sample
+            base / per_sample,
+            gate_ms[i]
         );
         rows.push(json!({
             "crops": counts[i], "preprocess_ms_per_sample": ms[i], "preprocess_vs_one": ms[i] / ms[0],
             "inferences_per_s": rates[i].per_s(), "samples_per_s": samples_per_s,
             "samples_vs_one": base / per_sample, "rounds": ROUNDS,
+            "static_gate_ms_per_sample": gate_ms[i],
         }));
     }
     Ok(Value::Array(rows))

@@ -91,11 +91,7 @@ impl SceneGate {
     /// Decides for `frame` at stream time `time`. A frame judged `Infer` becomes the new
     /// reference.
     pub fn check(&mut self, frame: &FrameRef<'_>, time: Duration) -> Verdict {
-        self.check_area(
-            frame,
-            PixelBox::new(0, 0, frame.width, frame.height),
-            time,
-        )
+        self.check_area(frame, PixelBox::new(0, 0, frame.width, frame.height), time)
     }
 
     /// Decides for the box `area` of `frame` (a crop) at stream time `time`; the thumbnail
@@ -237,8 +233,14 @@ mod tests {
         let mut gl = SceneGate::new(GateConfig::default());
         let mut gr = SceneGate::new(GateConfig::default());
         let s = Duration::from_secs;
-        assert!(matches!(gl.check_area(&fa, left, s(0)), Verdict::Infer(None)));
-        assert!(matches!(gr.check_area(&fa, right, s(0)), Verdict::Infer(None)));
+        assert!(matches!(
+            gl.check_area(&fa, left, s(0)),
+            Verdict::Infer(None)
+        ));
+        assert!(matches!(
+            gr.check_area(&fa, right, s(0)),
+            Verdict::Infer(None)
+        ));
         assert!(matches!(gl.check_area(&fb, left, s(1)), Verdict::Skip(d) if d == 0.0));
         assert!(matches!(gr.check_area(&fb, right, s(1)), Verdict::Infer(Some(d)) if d > 20.0));
         // A box reaching past the frame is clamped, not a panic.

@@ -118,15 +118,7 @@ impl Tiles {
             for c in 0..self.columns {
                 let x = (f64::from(c) * sx).min(1.0 - tw);
                 let y = (f64::from(r) * sy).min(1.0 - th);
-                out.push((
-                    format!("r{}c{}", r + 1, c + 1),
-                    Rect {
-                        x,
-                        y,
-                        w: tw,
-                        h: th,
-                    },
-                ));
+                out.push((format!("r{}c{}", r + 1, c + 1), Rect { x, y, w: tw, h: th }));
             }
         }
         out
@@ -565,7 +557,10 @@ mod tests {
         let p = fit_squares(1080, 1920);
         assert_eq!(p[1], ("bottom".into(), PixelBox::new(0, 840, 1080, 1080)));
         assert_eq!(fit_squares(640, 480).len(), 2);
-        assert_eq!(fit_squares(500, 500), vec![("frame".into(), PixelBox::new(0, 0, 500, 500))]);
+        assert_eq!(
+            fit_squares(500, 500),
+            vec![("frame".into(), PixelBox::new(0, 0, 500, 500))]
+        );
         let wide = fit_squares(2100, 900);
         assert_eq!(wide.len(), 3);
         assert_eq!(wide[1].1, PixelBox::new(600, 0, 900, 900));
@@ -612,7 +607,10 @@ mod tests {
         assert_eq!(pad.crops[0].pixels, PixelBox::new(0, 0, 1920, 1080));
         let crop = CropPlan::new(&CropSpec::whole(Fit::Crop), &pre(), 1920, 1080).unwrap();
         let b = crop.crops[0].pixels;
-        assert!(b.width.abs_diff(1080) <= 2 && b.x.abs_diff(420) <= 2, "{b:?}");
+        assert!(
+            b.width.abs_diff(1080) <= 2 && b.x.abs_diff(420) <= 2,
+            "{b:?}"
+        );
 
         let none = CropSpec {
             whole_frame: false,
@@ -637,7 +635,8 @@ mod tests {
         let mut p = pre();
         let plan = CropPlan::new(&spec, &p, 200, 100).unwrap();
         let white = vec![255u8; 200 * 100 * 3];
-        let frame = FrameRef::packed(crate::preprocess::PixelFormat::Rgb, 200, 100, &white).unwrap();
+        let frame =
+            FrameRef::packed(crate::preprocess::PixelFormat::Rgb, 200, 100, &white).unwrap();
         let mut out = Vec::new();
         plan.preprocess(&mut p, &frame, &[0], &mut out).unwrap();
         // Top-left corner is inside, bottom-right corner of the box outside.
@@ -651,9 +650,17 @@ mod tests {
         assert_eq!(Tiles::parse("none", 0.1).unwrap(), None);
         let t = Tiles::parse("3x2", 0.25).unwrap().unwrap();
         assert_eq!((t.columns, t.rows, t.overlap), (3, 2, 0.25));
-        assert!(Tiles::parse("0x3", 0.0).unwrap_err().contains("between 1 and 8"));
+        assert!(
+            Tiles::parse("0x3", 0.0)
+                .unwrap_err()
+                .contains("between 1 and 8")
+        );
         assert!(Tiles::parse("9x1", 0.0).unwrap_err().contains("columns"));
-        assert!(Tiles::parse("3", 0.0).unwrap_err().contains("columns x rows"));
+        assert!(
+            Tiles::parse("3", 0.0)
+                .unwrap_err()
+                .contains("columns x rows")
+        );
         assert!(Tiles::parse("2x2", 0.7).unwrap_err().contains("overlap"));
         assert!("crops".parse::<Fit>().is_ok() && "squash".parse::<Fit>().is_err());
     }

@@ -428,9 +428,17 @@ mod tests {
     #[test]
     fn boxes_are_checked_and_map_to_pixels() {
         assert!(Rect::new(0.3, 0.2, 0.7, 0.8).is_ok());
-        assert!(Rect::new(0.5, 0.0, 0.6, 0.5).unwrap_err().contains("outside"));
+        assert!(
+            Rect::new(0.5, 0.0, 0.6, 0.5)
+                .unwrap_err()
+                .contains("outside")
+        );
         assert!(Rect::new(-0.1, 0.0, 0.5, 0.5).is_err());
-        assert!(Rect::new(0.0, 0.0, 0.0, 0.5).unwrap_err().contains("above 0"));
+        assert!(
+            Rect::new(0.0, 0.0, 0.0, 0.5)
+                .unwrap_err()
+                .contains("above 0")
+        );
         assert!(Rect::new(f64::NAN, 0.0, 0.1, 0.5).is_err());
         let r = Rect::new(0.62, 0.40, 0.30, 0.35).unwrap();
         assert_eq!(r.to_pixels(1920, 1080), PixelBox::new(1190, 432, 576, 378));
@@ -478,7 +486,10 @@ mod tests {
             .unwrap();
         assert_eq!(r.len(), 2);
         assert_eq!(r[0].name, "gate");
-        assert_eq!(r[0].shape, Shape::Box(Rect::new(0.62, 0.40, 0.30, 0.35).unwrap()));
+        assert_eq!(
+            r[0].shape,
+            Shape::Box(Rect::new(0.62, 0.40, 0.30, 0.35).unwrap())
+        );
         assert!(matches!(&r[1].shape, Shape::Polygon(p) if p.len() == 3));
         assert!(parse_regions("").unwrap().is_empty());
         assert_eq!(parse_regions(&regions_to_compact(&r)).unwrap(), r);
@@ -487,9 +498,17 @@ mod tests {
         let e = Region::from_parts("g", None, Some(&[vec![0.1, 0.1], vec![0.2]])).unwrap_err();
         assert_eq!(e, ("polygon", "each point is [x, y]".to_string()));
         assert_eq!(Region::from_parts("g", None, None).unwrap_err().0, "box");
-        assert_eq!(Region::from_parts("a;b", Some(&[0.0, 0.0, 1.0, 1.0]), None).unwrap_err().0, "name");
+        assert_eq!(
+            Region::from_parts("a;b", Some(&[0.0, 0.0, 1.0, 1.0]), None)
+                .unwrap_err()
+                .0,
+            "name"
+        );
         let e = parse_regions("gate:0.7,0.4,0.5,0.35").unwrap_err();
-        assert!(e.starts_with("region 1 (`gate:0.7,0.4,0.5,0.35`)") && e.contains("outside"), "{e}");
+        assert!(
+            e.starts_with("region 1 (`gate:0.7,0.4,0.5,0.35`)") && e.contains("outside"),
+            "{e}"
+        );
         let e = parse_regions("a:0,0,1,1;a:0,0,0.5,0.5").unwrap_err();
         assert!(e.contains("twice"), "{e}");
         let e = parse_regions("a:0,0,1").unwrap_err();

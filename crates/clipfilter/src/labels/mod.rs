@@ -705,28 +705,68 @@ templates = ["a photo of {}.", "{}"]
         assert_eq!(set.regions.len(), 2);
         assert_eq!(set.labels[0].regions, ["gate"]);
         set.check_regions(&set.regions).unwrap();
-        let err = set.check_regions(&set.regions[1..]).unwrap_err().to_string();
+        let err = set
+            .check_regions(&set.regions[1..])
+            .unwrap_err()
+            .to_string();
         assert_eq!(
             err,
             "set.toml: line 12, column 11, field `label[0].regions`: label `red`: unknown region `gate` (regions: door)"
         );
         let all = set.all_regions(&[]).unwrap();
         assert_eq!(all.len(), 2);
-        assert!(set.all_regions(&set.regions[..1]).unwrap_err().to_string().contains("both"));
+        assert!(
+            set.all_regions(&set.regions[..1])
+                .unwrap_err()
+                .to_string()
+                .contains("both")
+        );
 
         let label = "\n[[label]]\nname = \"a\"\nmin_cosine = 0.2\n";
         let cases = [
-            ("[[region]]\nname = \"g\"\nbox = [0.7, 0.4, 0.5, 0.35]\n", "line 3", "region[0].box", "outside"),
-            ("[[region]]\nname = \"g\"\npolygon = []\n", "line 3", "region[0].polygon", "3 and 64 points"),
-            ("[[region]]\nname = \"g\"\npolygon = [[0.1, 0.1], [0.5, 0.5], [0.5, 0.1], [0.1, 0.5]]\n", "line 3", "region[0].polygon", "crosses itself"),
-            ("[[region]]\nname = \"g\"\n", "line 2", "region[0].box", "needs a box"),
-            ("[[region]]\nname = \"g:h\"\nbox = [0, 0, 1, 1]\n", "line 2", "region[0].name", "contains `:`"),
-            ("[[region]]\nname = \"g\"\nbox = [0, 0, 1]\n", "line 3", "region[0].box", "4 numbers"),
+            (
+                "[[region]]\nname = \"g\"\nbox = [0.7, 0.4, 0.5, 0.35]\n",
+                "line 3",
+                "region[0].box",
+                "outside",
+            ),
+            (
+                "[[region]]\nname = \"g\"\npolygon = []\n",
+                "line 3",
+                "region[0].polygon",
+                "3 and 64 points",
+            ),
+            (
+                "[[region]]\nname = \"g\"\npolygon = [[0.1, 0.1], [0.5, 0.5], [0.5, 0.1], [0.1, 0.5]]\n",
+                "line 3",
+                "region[0].polygon",
+                "crosses itself",
+            ),
+            (
+                "[[region]]\nname = \"g\"\n",
+                "line 2",
+                "region[0].box",
+                "needs a box",
+            ),
+            (
+                "[[region]]\nname = \"g:h\"\nbox = [0, 0, 1, 1]\n",
+                "line 2",
+                "region[0].name",
+                "contains `:`",
+            ),
+            (
+                "[[region]]\nname = \"g\"\nbox = [0, 0, 1]\n",
+                "line 3",
+                "region[0].box",
+                "4 numbers",
+            ),
         ];
         for (text, line, field, needle) in cases {
             let err = parse(&format!("{text}{label}")).unwrap_err().to_string();
             assert!(
-                err.contains(line) && err.contains(&format!("field `{field}`")) && err.contains(needle),
+                err.contains(line)
+                    && err.contains(&format!("field `{field}`"))
+                    && err.contains(needle),
                 "{text}: {err}"
             );
         }

@@ -213,7 +213,9 @@ impl<'a> FrameRef<'a> {
 }
 
 /// A box of a frame in whole pixels: left, top, width, height (`[x, y, width, height]` in JSON).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
 #[serde(into = "[u32; 4]", from = "[u32; 4]")]
 pub struct PixelBox {
     pub x: u32,

@@ -340,12 +340,9 @@ impl Preprocessor {
             Some(_) => (g.out_w, g.out_h),
             None => (g.resized_w, g.resized_h),
         };
-        let luma_box = g.src_box.unwrap_or([
-            0.0,
-            0.0,
-            f64::from(frame.width),
-            f64::from(frame.height),
-        ]);
+        let luma_box =
+            g.src_box
+                .unwrap_or([0.0, 0.0, f64::from(frame.width), f64::from(frame.height)]);
         let (format, bpp) = self.resample(frame, luma_box, dw, dh)?;
         self.finish_packed(format, bpp, &g, out);
         Ok(())
@@ -396,7 +393,10 @@ impl Preprocessor {
         if keep.is_some_and(|k| k.len() != (ow * oh) as usize) {
             return Err(Error::invalid(
                 "crop mask",
-                format!("{} flags for a {ow}x{oh} input", keep.map_or(0, <[bool]>::len)),
+                format!(
+                    "{} flags for a {ow}x{oh} input",
+                    keep.map_or(0, <[bool]>::len)
+                ),
             ));
         }
         let lb = letterbox(area.width, area.height, ow, oh);

@@ -508,7 +508,8 @@ fn run(
             match &result {
                 Ok(()) => {
                     let start = r.embeddings.len();
-                    r.embeddings.extend_from_slice(&output[i * dim..(i + 1) * dim]);
+                    r.embeddings
+                        .extend_from_slice(&output[i * dim..(i + 1) * dim]);
                     l2_normalize(&mut r.embeddings[start..]);
                 }
                 Err(e) => r.error = Some(e.to_string()),
@@ -516,10 +517,7 @@ fn run(
         }
         batch.clear();
         for slot in &mut slots {
-            while slot
-                .running
-                .front()
-                .is_some_and(|r| r.done >= r.job.images)
+            while slot.running.front().is_some_and(|r| r.done >= r.job.images)
                 && let Some(r) = slot.running.pop_front()
             {
                 // A stream that closed meanwhile no longer listens; that is fine.

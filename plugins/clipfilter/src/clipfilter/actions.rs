@@ -269,8 +269,10 @@ mod tests {
             let area = PixelBox::new(10, 6, 16, 12);
             let mut bufs = frame(format, w, h, 3);
             let before = bufs.clone();
-            for (i, ((data, stride), (pw, ph, ps))) in
-                bufs.iter_mut().zip(plane_geometry(format, w, h)).enumerate()
+            for (i, ((data, stride), (pw, ph, ps))) in bufs
+                .iter_mut()
+                .zip(plane_geometry(format, w, h))
+                .enumerate()
             {
                 let sub = pw < w;
                 let mut p = PlaneMut::area(data, *stride, pw, ph, ps, area, sub).unwrap();
@@ -288,7 +290,11 @@ mod tests {
                     let inside = area.contains(x as u32, y as u32);
                     let i = y * stride + x * ps;
                     if !inside {
-                        assert_eq!(data[i..i + ps], before[0].0[i..i + ps], "{format:?} ({x},{y})");
+                        assert_eq!(
+                            data[i..i + ps],
+                            before[0].0[i..i + ps],
+                            "{format:?} ({x},{y})"
+                        );
                     }
                 }
             }
@@ -306,6 +312,8 @@ mod tests {
             }
         }
         let mut tiny = vec![0u8; 10];
-        assert!(PlaneMut::area(&mut tiny, 10, 10, 1, 1, PixelBox::new(20, 0, 4, 1), false).is_none());
+        assert!(
+            PlaneMut::area(&mut tiny, 10, 10, 1, 1, PixelBox::new(20, 0, 4, 1), false).is_none()
+        );
     }
 }

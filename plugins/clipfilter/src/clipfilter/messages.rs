@@ -111,7 +111,8 @@ fn placement(
         field,
         message,
     };
-    let kind = CropKind::from_name(kind).ok_or_else(|| bad(format!("unknown crop kind {kind:?}")))?;
+    let kind =
+        CropKind::from_name(kind).ok_or_else(|| bad(format!("unknown crop kind {kind:?}")))?;
     let ints: Vec<u32> = pixels
         .iter()
         .map(|v| v.get::<u32>().map_err(|e| bad(e.to_string())))

@@ -242,8 +242,8 @@ impl Settings {
             Some(text) => parse_regions(text).map_err(|m| Error::invalid(REGIONS, m))?,
             None => Vec::new(),
         };
-        let tiles = Tiles::parse(&self.tiles, self.tile_overlap)
-            .map_err(|m| Error::invalid(TILES, m))?;
+        let tiles =
+            Tiles::parse(&self.tiles, self.tile_overlap).map_err(|m| Error::invalid(TILES, m))?;
         Ok(CropSpec {
             fit: self.fit.into(),
             whole_frame: self.whole_frame,
@@ -321,12 +321,18 @@ mod tests {
             regions: Some("gate:0.9,0.4,0.3,0.35".into()),
             ..Settings::default()
         });
-        assert!(e.starts_with("invalid regions: region 1") && e.contains("outside"), "{e}");
+        assert!(
+            e.starts_with("invalid regions: region 1") && e.contains("outside"),
+            "{e}"
+        );
         let e = bad(Settings {
             tiles: "0x3".into(),
             ..Settings::default()
         });
-        assert!(e.starts_with("invalid tiles:") && e.contains("between 1 and 8"), "{e}");
+        assert!(
+            e.starts_with("invalid tiles:") && e.contains("between 1 and 8"),
+            "{e}"
+        );
         let e = bad(Settings {
             tiles: "12x12".into(),
             ..Settings::default()

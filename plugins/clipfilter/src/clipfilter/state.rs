@@ -224,7 +224,9 @@ impl State {
 
     /// The negotiated frame size.
     pub(super) fn size(&self) -> Option<(u32, u32)> {
-        self.video.as_ref().map(|v| (v.info.width(), v.info.height()))
+        self.video
+            .as_ref()
+            .map(|v| (v.info.width(), v.info.height()))
     }
 
     /// Plans the crops afresh for the negotiated size and `self.crops.spec`.
@@ -344,7 +346,9 @@ impl State {
         if reload.spec != self.crops.spec {
             self.crops.spec = reload.spec;
             if let Err(e) = self.replan() {
-                posts.push(Post::Warning(format!("the reloaded regions cannot be used: {e}")));
+                posts.push(Post::Warning(format!(
+                    "the reloaded regions cannot be used: {e}"
+                )));
             }
         }
         self.crops.reset_gates();
@@ -522,8 +526,7 @@ impl State {
     /// A sample the scene-change gate skipped: the last verdict stands for it (so hysteresis
     /// counts it like a repeated frame), unless a verdict is still on its way.
     pub(super) fn repeat_last(&mut self, position: Position, posts: &mut Vec<Post>) {
-        if !self.pending.is_empty() || self.scores.scores.cosine.len() != self.labels.labels.len()
-        {
+        if !self.pending.is_empty() || self.scores.scores.cosine.len() != self.labels.labels.len() {
             return;
         }
         let snapshot = self.gate_snapshot.take();
@@ -613,7 +616,10 @@ impl State {
             if let Some(k) = self.pending.iter().position(|p| p.seq == old) {
                 let dropped = self.pending.remove(k).map(|p| p.crops).unwrap_or_default();
                 // Their gates took the dropped frame as reference: look again next time.
-                for i in dropped.into_iter().filter(|i| !self.crops.chosen.contains(i)) {
+                for i in dropped
+                    .into_iter()
+                    .filter(|i| !self.crops.chosen.contains(i))
+                {
                     if let Some(g) = self.crops.gates.get_mut(i) {
                         g.reset();
                     }
