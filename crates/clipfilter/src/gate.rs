@@ -206,7 +206,7 @@ mod tests {
         for t in 1..10 {
             assert!(matches!(gate.check(&fa, s(t)), Verdict::Skip(d) if d == 0.0));
         }
-        assert!(matches!(gate.check(&fb, s(10)), Verdict::Infer(Some(d)) if d > 20.0));
+        assert!(matches!(gate.check(&fb, s(10)), Verdict::Infer(Some(d)) if d > 8.0));
         assert!(matches!(gate.check(&fb, s(11)), Verdict::Skip(_)));
         assert_eq!(gate.skipped(), 10);
         // Nothing changes for max_skip: inferred again anyway.
@@ -242,7 +242,7 @@ mod tests {
             Verdict::Infer(None)
         ));
         assert!(matches!(gl.check_area(&fb, left, s(1)), Verdict::Skip(d) if d == 0.0));
-        assert!(matches!(gr.check_area(&fb, right, s(1)), Verdict::Infer(Some(d)) if d > 20.0));
+        assert!(matches!(gr.check_area(&fb, right, s(1)), Verdict::Infer(Some(d)) if d > 8.0));
         // A box reaching past the frame is clamped, not a panic.
         let mut gx = SceneGate::new(GateConfig::default());
         assert!(matches!(

@@ -456,7 +456,7 @@ mod tests {
         let b = shape.bounds();
         assert!((b.w - 0.4).abs() < 1e-12 && (b.x - 0.1).abs() < 1e-12);
         // A bow tie crosses itself.
-        let bow = vec![(0.1, 0.1), (0.5, 0.5), (0.5, 0.1), (0.1, 0.5)];
+        let bow = vec![(0.1, 0.1), (0.7, 0.6), (0.5, 0.1), (0.1, 0.5)];
         assert!(Shape::polygon(bow).unwrap_err().contains("crosses itself"));
         // Collinear points enclose nothing.
         let flat = vec![(0.1, 0.1), (0.2, 0.2), (0.3, 0.3)];
@@ -517,7 +517,7 @@ mod tests {
         assert!(e.contains("`x` is not a number"), "{e}");
         let e = parse_regions("0,0,1,1").unwrap_err();
         assert!(e.contains("expected"), "{e}");
-        let e = parse_regions("b:polygon:0.1,0.1,0.5,0.5,0.5,0.1,0.1,0.5").unwrap_err();
+        let e = parse_regions("b:polygon:0.1,0.1,0.7,0.6,0.5,0.1,0.1,0.5").unwrap_err();
         assert!(e.starts_with("region 1") && e.contains("crosses"), "{e}");
     }
 }

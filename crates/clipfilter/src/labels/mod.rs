@@ -737,7 +737,7 @@ templates = ["a photo of {}.", "{}"]
                 "3 and 64 points",
             ),
             (
-                "[[region]]\nname = \"g\"\npolygon = [[0.1, 0.1], [0.5, 0.5], [0.5, 0.1], [0.1, 0.5]]\n",
+                "[[region]]\nname = \"g\"\npolygon = [[0.1, 0.1], [0.7, 0.6], [0.5, 0.1], [0.1, 0.5]]\n",
                 "line 3",
                 "region[0].polygon",
                 "crosses itself",
