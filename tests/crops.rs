@@ -708,6 +708,9 @@ fn best_over_crops_finds_what_the_mean_and_a_single_view_miss() {
     assert!(best.0 > crop.0, "best {best:?} vs crop {crop:?}");
     // ... as many as the letterboxed frame, with fewer false alarms (each square shows its
     // picture larger), at twice the inferences.
-    assert!(best.0 >= pad.0 && best.1 <= pad.1, "best {best:?} vs pad {pad:?}");
+    assert!(
+        best.0 >= pad.0 && best.1 <= pad.1,
+        "best {best:?} vs pad {pad:?}"
+    );
     assert!(best.1 * 10 <= neg, "best false alarms {best:?} of {neg}");
 }

@@ -27,8 +27,7 @@ pub struct CropScores {
 /// Whether `label` may use crop `id`: labels limited to regions use only those regions' crops;
 /// others use every crop.
 pub fn may_use(label: &CompiledLabel, id: &CropId) -> bool {
-    label.regions.is_empty()
-        || (id.kind == CropKind::Region && label.regions.iter().any(|r| *r == id.name))
+    label.regions.is_empty() || (id.kind == CropKind::Region && label.regions.contains(&id.name))
 }
 
 /// The value a label's threshold compares (what "best" maximises).

@@ -110,9 +110,7 @@ impl Shape {
             ));
         }
         if let Some((i, p)) = points.iter().enumerate().find(|(_, (x, y))| {
-            !(x.is_finite() && y.is_finite())
-                || !(0.0..=1.0).contains(x)
-                || !(0.0..=1.0).contains(y)
+            !(x.is_finite() && y.is_finite() && (0.0..=1.0).contains(x) && (0.0..=1.0).contains(y))
         }) {
             return Err(format!(
                 "point {} ({}, {}) is outside the frame: coordinates are fractions of the frame (0..1)",
@@ -390,7 +388,7 @@ pub fn parse_regions(text: &str) -> Result<Vec<Region>, String> {
             })
             .collect::<Result<_, _>>()?;
         let shape = if polygon {
-            if values.len() % 2 != 0 {
+            if !values.len().is_multiple_of(2) {
                 return Err(at(format!(
                     "a polygon takes x,y pairs; found {} numbers",
                     values.len()

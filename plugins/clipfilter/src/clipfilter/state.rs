@@ -425,9 +425,7 @@ impl State {
             self.crops.embeddings[i * dim..(i + 1) * dim].copy_from_slice(e);
             self.crops.known[i] = true;
         }
-        let Some(plan) = self.crops.plan.as_ref() else {
-            return None;
-        };
+        let plan = self.crops.plan.as_ref()?;
         if !self.crops.known.iter().all(|k| *k) {
             return None;
         }
