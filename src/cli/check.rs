@@ -75,7 +75,7 @@ pub fn check_file(path: &Path) -> Result<String, Error> {
             }
             Ok(summary)
         }
-        FileKind::DaemonConfig => crate::daemon::config::check_file(path, &text),
+        FileKind::DaemonConfig => crate::daemon::check::check_file(path, &text),
     }
 }
 
@@ -85,6 +85,12 @@ pub fn run(args: CheckArgs) -> anyhow::Result<Outcome> {
     for path in &args.files {
         match check_file(path) {
             Ok(summary) => println!("{}: ok: {summary}", path.display()),
+            Err(Error::Problems(problems)) => {
+                for e in problems {
+                    eprintln!("error: {e}");
+                }
+                outcome = Outcome::BadInput;
+            }
             Err(e) => {
                 eprintln!("error: {e}");
                 outcome = Outcome::BadInput;
