@@ -112,7 +112,7 @@ fn pad_formula(w: usize, h: usize) -> Vec<u8> {
 fn pad_matches_its_pil_reference() {
     let reference = json(&util::fixtures().join("reference/pad.json"));
     let engine_pre = clipfilter::model::ModelDir::open(
-        &util::model("oracle-spot"),
+        util::model("oracle-spot"),
         clipfilter::model::Variant::Fp32,
     )
     .unwrap()
@@ -149,7 +149,7 @@ fn pad_matches_its_pil_reference() {
             .unwrap()
             .iter()
             .flat_map(|c| c.as_array().unwrap().iter())
-            .flat_map(|row| floats(row))
+            .flat_map(floats)
             .collect();
         let frame = FrameRef::packed(PixelFormat::Rgb, w, h, &rgb).unwrap();
         let plan = CropPlan::new(&CropSpec::whole(Fit::Pad), &pre, w, h).unwrap();
@@ -440,7 +440,7 @@ fn region_scope_pixelates_the_matched_tile_only_from_the_matched_frame() {
     let plan_tile = |name: &str| {
         let pre = Preprocessor::new(
             clipfilter::model::ModelDir::open(
-                &util::model("oracle-spot"),
+                util::model("oracle-spot"),
                 clipfilter::model::Variant::Fp32,
             )
             .unwrap()
