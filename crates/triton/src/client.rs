@@ -32,6 +32,13 @@ pub(crate) struct Address {
     pub(crate) tls: bool,
 }
 
+/// Checks an endpoint address as [`crate::Pool::connect`] will read it (`grpc://host:port`,
+/// `grpcs://host:port`, `host:port`), so that a configuration can be refused before anything
+/// starts; the error says what is wrong.
+pub fn check_endpoint(text: &str) -> Result<()> {
+    Address::parse(text).map(|_| ())
+}
+
 impl Address {
     pub(crate) fn parse(text: &str) -> Result<Self> {
         let name = text.trim().to_string();
