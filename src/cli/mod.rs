@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use clipfilter::encoder::{Provider, SessionConfig};
-use clipfilter::engine::EngineConfig;
+use clipfilter::engine::{Backend, EngineConfig};
 use clipfilter::model::Variant;
 use clipfilter::worker::BatchConfig;
 
@@ -134,6 +134,7 @@ impl ModelArgs {
                 max_batch: self.batch.max(1),
                 ..BatchConfig::default()
             },
+            backend: Backend::Local,
         }
     }
 }

@@ -100,6 +100,7 @@ pub fn engine_config(model: &ElementModel) -> EngineConfig {
             max_batch: model.config.max_batch.max(1) as usize,
             ..BatchConfig::default()
         },
+        backend: clipfilter::engine::Backend::Local,
     }
 }
 

@@ -20,8 +20,9 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Select, Sender, TryRecvError, TrySendError, bounded, unbounded};
 
-use crate::encoder::{ImageEncoder, l2_normalize};
+use crate::encoder::l2_normalize;
 use crate::error::{Error, Result};
+use crate::tower::ImageTower;
 
 /// Batching settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -88,7 +89,7 @@ pub struct Output {
     /// The number `submit` returned.
     pub seq: u64,
     /// The L2-normalised embedding, or why inference failed.
-    pub embedding: std::result::Result<Vec<f32>, String>,
+    pub embedding: std::result::Result<Vec<f32>, Failure>,
     /// From submission to result.
     pub latency: Duration,
     /// Size of the batch the image ran in.
@@ -96,6 +97,23 @@ pub struct Output {
     /// The pixel buffer, for reuse with [`Stream::recycle`].
     pub pixels: Vec<f32>,
 }
+
+/// Why a submitted image has no embedding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub message: String,
+    /// The backend could not serve it at all (remote inference with no ready endpoint): the
+    /// sample is dropped and counted in [`WorkerStats::unavailable`], not an inference error.
+    pub unavailable: bool,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Failure {}
 
 enum Control {
     Add(u64, Receiver<Job>),
@@ -122,7 +140,12 @@ pub struct Worker {
 impl Worker {
     /// Starts the worker thread around `encoder`, at nice value `nice` (see
     /// [`SessionConfig::nice`](crate::encoder::SessionConfig::nice)).
-    pub fn start(encoder: ImageEncoder, cfg: BatchConfig, nice: i32, label: &str) -> Result<Self> {
+    pub fn start(
+        encoder: Box<dyn ImageTower>,
+        cfg: BatchConfig,
+        nice: i32,
+        label: &str,
+    ) -> Result<Self> {
         let (control_tx, control_rx) = unbounded();
         let (doorbell_tx, doorbell_rx) = bounded(1);
         let (shutdown_tx, shutdown_rx) = bounded(1);
@@ -335,7 +358,7 @@ impl Drop for Stream {
 
 /// The worker loop.
 fn run(
-    mut encoder: ImageEncoder,
+    mut encoder: Box<dyn ImageTower>,
     cfg: BatchConfig,
     control: Receiver<Control>,
     doorbell: Receiver<()>,
@@ -419,7 +442,18 @@ fn run(
             encoder.encode(&input, n, &mut output)
         };
         let took = started.elapsed();
-        stats.record_batch(n, took);
+        let unavailable = result.as_ref().is_err_and(Error::is_unavailable);
+        if !unavailable {
+            stats.record_batch(n, took);
+        }
+        match &result {
+            Ok(()) => stats.set_available(),
+            Err(e) if unavailable => stats.record_unavailable(n, &e.to_string()),
+            Err(e) => {
+                stats.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, batch = n, "inference failed");
+            }
+        }
         let dim = output.len().checked_div(n).unwrap_or(0);
         for (i, job) in batch.drain(..).enumerate() {
             let embedding = match &result {
@@ -428,7 +462,10 @@ fn run(
                     l2_normalize(&mut e);
                     Ok(e)
                 }
-                Err(e) => Err(e.to_string()),
+                Err(e) => Err(Failure {
+                    message: e.to_string(),
+                    unavailable,
+                }),
             };
             // A stream that closed meanwhile no longer listens; that is fine.
             let _ = job.results.send(Output {
@@ -438,10 +475,6 @@ fn run(
                 batch: n,
                 pixels: job.pixels,
             });
-        }
-        if let Err(e) = result {
-            stats.errors.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(error = %e, batch = n, "inference failed");
         }
     }
 }
