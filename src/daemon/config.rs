@@ -16,6 +16,22 @@
 //! require_provider = false        # fail instead of falling back to the next provider
 //! threads = 0                     # threads per ONNX Runtime operator (0: one per core)
 //! max_batch = 8                   # largest inference batch (frames of all pipelines together)
+//! # backend = "triton"            # local (default) | triton: the towers run on Triton
+//! #                               # Inference Server; the folder above still gives the tokenizer
+//! #                               # and preprocessing, and the servers' models are checked against it
+//! # endpoints = ["grpc://gpu1:8001", "grpcs://gpu2:8001"]   # round-robin over ready ones
+//! # wire_format = "uint8"         # fp32 (default) | fp16 | uint8 (8-bit RGB, normalised by the server)
+//! # image_model = "clip_image_uint8"   # default: clip_image[_fp16|_uint8] after wire_format
+//! # text_model = "clip_text"
+//! # timeout = "5s"                # one call, failing over to another endpoint included
+//! # connect_timeout = "2s"        # connect and health check
+//! # start_timeout = "30s"         # wait at start for one endpoint to be ready
+//! # fallback = "none"             # none: no endpoint ready -> samples dropped and counted;
+//! #                               # local: run them on this machine's ONNX Runtime
+//! # tls_ca = "ca.pem"             # grpcs://: CA, client certificate + key, name to verify
+//! # tls_certificate = "client.pem"
+//! # tls_key = "client.key"
+//! # tls_domain = "triton.internal"
 //!
 //! [snapshots]                     # JPEGs of the frames that start matches
 //! # dir = "/var/lib/clipfilter/snapshots"   # default: <state_dir>/snapshots
@@ -84,9 +100,11 @@ use crate::daemon::output::{OutputConfig, Outputs};
 use crate::daemon::secret::{Secret, redact_url};
 use crate::daemon::source::{Source, SourceKind, Transport};
 use clipfilter::encoder::Provider;
+use clipfilter::engine::Backend;
 use clipfilter::error::{Error, Location, Result};
 use clipfilter::labels::{Action, LabelSet, Threshold};
 use clipfilter::model::Variant;
+use clipfilter::remote::{self, Fallback, RemoteConfig, RemoteTls, WireFormat};
 use clipfilter::zeroshot::Templates;
 use gstclipfilter::clipfilter::{ClipFilterMode, from_nick, nicks};
 
@@ -150,6 +168,19 @@ struct RawModel {
     threads: Option<Spanned<u32>>,
     max_batch: Option<Spanned<u32>>,
     tensorrt_cache: Option<Spanned<PathBuf>>,
+    backend: Option<Spanned<String>>,
+    endpoints: Option<Spanned<Vec<String>>>,
+    wire_format: Option<Spanned<String>>,
+    image_model: Option<Spanned<String>>,
+    text_model: Option<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
+    connect_timeout: Option<Spanned<String>>,
+    start_timeout: Option<Spanned<String>>,
+    fallback: Option<Spanned<String>>,
+    tls_ca: Option<Spanned<PathBuf>>,
+    tls_certificate: Option<Spanned<PathBuf>>,
+    tls_key: Option<Spanned<PathBuf>>,
+    tls_domain: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -249,6 +280,8 @@ pub struct ModelConfig {
     pub threads: u32,
     pub max_batch: u32,
     pub tensorrt_cache: Option<PathBuf>,
+    /// Where the towers run: this process (`local`) or Triton endpoints (`triton`).
+    pub backend: Backend,
 }
 
 /// The `[snapshots]` table.
@@ -700,7 +733,141 @@ fn model(cx: &Ctx<'_>, raw: &Spanned<RawModel>) -> Result<ModelConfig> {
         threads,
         max_batch,
         tensorrt_cache: m.tensorrt_cache.as_ref().map(|d| cx.path(d.get_ref())),
+        backend: backend(cx, raw)?,
     })
+}
+
+/// `[model] backend` and the keys of `backend = "triton"`.
+fn backend(cx: &Ctx<'_>, raw: &Spanned<RawModel>) -> Result<Backend> {
+    let m = raw.get_ref();
+    let name = m.backend.as_ref().map_or("local", |b| b.get_ref().trim());
+    let remote_keys: [(&str, Option<std::ops::Range<usize>>); 12] = [
+        ("endpoints", m.endpoints.as_ref().map(Spanned::span)),
+        ("wire_format", m.wire_format.as_ref().map(Spanned::span)),
+        ("image_model", m.image_model.as_ref().map(Spanned::span)),
+        ("text_model", m.text_model.as_ref().map(Spanned::span)),
+        ("timeout", m.timeout.as_ref().map(Spanned::span)),
+        ("connect_timeout", m.connect_timeout.as_ref().map(Spanned::span)),
+        ("start_timeout", m.start_timeout.as_ref().map(Spanned::span)),
+        ("fallback", m.fallback.as_ref().map(Spanned::span)),
+        ("tls_ca", m.tls_ca.as_ref().map(Spanned::span)),
+        ("tls_certificate", m.tls_certificate.as_ref().map(Spanned::span)),
+        ("tls_key", m.tls_key.as_ref().map(Spanned::span)),
+        ("tls_domain", m.tls_domain.as_ref().map(Spanned::span)),
+    ];
+    match name {
+        "local" => {
+            if let Some((key, span)) = remote_keys.into_iter().find(|(_, s)| s.is_some()) {
+                return Err(cx.err(
+                    span,
+                    format!("model.{key}"),
+                    "goes with backend = \"triton\"",
+                ));
+            }
+            return Ok(Backend::Local);
+        }
+        "triton" => {}
+        other => {
+            return Err(cx.err(
+                m.backend.as_ref().map(Spanned::span),
+                "model.backend",
+                format!("`{other}`: expected local or triton"),
+            ));
+        }
+    }
+    let endpoints = match &m.endpoints {
+        None => {
+            return Err(cx.err(
+                m.backend.as_ref().map(Spanned::span),
+                "model.endpoints",
+                "backend = \"triton\" needs endpoints = [\"grpc://host:8001\", ...]",
+            ));
+        }
+        Some(e) if e.get_ref().is_empty() => {
+            return Err(cx.err(Some(e.span()), "model.endpoints", "the list is empty"));
+        }
+        Some(e) => {
+            for endpoint in e.get_ref() {
+                clipfilter_triton::check_endpoint(endpoint)
+                    .map_err(|err| cx.err(Some(e.span()), "model.endpoints", err.to_string()))?;
+            }
+            e.get_ref().iter().map(|s| s.trim().to_string()).collect::<Vec<_>>()
+        }
+    };
+    let wire = match &m.wire_format {
+        Some(w) => remote::parse_wire(w.get_ref().trim()).map_err(|_| {
+            cx.err(
+                Some(w.span()),
+                "model.wire_format",
+                format!("`{}`: expected fp32, fp16 or uint8", w.get_ref()),
+            )
+        })?,
+        None => WireFormat::Fp32,
+    };
+    let mut config = RemoteConfig::new(endpoints).with_wire(wire);
+    let model_name = |raw: &Spanned<String>, field: &str| {
+        let name = raw.get_ref().trim();
+        if name.is_empty() || name.contains(['/', ' ']) {
+            Err(cx.err(
+                Some(raw.span()),
+                field,
+                format!("{name:?} is not a Triton model name"),
+            ))
+        } else {
+            Ok(name.to_string())
+        }
+    };
+    if let Some(n) = &m.image_model {
+        config.image_model = model_name(n, "model.image_model")?;
+    }
+    if let Some(n) = &m.text_model {
+        config.text_model = model_name(n, "model.text_model")?;
+    }
+    let positive = |raw: &Spanned<String>, field: &str| -> Result<Duration> {
+        let d = cx.duration(raw, field)?;
+        if d < Duration::from_millis(1) {
+            return Err(cx.err(Some(raw.span()), field, "must be at least 1ms"));
+        }
+        Ok(d)
+    };
+    if let Some(t) = &m.timeout {
+        config.timeout = positive(t, "model.timeout")?;
+    }
+    if let Some(t) = &m.connect_timeout {
+        config.connect_timeout = positive(t, "model.connect_timeout")?;
+    }
+    if let Some(t) = &m.start_timeout {
+        config.start_timeout = positive(t, "model.start_timeout")?;
+    }
+    if let Some(f) = &m.fallback {
+        config.fallback = Fallback::parse(f.get_ref().trim()).map_err(|_| {
+            cx.err(
+                Some(f.span()),
+                "model.fallback",
+                format!("`{}`: expected none or local", f.get_ref()),
+            )
+        })?;
+    }
+    let tls = RemoteTls {
+        ca_certificate: m.tls_ca.as_ref().map(|p| cx.path(p.get_ref())),
+        client_certificate: m.tls_certificate.as_ref().map(|p| cx.path(p.get_ref())),
+        client_key: m.tls_key.as_ref().map(|p| cx.path(p.get_ref())),
+        domain: m.tls_domain.as_ref().map(|d| d.get_ref().trim().to_string()),
+    };
+    if tls.client_certificate.is_some() != tls.client_key.is_some() {
+        let span = m
+            .tls_certificate
+            .as_ref()
+            .or(m.tls_key.as_ref())
+            .map(Spanned::span);
+        return Err(cx.err(
+            span,
+            "model.tls_certificate",
+            "tls_certificate and tls_key go together (mutual TLS)",
+        ));
+    }
+    config.tls = (tls != RemoteTls::default()).then_some(tls);
+    Ok(Backend::Triton(config))
 }
 
 fn snapshots(cx: &Ctx<'_>, raw: &RawSnapshots, state_dir: &Path) -> Result<SnapshotConfig> {
@@ -1155,6 +1322,44 @@ mod tests {
     }
 
     const MINIMAL: &str = "[model]\npath = \"models/clip\"\n";
+
+    #[test]
+    fn the_triton_backend_and_its_keys() {
+        let c = parse(
+            "[model]\npath = \"m\"\nbackend = \"triton\"\nendpoints = [\"grpc://gpu1:8001\", \"gpu2:8001\"]\nwire_format = \"uint8\"\ntimeout = \"2s\"\nstart_timeout = \"1m\"\nfallback = \"local\"\ntls_ca = \"ca.pem\"\n",
+        )
+        .unwrap();
+        let Backend::Triton(r) = &c.model.backend else {
+            panic!("{:?}", c.model.backend);
+        };
+        assert_eq!(r.endpoints, ["grpc://gpu1:8001", "gpu2:8001"]);
+        assert_eq!(r.wire, WireFormat::Uint8);
+        assert_eq!(r.image_model, "clip_image_uint8");
+        assert_eq!(r.text_model, "clip_text");
+        assert_eq!(r.timeout, Duration::from_secs(2));
+        assert_eq!(r.start_timeout, Duration::from_secs(60));
+        assert_eq!(r.fallback, Fallback::Local);
+        let tls = r.tls.as_ref().unwrap();
+        assert_eq!(tls.ca_certificate.as_deref(), Some(Path::new("/etc/clipfilter/ca.pem")));
+        assert_eq!(parse(MINIMAL).unwrap().model.backend, Backend::Local);
+
+        let cases = [
+            ("endpoints = [\"grpc://a:1\"]", "model.endpoints", "goes with backend"),
+            ("backend = \"remote\"", "model.backend", "expected local or triton"),
+            ("backend = \"triton\"", "model.endpoints", "needs endpoints"),
+            ("backend = \"triton\"\nendpoints = []", "model.endpoints", "empty"),
+            ("backend = \"triton\"\nendpoints = [\"http2://a:1\"]", "model.endpoints", "unknown scheme"),
+            ("backend = \"triton\"\nendpoints = [\"a:1\"]\nwire_format = \"int4\"", "model.wire_format", "expected fp32"),
+            ("backend = \"triton\"\nendpoints = [\"a:1\"]\ntimeout = \"0s\"", "model.timeout", "at least 1ms"),
+            ("backend = \"triton\"\nendpoints = [\"a:1\"]\nfallback = \"cloud\"", "model.fallback", "none or local"),
+            ("backend = \"triton\"\nendpoints = [\"a:1\"]\ntls_key = \"k.pem\"", "model.tls_certificate", "go together"),
+            ("backend = \"triton\"\nendpoints = [\"a:1\"]\nimage_model = \"a/b\"", "model.image_model", "not a Triton model name"),
+        ];
+        for (extra, field, message) in cases {
+            let e = err(&format!("[model]\npath = \"m\"\n{extra}\n"));
+            assert!(e.contains(field) && e.contains(message), "{extra}: {e}");
+        }
+    }
 
     #[test]
     fn parses_a_full_config() {
