@@ -8,5 +8,6 @@ mod delivery;
 mod element;
 mod engine;
 mod model_fetch;
+mod nats;
 mod sd_notify;
 mod worker;

@@ -622,6 +622,7 @@ fn fill_max_pending(o: &mut OutputConfig, n: u64) {
         OutputConfig::Jsonl(c) => &mut c.max_pending,
         OutputConfig::Webhook(c) => &mut c.max_pending,
         OutputConfig::Mqtt(c) => &mut c.max_pending,
+        OutputConfig::Nats(c) => &mut c.max_pending,
     };
     slot.get_or_insert(n);
 }

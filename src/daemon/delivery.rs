@@ -32,6 +32,7 @@ use crate::daemon::event::Event;
 use crate::daemon::metrics::{Metrics, OutputMetrics};
 use crate::daemon::outbox::Outbox;
 use crate::daemon::output::jsonl::JsonlSink;
+use crate::daemon::output::nats::{self, NatsSink};
 use crate::daemon::output::webhook::WebhookSink;
 use crate::daemon::output::{OutputConfig, Outputs, RetryPolicy, SendError, Sink, mqtt};
 use crate::error::{Error, Result};
@@ -118,6 +119,13 @@ impl Delivery {
                     let c = c.clone();
                     grace = grace.max(mqtt::SHUTDOWN_WAIT);
                     Box::new(move |ctx| mqtt::run(ctx, c, tls))
+                }
+                OutputConfig::Nats(c) => {
+                    let sink = NatsSink::new(c.clone()).map_err(|e| {
+                        Error::worker(format!("output {name:?}: cannot start its runtime: {e}"))
+                    })?;
+                    grace = grace.max(nats::DEFAULT_ACK_TIMEOUT);
+                    Box::new(move |ctx| run_sink(ctx, sink))
                 }
             };
             let kind = config.kind();
