@@ -14,6 +14,8 @@
 //!   and input shape (via `tools/clip-tools bench-baselines`), with our ratio to each, and the
 //!   fp32 ceiling of this machine: ONNX Runtime's MatMul GFLOP/s on the tower's largest product
 //!   divided by the tower's FLOPs per image;
+//! - `triton`, `nats`: through servers (`--triton`, `--nats`), see [`super::bench_remote`];
+//!   not in the default set;
 //! - peak RSS is always reported.
 //!
 //! Benchmarks are commands, not tests: these machines are shared and noisy, so compare ratios
@@ -35,6 +37,7 @@ use clipfilter::labels::{CompiledLabels, LabelDefaults, LabelSet, Threshold};
 use clipfilter::matcher::Matcher;
 use clipfilter::model::{ModelDir, Variant};
 use clipfilter::preprocess::{FrameRef, PixelFormat, Preprocessor, YuvColor};
+use clipfilter::remote::WireFormat;
 use clipfilter::worker::{BatchConfig, StreamOptions};
 use clipfilter::zeroshot::{Scores, Templates};
 
@@ -48,6 +51,8 @@ pub enum Section {
     Pipelines,
     Static,
     Baselines,
+    Triton,
+    Nats,
 }
 
 /// Arguments of `bench`.
@@ -92,6 +97,27 @@ pub struct BenchArgs {
     /// Photos for the int8-vs-fp32 comparison (default: .local/media/photos of the set-up).
     #[arg(long, value_name = "DIR")]
     pub photos: Option<PathBuf>,
+
+    /// Triton endpoint of the `triton` section (its models named as `model export-triton`
+    /// writes them: clip_image, clip_image_fp16, clip_image_uint8, clip_text).
+    #[arg(long, value_name = "URL")]
+    pub triton: Option<String>,
+
+    /// Wire formats of the `triton` section.
+    #[arg(long, value_delimiter = ',', default_value = "fp32,fp16,uint8", value_parser = parse_wire)]
+    pub wires: Vec<WireFormat>,
+
+    /// NATS server with JetStream for the `nats` section.
+    #[arg(long, value_name = "URL")]
+    pub nats: Option<String>,
+
+    /// Events published in the `nats` section.
+    #[arg(long, default_value_t = 6000)]
+    pub nats_events: usize,
+}
+
+fn parse_wire(s: &str) -> Result<WireFormat, String> {
+    clipfilter::remote::parse_wire(s).map_err(|e| e.to_string())
 }
 
 fn threads(args: &ModelArgs) -> usize {
@@ -179,28 +205,28 @@ fn engine_config(args: &ModelArgs, max_batch: usize, variant: Variant) -> Engine
 
 /// Images counted over seconds measured; rounds of several measurements add up.
 #[derive(Debug, Default, Clone, Copy)]
-struct Rate {
-    images: usize,
-    seconds: f64,
+pub(super) struct Rate {
+    pub(super) images: usize,
+    pub(super) seconds: f64,
 }
 
 impl Rate {
-    fn add(&mut self, other: Rate) {
+    pub(super) fn add(&mut self, other: Rate) {
         self.images += other.images;
         self.seconds += other.seconds;
     }
 
-    fn per_s(self) -> f64 {
+    pub(super) fn per_s(self) -> f64 {
         self.images as f64 / self.seconds
     }
 }
 
 /// Rounds per figure: the measurements being compared take turns, so drift in the machine's
 /// load hits all of them alike instead of whichever happened to run last.
-const ROUNDS: usize = 3;
+pub(super) const ROUNDS: usize = 3;
 
 /// The bare image-tower session at one batch size, with a random input.
-struct SessionBench {
+pub(super) struct SessionBench {
     enc: ImageEncoder,
     input: Vec<f32>,
     out: Vec<f32>,
@@ -208,7 +234,7 @@ struct SessionBench {
 }
 
 impl SessionBench {
-    fn load(model: &ModelDir, args: &ModelArgs, batch: usize) -> anyhow::Result<Self> {
+    pub(super) fn load(model: &ModelDir, args: &ModelArgs, batch: usize) -> anyhow::Result<Self> {
         let size = model
             .preprocess
             .output_size()
@@ -233,7 +259,7 @@ impl SessionBench {
     }
 
     /// Runs for at least `seconds` (and at least three batches).
-    fn measure(&mut self, seconds: f64) -> anyhow::Result<Rate> {
+    pub(super) fn measure(&mut self, seconds: f64) -> anyhow::Result<Rate> {
         let start = Instant::now();
         let mut runs = 0;
         while runs < 3 || start.elapsed().as_secs_f64() < seconds {
@@ -884,6 +910,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<super::Outcome> {
             }
         }
         report.insert("baselines", Value::Array(rows));
+    }
+
+    if has(Section::Triton) {
+        report.insert("triton", super::bench_remote::triton_section(&args, &model)?);
+    }
+    if has(Section::Nats) {
+        report.insert("nats", super::bench_remote::nats_section(&args)?);
     }
 
     let rss = peak_rss_mib();

@@ -2,8 +2,10 @@
 
 pub mod bench;
 pub mod bench_element;
+mod bench_remote;
 pub mod check;
 pub mod classify;
+pub mod model_export_triton;
 pub mod model_fetch;
 pub mod model_prepare;
 pub mod run;
@@ -68,6 +70,9 @@ pub enum ModelCommand {
     /// Load a model on the GPU providers ahead of time: TensorRT builds its engines into the
     /// engine cache now instead of when the daemon starts.
     Prepare(model_prepare::PrepareArgs),
+    /// Write a Triton Inference Server model repository for a model folder (onnxruntime
+    /// backend, dynamic batching, TensorRT fp16, and the uint8 / fp16 input variants).
+    ExportTriton(model_export_triton::ExportTritonArgs),
 }
 
 /// Model and inference options shared by the commands that load a model.
