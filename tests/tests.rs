@@ -9,5 +9,6 @@ mod element;
 mod engine;
 mod model_fetch;
 mod nats;
+mod remote;
 mod sd_notify;
 mod worker;
