@@ -9,12 +9,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::util::daemon::{
-    Daemon, Hook, PATIENCE, config_head, free_port, live_pattern, make_clip, mean_colour, oracle,
-    write_atomically,
-};
-use crate::util::notify_until;
+use crate::util::daemon::{Daemon, Hook, config_head, live_pattern, make_clip, mean_colour};
 use crate::util::rtsp::{CHILD_ENV, RtspServer};
+use crate::util::{PATIENCE, free_port, notify_until, oracle, write_atomically};
 
 /// Helper process: the RTSP server of [`rtsp_camera_reconnects_by_itself_and_others_carry_on`].
 #[test]

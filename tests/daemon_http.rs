@@ -7,10 +7,12 @@ use std::time::Duration;
 use clipfilterd::daemon::http::{HttpServer, core_routes};
 use clipfilterd::daemon::metrics::{CONTENT_TYPE, FrameCounts, Metrics, PipelineState};
 
+use crate::util::PATIENCE;
+
 fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(20)))
+        .timeout_global(Some(PATIENCE))
         .build()
         .into()
 }

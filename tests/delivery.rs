@@ -3,7 +3,6 @@
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -18,17 +17,7 @@ use clipfilterd::daemon::metrics::Metrics;
 use clipfilterd::daemon::output::{OutputConfig, Outputs};
 use crossbeam_channel::{Receiver, Sender};
 
-/// Longest wait for something that should happen (the machine may be loaded).
-const PATIENCE: Duration = Duration::from_secs(30);
-
-/// A free port on 127.0.0.1 (nothing listens on it once this returns).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use crate::util::{PATIENCE, free_port};
 
 /// Polls `cond` until it holds (for states that have no signal, such as a metric value).
 fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {

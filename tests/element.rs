@@ -5,10 +5,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
+use clipfilter::matcher::Transition::{End, Start};
 use gst::prelude::*;
 use gst_video::prelude::*;
+use gstclipfilter::clipfilter::messages::{MatchMessage, Message, Reason, Stats};
+use gstclipfilter::clipfilter::properties as props;
 
-use crate::util;
+use crate::util::{self, PATIENCE, oracle, write_atomically};
 
 fn init() {
     static INIT: Once = Once::new();
@@ -21,10 +24,6 @@ fn init() {
 const MS: u64 = 1_000_000;
 const RED: [u8; 3] = [255, 0, 0];
 const GREEN: [u8; 3] = [0, 255, 0];
-
-fn oracle() -> String {
-    util::model("oracle-clip").display().to_string()
-}
 
 /// A pipeline that is set to NULL when dropped (also when a test fails half-way).
 struct Pipe(gst::Pipeline);
@@ -60,56 +59,43 @@ fn by_name<T: IsA<gst::Element>>(p: &gst::Pipeline, name: &str) -> T {
         .unwrap_or_else(|_| panic!("{name} has another type"))
 }
 
-/// A `clipfilter-match` message.
-#[derive(Debug, Clone)]
-struct Match {
-    start: bool,
-    label: String,
-    score: f64,
-    stream_time: Option<gst::ClockTime>,
-    reason: String,
-    snapshot: Option<gst::Sample>,
+/// The element's message `msg` carries, read through the element's own types: `None` when it
+/// is not one of the element's; a message that claims to be one but does not read fails the test.
+fn element_message(msg: &gst::MessageRef) -> Option<Message> {
+    Message::parse(msg).map(|m| m.unwrap_or_else(|e| panic!("{e}")))
 }
 
-fn as_match(msg: &gst::Message) -> Option<Match> {
-    let gst::MessageView::Element(e) = msg.view() else {
-        return None;
-    };
-    let s = e.structure()?;
-    if s.name() != "clipfilter-match" {
-        return None;
-    }
-    Some(Match {
-        start: s.get::<&str>("state").expect("state") == "start",
-        label: s.get::<String>("label").expect("label"),
-        score: s.get::<f64>("score").expect("score"),
-        stream_time: s
-            .get::<Option<gst::ClockTime>>("stream-time")
-            .expect("stream-time"),
-        reason: s.get::<String>("reason").expect("reason"),
-        snapshot: s.get::<gst::Sample>("snapshot").ok(),
-    })
-}
-
-fn structure_name(msg: &gst::Message) -> Option<String> {
-    match msg.view() {
-        gst::MessageView::Element(e) => e.structure().map(|s| s.name().to_string()),
+/// The `clipfilter-match` message `msg` carries, if it is one.
+fn as_match(msg: &gst::Message) -> Option<MatchMessage> {
+    match element_message(msg)? {
+        Message::Match(m) => Some(m),
         _ => None,
     }
 }
 
-/// Plays `p` to EOS and returns every message on the way; panics on an error or after 60 s.
-/// The pipeline stays in PLAYING (appsinks keep their samples) until it is dropped.
+/// The element's `stats` property, read through its type.
+fn stats(cf: &gst::Element) -> Stats {
+    Stats::from_structure(&cf.property::<gst::Structure>(props::STATS)).expect("stats read")
+}
+
+/// The time left until `deadline`, as a bus timeout.
+fn left(deadline: Instant) -> gst::ClockTime {
+    gst::ClockTime::from_nseconds(
+        deadline
+            .saturating_duration_since(Instant::now())
+            .as_nanos() as u64,
+    )
+}
+
+/// Plays `p` to EOS and returns every message on the way; panics on an error or after
+/// [`PATIENCE`]. The pipeline stays in PLAYING (appsinks keep their samples) until it is dropped.
 fn run_to_eos(p: &gst::Pipeline) -> Vec<gst::Message> {
     let bus = p.bus().expect("bus");
     p.set_state(gst::State::Playing).expect("pipeline plays");
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + PATIENCE;
     let mut out = Vec::new();
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let msg = bus
-            .timed_pop(gst::ClockTime::from_nseconds(left.as_nanos() as u64))
-            .expect("EOS within 60 s");
+        let msg = bus.timed_pop(left(deadline)).expect("EOS in time");
         match msg.view() {
             gst::MessageView::Eos(_) => break,
             gst::MessageView::Error(e) => panic!("pipeline error: {} ({:?})", e.error(), e.debug()),
@@ -119,7 +105,7 @@ fn run_to_eos(p: &gst::Pipeline) -> Vec<gst::Message> {
     out
 }
 
-fn matches(msgs: &[gst::Message]) -> Vec<Match> {
+fn matches(msgs: &[gst::Message]) -> Vec<MatchMessage> {
     msgs.iter().filter_map(as_match).collect()
 }
 
@@ -155,15 +141,8 @@ fn pixels(sample: &gst::Sample) -> Vec<u8> {
 
 fn labels_file(dir: &Path, body: &str) -> PathBuf {
     let path = dir.join("labels.toml");
-    replace_file(&path, body);
+    write_atomically(&path, body);
     path
-}
-
-/// Writes a file the way editors do: a temporary file renamed over the old one.
-fn replace_file(path: &Path, body: &str) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, body).expect("write");
-    std::fs::rename(&tmp, path).expect("rename");
 }
 
 fn close_to(t: Option<gst::ClockTime>, expected_ms: u64, tolerance_ms: u64) -> bool {
@@ -193,47 +172,57 @@ fn red_then_green_file_gives_one_episode_each_at_the_right_stream_times() {
         "filesrc location={} ! decodebin ! clipfilter name=cf model={} prompts=\"red;green;blue\" \
          mode=sync interval={} ! fakesink",
         file.display(),
-        oracle(),
+        oracle().display(),
         500 * MS
     ));
     let m = matches(&run_to_eos(&p));
-    let summary: Vec<(bool, &str, Option<u64>, &str)> = m
+    let summary: Vec<_> = m
         .iter()
         .map(|m| {
             (
-                m.start,
+                m.transition,
                 m.label.as_str(),
-                m.stream_time.map(|t| t.mseconds()),
-                m.reason.as_str(),
+                m.position.stream_time.map(|t| t.mseconds()),
+                m.reason,
             )
         })
         .collect();
     assert_eq!(m.len(), 4, "{summary:?}");
     let interval = 500;
-    assert!(m[0].start && m[0].label == "red" && close_to(m[0].stream_time, 0, interval));
+    assert!(
+        m[0].transition == Start
+            && m[0].label == "red"
+            && close_to(m[0].position.stream_time, 0, interval)
+    );
     assert!(m[0].score > 0.9, "{summary:?}");
     // The red end and the green start come from the same sample, near 2 s.
-    let end_red = m.iter().position(|m| !m.start && m.label == "red").unwrap();
+    let end_red = m
+        .iter()
+        .position(|m| m.transition == End && m.label == "red")
+        .unwrap();
     let start_green = m
         .iter()
-        .position(|m| m.start && m.label == "green")
+        .position(|m| m.transition == Start && m.label == "green")
         .unwrap();
     assert!(
-        close_to(m[end_red].stream_time, 2000, interval),
+        close_to(m[end_red].position.stream_time, 2000, interval),
         "{summary:?}"
     );
     assert!(
-        close_to(m[start_green].stream_time, 2000, interval),
+        close_to(m[start_green].position.stream_time, 2000, interval),
         "{summary:?}"
     );
-    assert_eq!(m[end_red].reason, "sample");
+    assert_eq!(m[end_red].reason, Reason::Sample);
     // EOS ends the green episode at the end of the stream.
     let last = &m[3];
     assert!(
-        !last.start && last.label == "green" && last.reason == "eos",
+        last.transition == End && last.label == "green" && last.reason == Reason::Eos,
         "{summary:?}"
     );
-    assert!(close_to(last.stream_time, 4000, interval), "{summary:?}");
+    assert!(
+        close_to(last.position.stream_time, 4000, interval),
+        "{summary:?}"
+    );
 }
 
 const RED_BLANKS: &str = r#"
@@ -253,7 +242,7 @@ fn blank_pipeline(labels: &Path, mode: &str, interval_ms: u64, sync: bool) -> Pi
         "appsrc name=src format=time caps=video/x-raw,format=RGBA,width=32,height=24,framerate=25/1 \
          ! clipfilter name=cf model={} labels={} mode={mode} interval={} snapshot=true \
          ! appsink name=sink sync={sync} wait-on-eos=false",
-        oracle(),
+        oracle().display(),
         labels.display(),
         interval_ms * MS
     ))
@@ -307,8 +296,11 @@ fn sync_blank_blanks_exactly_the_matched_frames_and_snapshots_the_original() {
         }
     }
     let m = matches(&msgs);
-    let start = m.iter().find(|m| m.start && m.label == "red").unwrap();
-    assert!(close_to(start.stream_time, 1200, 0));
+    let start = m
+        .iter()
+        .find(|m| m.transition == Start && m.label == "red")
+        .unwrap();
+    assert!(close_to(start.position.stream_time, 1200, 0));
     // The snapshot holds the frame as it came in, not the blanked copy sent downstream.
     let snap = start.snapshot.as_ref().expect("snapshot on start");
     assert_eq!(pixels(snap), rgba(RED));
@@ -367,18 +359,11 @@ fn sync_drop_drops_the_matched_frames() {
     );
 }
 
-fn scores_labels(msg: &gst::Message) -> Option<Vec<String>> {
-    let gst::MessageView::Element(e) = msg.view() else {
-        return None;
-    };
-    let s = e.structure().filter(|s| s.name() == "clipfilter-scores")?;
-    let labels = s.get::<gst::Array>("labels").ok()?;
-    Some(
-        labels
-            .iter()
-            .filter_map(|v| v.get::<String>().ok())
-            .collect(),
-    )
+fn scores_labels(msg: &gst::MessageRef) -> Option<Vec<String>> {
+    match element_message(msg)? {
+        Message::Scores(s) => Some(s.labels),
+        _ => None,
+    }
 }
 
 #[test]
@@ -390,18 +375,17 @@ fn labels_file_edits_apply_while_playing_and_broken_edits_keep_the_old_set() {
     let p = pipeline(&format!(
         "videotestsrc is-live=true pattern=red ! video/x-raw,width=32,height=24,framerate=30/1 \
          ! clipfilter name=cf model={} labels={} interval={} post-scores=true ! fakesink",
-        oracle(),
+        oracle().display(),
         labels.display(),
         100 * MS
     ));
     let bus = p.bus().unwrap();
     p.set_state(gst::State::Playing).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + PATIENCE;
     let next = || {
-        let left = deadline.saturating_duration_since(Instant::now());
         let msg = bus
-            .timed_pop(gst::ClockTime::from_nseconds(left.as_nanos() as u64))
-            .expect("the expected messages within 60 s");
+            .timed_pop(left(deadline))
+            .expect("the expected messages in time");
         if let gst::MessageView::Error(e) = msg.view() {
             panic!("pipeline error: {}", e.error());
         }
@@ -416,20 +400,24 @@ fn labels_file_edits_apply_while_playing_and_broken_edits_keep_the_old_set() {
             break;
         }
     }
-    replace_file(&labels, &v2);
+    write_atomically(&labels, &v2);
     let mut reloaded = false;
     loop {
         let msg = next();
-        if structure_name(&msg).as_deref() == Some("clipfilter-labels-reloaded") {
+        if let Some(Message::LabelsReloaded(r)) = element_message(&msg) {
+            assert_eq!(r.path, labels);
             reloaded = true;
         }
         if let Some(m) = as_match(&msg) {
-            assert!(reloaded && m.start && m.label == "red", "{m:?}");
+            assert!(
+                reloaded && m.transition == Start && m.label == "red",
+                "{m:?}"
+            );
             break;
         }
     }
     // A broken edit: a warning naming the file, and the set with red stays.
-    replace_file(&labels, "[[label]\nname = \"red\"\n");
+    write_atomically(&labels, "[[label]\nname = \"red\"\n");
     loop {
         let msg = next();
         assert!(as_match(&msg).is_none(), "{msg:?}");
@@ -465,7 +453,7 @@ fn labels_file_edits_apply_while_playing_and_broken_edits_keep_the_old_set() {
     p.set_state(gst::State::Null).unwrap();
     let end = end.expect("the red episode ends");
     assert!(
-        !end.start && end.label == "red" && end.reason == "eos",
+        end.transition == End && end.label == "red" && end.reason == Reason::Eos,
         "{end:?}"
     );
 }
@@ -482,24 +470,25 @@ fn a_slow_model_never_stalls_the_stream_in_async_mode() {
     let cf: gst::Element = by_name(&p, "cf");
     let msgs = run_to_eos(&p);
     assert_eq!(pull_all(&sink).len(), 60, "every buffer comes out");
-    let stats = cf.property::<gst::Structure>("stats");
-    let get = |f: &str| stats.get::<u64>(f).unwrap();
+    let stats = stats(&cf);
     // Every frame was sampled; inference (>= 150 ms per image) could not keep up, and the
     // streaming thread did not wait for it: newer frames replaced waiting ones.
-    assert_eq!(get("frames"), 60);
-    assert_eq!(get("sampled"), 60);
-    assert!(get("dropped") > 0, "{stats}");
-    assert!(get("inferred") < 60, "{stats}");
-    assert_eq!(get("inferred") + get("dropped"), 60, "{stats}");
-    assert_eq!(stats.get::<&str>("execution-provider").unwrap(), "cpu");
+    assert_eq!(stats.frames, 60);
+    assert_eq!(stats.sampled, 60);
+    assert!(stats.dropped > 0, "{stats:?}");
+    assert!(stats.inferred < 60, "{stats:?}");
+    assert_eq!(stats.inferred + stats.dropped, 60, "{stats:?}");
+    assert_eq!(stats.execution_provider, "cpu");
     // Verdicts still arrived, with a start and an end.
     let m = matches(&msgs);
     assert!(
-        m.first().is_some_and(|m| m.start && m.label == "red"),
+        m.first()
+            .is_some_and(|m| m.transition == Start && m.label == "red"),
         "{m:?}"
     );
     assert!(
-        m.last().is_some_and(|m| !m.start && m.reason == "eos"),
+        m.last()
+            .is_some_and(|m| m.transition == End && m.reason == Reason::Eos),
         "{m:?}"
     );
 }
@@ -509,7 +498,7 @@ fn caps_change_mid_stream() {
     let p = pipeline(&format!(
         "appsrc name=src format=time caps=video/x-raw,format=RGB,width=64,height=48,framerate=25/1 \
          ! clipfilter model={} prompts=\"red;green\" mode=sync interval={} ! appsink name=sink sync=false wait-on-eos=false",
-        oracle(),
+        oracle().display(),
         200 * MS
     ));
     let src: gst_app::AppSrc = by_name(&p, "src");
@@ -538,17 +527,23 @@ fn caps_change_mid_stream() {
     }
     src.end_of_stream().unwrap();
     let m = matches(&run_to_eos(&p));
-    let got: Vec<(bool, String, u64)> = m
+    let got: Vec<_> = m
         .iter()
-        .map(|m| (m.start, m.label.clone(), m.stream_time.unwrap().mseconds()))
+        .map(|m| {
+            (
+                m.transition,
+                m.label.as_str(),
+                m.position.stream_time.unwrap().mseconds(),
+            )
+        })
         .collect();
     assert_eq!(
         got,
         [
-            (true, "red".to_string(), 0),
-            (false, "red".to_string(), 1000),
-            (true, "green".to_string(), 1000),
-            (false, "green".to_string(), 2000),
+            (Start, "red", 0),
+            (End, "red", 1000),
+            (Start, "green", 1000),
+            (End, "green", 2000),
         ]
     );
     let out = pull_all(&sink);
@@ -562,17 +557,14 @@ fn seek_ends_open_episodes_and_restarts_sampling_at_the_new_position() {
     let p = pipeline(&format!(
         "videotestsrc pattern=red ! video/x-raw,width=32,height=24,framerate=30/1 \
          ! clipfilter model={} prompts=\"red;green\" interval={} ! fakesink sync=true",
-        oracle(),
+        oracle().display(),
         100 * MS
     ));
     let bus = p.bus().unwrap();
     p.set_state(gst::State::Playing).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + PATIENCE;
     let next_match = || loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let msg = bus
-            .timed_pop(gst::ClockTime::from_nseconds(left.as_nanos() as u64))
-            .expect("messages within 60 s");
+        let msg = bus.timed_pop(left(deadline)).expect("messages in time");
         if let gst::MessageView::Error(e) = msg.view() {
             panic!("pipeline error: {}", e.error());
         }
@@ -581,7 +573,11 @@ fn seek_ends_open_episodes_and_restarts_sampling_at_the_new_position() {
         }
     };
     let first = next_match();
-    assert!(first.start && first.label == "red" && close_to(first.stream_time, 0, 100));
+    assert!(
+        first.transition == Start
+            && first.label == "red"
+            && close_to(first.position.stream_time, 0, 100)
+    );
     p.seek_simple(
         gst::SeekFlags::FLUSH | gst::SeekFlags::ACCURATE,
         gst::ClockTime::from_seconds(10),
@@ -589,12 +585,18 @@ fn seek_ends_open_episodes_and_restarts_sampling_at_the_new_position() {
     .expect("seek");
     let end = next_match();
     assert!(
-        !end.start && end.label == "red" && end.reason == "flush",
+        end.transition == End && end.label == "red" && end.reason == Reason::Flush,
         "{end:?}"
     );
     let again = next_match();
-    assert!(again.start && again.label == "red", "{again:?}");
-    assert!(close_to(again.stream_time, 10_000, 100), "{again:?}");
+    assert!(
+        again.transition == Start && again.label == "red",
+        "{again:?}"
+    );
+    assert!(
+        close_to(again.position.stream_time, 10_000, 100),
+        "{again:?}"
+    );
     p.set_state(gst::State::Null).unwrap();
 }
 
@@ -645,7 +647,7 @@ fn fifty_null_playing_cycles_leave_no_threads_behind() {
         "videotestsrc pattern=red ! video/x-raw,width=32,height=24,framerate=30/1 \
          ! clipfilter name=cf model={} prompts=\"red;green\" interval=0 post-scores=true \
          ! fakesink sync=false",
-        oracle()
+        oracle().display()
     ));
     let bus = p.bus().unwrap();
     let cycle = |i: usize| {
@@ -653,14 +655,11 @@ fn fifty_null_playing_cycles_leave_no_threads_behind() {
         // Wait for a verdict, so that every cycle really runs the model.
         let msg = bus
             .timed_pop_filtered(
-                gst::ClockTime::from_seconds(30),
+                gst::ClockTime::from_seconds(PATIENCE.as_secs()),
                 &[gst::MessageType::Element, gst::MessageType::Error],
             )
             .unwrap_or_else(|| panic!("cycle {i}: no verdict"));
-        assert!(
-            structure_name(&msg).is_some_and(|n| n.starts_with("clipfilter-")),
-            "cycle {i}: {msg:?}"
-        );
+        assert!(element_message(&msg).is_some(), "cycle {i}: {msg:?}");
         p.set_state(gst::State::Null).unwrap();
         while bus.pop().is_some() {}
     };
@@ -695,7 +694,10 @@ fn start_error(desc: &str) -> String {
         "{desc} must fail to start"
     );
     let msg = bus
-        .timed_pop_filtered(gst::ClockTime::from_seconds(30), &[gst::MessageType::Error])
+        .timed_pop_filtered(
+            gst::ClockTime::from_seconds(PATIENCE.as_secs()),
+            &[gst::MessageType::Error],
+        )
         .expect("an error message");
     p.set_state(gst::State::Null).unwrap();
     match msg.view() {
@@ -719,7 +721,7 @@ fn bad_input_fails_the_start_with_a_message_naming_the_problem() {
     );
     let e = start_error(&format!(
         "{src} ! clipfilter model={} labels={} ! fakesink",
-        oracle(),
+        oracle().display(),
         broken.display()
     ));
     assert!(
@@ -729,7 +731,7 @@ fn bad_input_fails_the_start_with_a_message_naming_the_problem() {
 
     let e = start_error(&format!(
         "{src} ! clipfilter model={} prompts=\"red;green\" templates=imagenet81 ! fakesink",
-        oracle()
+        oracle().display()
     ));
     assert!(e.contains("imagenet81"), "{e}");
 
@@ -740,7 +742,7 @@ fn bad_input_fails_the_start_with_a_message_naming_the_problem() {
 
     let e = start_error(&format!(
         "{src} ! clipfilter model={} prompts=red ! fakesink",
-        oracle()
+        oracle().display()
     ));
     assert!(e.contains("probability"), "{e}");
 }
@@ -754,7 +756,7 @@ fn pixelate_paints_uniform_blocks_on_planar_frames_with_padded_strides() {
          ! clipfilter model={} prompts=\"red;green\" threshold-kind=cosine threshold=-1 \
            action=pixelate mode=sync interval=0 \
          ! appsink name=sink sync=false wait-on-eos=false",
-        oracle()
+        oracle().display()
     ));
     let sink: gst_app::AppSink = by_name(&p, "sink");
     run_to_eos(&p);
@@ -784,13 +786,13 @@ fn pixelate_paints_uniform_blocks_on_planar_frames_with_padded_strides() {
 }
 
 /// Live (camera-like) RGB frames through clipfilter in sync mode, with `extra` properties.
-fn gate_run(live: bool, extra: &str) -> (gst::Structure, Vec<Match>) {
+fn gate_run(live: bool, extra: &str) -> (Stats, Vec<MatchMessage>) {
     let p = pipeline(&format!(
         "appsrc name=src is-live={live} format=time \
          caps=video/x-raw,format=RGB,width=64,height=48,framerate=25/1 \
          ! clipfilter name=cf model={} prompts=\"red;green\" interval=100000000 mode=sync {extra} \
          ! fakesink sync=false",
-        oracle()
+        oracle().display()
     ));
     let src: gst_app::AppSrc = by_name(&p, "src");
     let cf: gst::Element = by_name(&p, "cf");
@@ -799,45 +801,37 @@ fn gate_run(live: bool, extra: &str) -> (gst::Structure, Vec<Match>) {
     });
     src.end_of_stream().unwrap();
     let msgs = run_to_eos(&p);
-    (cf.property::<gst::Structure>("stats"), matches(&msgs))
+    (stats(&cf), matches(&msgs))
 }
 
 #[test]
 fn scene_gate_infers_a_static_camera_once_and_again_when_it_changes() {
     // 3.2 s of live video sampled every 100 ms: 32 samples, two different scenes.
     let (stats, m) = gate_run(true, "");
-    let get = |f: &str| stats.get::<u64>(f).unwrap();
-    assert_eq!(get("sampled"), 32, "{stats}");
-    assert_eq!(get("inferred"), 2, "one inference per scene: {stats}");
-    assert_eq!(get("skipped"), 30, "{stats}");
+    assert_eq!(stats.sampled, 32, "{stats:?}");
+    assert_eq!(stats.inferred, 2, "one inference per scene: {stats:?}");
+    assert_eq!(stats.skipped, 30, "{stats:?}");
     // The skipped samples repeat the last verdict: the episodes are the same as without the gate.
-    let starts: Vec<(&str, bool)> = m.iter().map(|m| (m.label.as_str(), m.start)).collect();
+    let starts: Vec<_> = m.iter().map(|m| (m.label.as_str(), m.transition)).collect();
     assert_eq!(
         starts,
         [
-            ("red", true),
-            ("red", false),
-            ("green", true),
-            ("green", false)
+            ("red", Start),
+            ("red", End),
+            ("green", Start),
+            ("green", End)
         ],
         "{m:?}"
     );
-    assert!(close_to(m[1].stream_time, 1600, 100), "{m:?}");
-    assert!(close_to(m[2].stream_time, 1600, 100), "{m:?}");
+    assert!(close_to(m[1].position.stream_time, 1600, 100), "{m:?}");
+    assert!(close_to(m[2].position.stream_time, 1600, 100), "{m:?}");
 
     // Off on request, and off by default for sources that are not live (files).
     let (off, _) = gate_run(true, "scene-gate=0");
-    assert_eq!(
-        (
-            off.get::<u64>("inferred").unwrap(),
-            off.get::<u64>("skipped").unwrap()
-        ),
-        (32, 0),
-        "{off}"
-    );
+    assert_eq!((off.inferred, off.skipped), (32, 0), "{off:?}");
     let (file, _) = gate_run(false, "");
-    assert_eq!(file.get::<u64>("skipped").unwrap(), 0, "{file}");
+    assert_eq!(file.skipped, 0, "{file:?}");
     // An explicit threshold gates files too.
     let (forced, _) = gate_run(false, "scene-gate=2");
-    assert_eq!(forced.get::<u64>("inferred").unwrap(), 2, "{forced}");
+    assert_eq!(forced.inferred, 2, "{forced:?}");
 }

@@ -313,7 +313,7 @@ mod cli {
         let tmp = tempfile::tempdir().unwrap();
         let red = solid_png(tmp.path(), "red.png", [250, 10, 10]);
         let green = solid_png(tmp.path(), "green.png", [10, 240, 20]);
-        let model = util::model("oracle-clip");
+        let model = util::oracle();
         let out = util::run(&[
             "classify",
             "--model",
@@ -363,216 +363,228 @@ mod cli {
         );
     }
 
-    fn expect_error(args: &[&str], code: i32, needle: &str) {
-        let out = util::run(args);
-        let (stdout, stderr) = util::text(&out);
-        assert_eq!(
-            out.status.code(),
-            Some(code),
-            "args {args:?}\nstdout: {stdout}\nstderr: {stderr}"
-        );
-        assert!(
-            stderr.contains(needle),
-            "args {args:?}: stderr lacks {needle:?}:\n{stderr}"
-        );
+    /// What the error cases are given: a temporary folder for the files a case writes, a good
+    /// image and a good model.
+    struct Given {
+        dir: PathBuf,
+        img: String,
+        oracle: String,
     }
+
+    impl Given {
+        /// Writes `bytes` to `name` in the temporary folder; returns the path.
+        fn file(&self, name: &str, bytes: impl AsRef<[u8]>) -> String {
+            let path = self.dir.join(name);
+            std::fs::write(&path, bytes).unwrap();
+            path.display().to_string()
+        }
+
+        /// A copy of fixture model `model` in the temporary folder, under `name`.
+        fn model_copy(&self, model: &str, name: &str) -> PathBuf {
+            let copy = self.dir.join(name);
+            copy_dir(&util::model(model), &copy);
+            copy
+        }
+
+        /// `classify` of the good image with the label set `toml`, written to `name`.
+        fn classify_labels(&self, name: &str, toml: &str) -> Vec<String> {
+            let labels = self.file(name, toml);
+            args(&[
+                "classify",
+                "-m",
+                &self.oracle,
+                "--labels",
+                &labels,
+                &self.img,
+            ])
+        }
+
+        /// `classify` of the good image by the good model with one label and `option value`.
+        fn classify_with(&self, option: &str, value: &str) -> Vec<String> {
+            args(&[
+                "classify",
+                "-m",
+                &self.oracle,
+                "--label",
+                "a",
+                option,
+                value,
+                &self.img,
+            ])
+        }
+
+        /// `classify -m <model> --label a --label b <image>`.
+        fn classify(&self, model: &Path, image: &str) -> Vec<String> {
+            let model = model.display().to_string();
+            args(&[
+                "classify", "-m", &model, "--label", "a", "--label", "b", image,
+            ])
+        }
+    }
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|a| a.to_string()).collect()
+    }
+
+    /// One way of getting the CLI wrong: what is wrong, how to provoke it (it writes its files
+    /// and returns the arguments), what stderr must say, and the exit code.
+    type Case = (&'static str, fn(&Given) -> Vec<String>, &'static str, i32);
+
+    const BAD_INPUT: [Case; 13] = [
+        (
+            "the model folder does not exist",
+            |g| g.classify(Path::new("/nonexistent/model"), &g.img),
+            "no such folder",
+            2,
+        ),
+        (
+            "the model folder lacks its image tower",
+            |g| {
+                let model = g.model_copy("oracle-clip", "missing");
+                std::fs::remove_file(model.join("onnx/vision_model.onnx")).unwrap();
+                g.classify(&model, &g.img)
+            },
+            "vision_model.onnx is missing",
+            2,
+        ),
+        (
+            "the image tower is not an ONNX file",
+            |g| {
+                let model = g.model_copy("oracle-clip", "corrupt");
+                std::fs::write(
+                    model.join("onnx/vision_model.onnx"),
+                    b"this is not a protobuf",
+                )
+                .unwrap();
+                g.classify(&model, &g.img)
+            },
+            "cannot be loaded",
+            2,
+        ),
+        (
+            // tiny-clip's image tower (width 32) with tiny-clip-odd's text tower (width 24).
+            "the towers do not belong together",
+            |g| {
+                let model = g.model_copy("tiny-clip", "mixed");
+                std::fs::copy(
+                    util::model("tiny-clip-odd").join("onnx/text_model.onnx"),
+                    model.join("onnx/text_model.onnx"),
+                )
+                .unwrap();
+                g.classify(&model, &g.img)
+            },
+            "do not belong together",
+            2,
+        ),
+        (
+            "an image file holds text",
+            |g| g.classify(Path::new(&g.oracle), &g.file("notes.png", "just text")),
+            "notes.png: not a readable image",
+            2,
+        ),
+        (
+            "a JPEG file is cut short",
+            |g| {
+                let mut jpeg = Vec::new();
+                image::RgbImage::from_pixel(64, 64, image::Rgb([9, 9, 9]))
+                    .write_to(
+                        &mut std::io::Cursor::new(&mut jpeg),
+                        image::ImageFormat::Jpeg,
+                    )
+                    .unwrap();
+                let cut = g.file("cut.jpg", &jpeg[..jpeg.len() / 2]);
+                g.classify(Path::new(&g.oracle), &cut)
+            },
+            "cut.jpg: not a readable image",
+            2,
+        ),
+        (
+            "the labels file is not TOML",
+            |g| {
+                g.classify_labels(
+                    "bad.toml",
+                    "[[label]]\nname = \"red\"\nmin_cosine = 0.2\n\n[[label]\nname = \"x\"\n",
+                )
+            },
+            "bad.toml: line 5",
+            2,
+        ),
+        (
+            "a label names an unknown template set",
+            |g| {
+                g.classify_labels(
+                    "tpl.toml",
+                    "[[label]]\nname = \"red\"\nmin_cosine = 0.2\ntemplates = \"imagenet81\"\n",
+                )
+            },
+            "unknown template set `imagenet81`",
+            2,
+        ),
+        (
+            "--templates names an unknown set",
+            |g| g.classify_with("--templates", "nope"),
+            "unknown template set `nope`",
+            2,
+        ),
+        (
+            "classify gets a label set without labels",
+            |g| g.classify_labels("empty.toml", EMPTY),
+            "the label set is empty",
+            2,
+        ),
+        (
+            "check gets a label set without labels",
+            |g| args(&["check", &g.file("empty.toml", EMPTY)]),
+            "the label set is empty",
+            2,
+        ),
+        (
+            "neither --label nor --labels",
+            |g| args(&["classify", "-m", &g.oracle, &g.img]),
+            "--labels",
+            2,
+        ),
+        (
+            "an unknown execution provider",
+            |g| g.classify_with("--providers", "gpu"),
+            "expected tensorrt, cuda or cpu",
+            2,
+        ),
+    ];
+
+    /// A label set with defaults and no label.
+    const EMPTY: &str = "[defaults]\nmin_cosine = 0.2\n";
 
     #[test]
     fn bad_input_gives_clear_errors_and_exit_codes() {
         let tmp = tempfile::tempdir().unwrap();
-        let t = tmp.path();
-        let img = solid_png(t, "ok.png", [1, 2, 3]);
-        let img = img.to_str().unwrap();
-        let oracle = util::model("oracle-clip");
-        let oracle = oracle.to_str().unwrap();
-
-        expect_error(
-            &[
-                "classify",
-                "-m",
-                "/nonexistent/model",
-                "--label",
-                "a",
-                "--label",
-                "b",
-                img,
-            ],
-            2,
-            "no such folder",
-        );
-
-        // A model folder with a missing and then a corrupt ONNX file.
-        let broken = t.join("broken");
-        copy_dir(Path::new(oracle), &broken);
-        std::fs::remove_file(broken.join("onnx/vision_model.onnx")).unwrap();
-        let b = broken.to_str().unwrap();
-        expect_error(
-            &["classify", "-m", b, "--label", "a", "--label", "b", img],
-            2,
-            "vision_model.onnx is missing",
-        );
-        std::fs::write(
-            broken.join("onnx/vision_model.onnx"),
-            b"this is not a protobuf",
-        )
-        .unwrap();
-        expect_error(
-            &["classify", "-m", b, "--label", "a", "--label", "b", img],
-            2,
-            "cannot be loaded",
-        );
-
-        // Towers that do not belong together: tiny-clip's image tower (width 32) with
-        // tiny-clip-odd's text tower (width 24).
-        let mixed = t.join("mixed");
-        copy_dir(&util::model("tiny-clip"), &mixed);
-        std::fs::copy(
-            util::model("tiny-clip-odd").join("onnx/text_model.onnx"),
-            mixed.join("onnx/text_model.onnx"),
-        )
-        .unwrap();
-        expect_error(
-            &[
-                "classify",
-                "-m",
-                mixed.to_str().unwrap(),
-                "--label",
-                "a",
-                "--label",
-                "b",
-                img,
-            ],
-            2,
-            "do not belong together",
-        );
-
-        // Images that are not images, or are cut short.
-        let not_image = t.join("notes.png");
-        std::fs::write(&not_image, "just text").unwrap();
-        expect_error(
-            &[
-                "classify",
-                "-m",
-                oracle,
-                "--label",
-                "a",
-                "--label",
-                "b",
-                not_image.to_str().unwrap(),
-            ],
-            2,
-            "notes.png: not a readable image",
-        );
-        let mut jpeg = Vec::new();
-        image::RgbImage::from_pixel(64, 64, image::Rgb([9, 9, 9]))
-            .write_to(
-                &mut std::io::Cursor::new(&mut jpeg),
-                image::ImageFormat::Jpeg,
-            )
-            .unwrap();
-        let cut = t.join("cut.jpg");
-        std::fs::write(&cut, &jpeg[..jpeg.len() / 2]).unwrap();
-        expect_error(
-            &[
-                "classify",
-                "-m",
-                oracle,
-                "--label",
-                "a",
-                "--label",
-                "b",
-                cut.to_str().unwrap(),
-            ],
-            2,
-            "cut.jpg: not a readable image",
-        );
-
-        // Label sets.
-        let bad_toml = t.join("bad.toml");
-        std::fs::write(
-            &bad_toml,
-            "[[label]]\nname = \"red\"\nmin_cosine = 0.2\n\n[[label]\nname = \"x\"\n",
-        )
-        .unwrap();
-        expect_error(
-            &[
-                "classify",
-                "-m",
-                oracle,
-                "--labels",
-                bad_toml.to_str().unwrap(),
-                img,
-            ],
-            2,
-            "bad.toml: line 5",
-        );
-        let bad_tpl = t.join("tpl.toml");
-        std::fs::write(
-            &bad_tpl,
-            "[[label]]\nname = \"red\"\nmin_cosine = 0.2\ntemplates = \"imagenet81\"\n",
-        )
-        .unwrap();
-        expect_error(
-            &[
-                "classify",
-                "-m",
-                oracle,
-                "--labels",
-                bad_tpl.to_str().unwrap(),
-                img,
-            ],
-            2,
-            "unknown template set `imagenet81`",
-        );
-        expect_error(
-            &[
-                "classify",
-                "-m",
-                oracle,
-                "--label",
-                "a",
-                "--templates",
-                "nope",
-                img,
-            ],
-            2,
-            "unknown template set `nope`",
-        );
-        let empty = t.join("empty.toml");
-        std::fs::write(&empty, "[defaults]\nmin_cosine = 0.2\n").unwrap();
-        expect_error(
-            &[
-                "classify",
-                "-m",
-                oracle,
-                "--labels",
-                empty.to_str().unwrap(),
-                img,
-            ],
-            2,
-            "the label set is empty",
-        );
-        expect_error(
-            &["check", empty.to_str().unwrap()],
-            2,
-            "the label set is empty",
-        );
-
-        // Usage errors.
-        expect_error(&["classify", "-m", oracle, img], 2, "--labels");
-        expect_error(
-            &[
-                "classify",
-                "-m",
-                oracle,
-                "--label",
-                "a",
-                "--providers",
-                "gpu",
-                img,
-            ],
-            2,
-            "expected tensorrt, cuda or cpu",
+        let given = Given {
+            dir: tmp.path().to_path_buf(),
+            img: solid_png(tmp.path(), "ok.png", [1, 2, 3])
+                .display()
+                .to_string(),
+            oracle: util::oracle().display().to_string(),
+        };
+        // Every case runs; the failures are reported together.
+        let mut failures = Vec::new();
+        for (wrong, provoke, says, code) in BAD_INPUT {
+            let args = provoke(&given);
+            let out = util::run(&args);
+            let (stdout, stderr) = util::text(&out);
+            if out.status.code() != Some(code) || !stderr.contains(says) {
+                failures.push(format!(
+                    "{wrong}: clipfilterd {args:?}\n  want exit code {code} and {says:?} on stderr, \
+                     got exit code {:?}\n  stdout: {stdout}\n  stderr: {stderr}",
+                    out.status.code()
+                ));
+            }
+        }
+        assert!(
+            failures.is_empty(),
+            "{} of {} bad inputs were not handled as expected:\n\n{}",
+            failures.len(),
+            BAD_INPUT.len(),
+            failures.join("\n\n")
         );
     }
 
@@ -580,7 +592,7 @@ mod cli {
     fn require_provider_fails_without_a_gpu_build() {
         let img_dir = tempfile::tempdir().unwrap();
         let img = solid_png(img_dir.path(), "x.png", [5, 5, 5]);
-        let oracle = util::model("oracle-clip");
+        let oracle = util::oracle();
         let out = util::run(&[
             "classify",
             "-m",

@@ -4,7 +4,7 @@
 //! of the process with events pending (the stream's duplicate window drops the resent ones).
 
 use std::io::{BufRead, BufReader};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -15,16 +15,9 @@ use clipfilterd::daemon::event::Event;
 use clipfilterd::daemon::metrics::Metrics;
 use clipfilterd::daemon::output::{OutputConfig, Outputs};
 
-const PATIENCE: Duration = Duration::from_secs(60);
-const STREAM: &str = "CLIPFILTER";
+use crate::util::{PATIENCE, free_port};
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+const STREAM: &str = "CLIPFILTER";
 
 fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + PATIENCE;

@@ -175,7 +175,7 @@ fn a_server_model_that_does_not_match_the_local_folder_is_refused_at_start() {
 
 #[test]
 fn nothing_listening_fails_the_start_within_its_timeout() {
-    let mut cfg = RemoteConfig::new([format!("grpc://127.0.0.1:{}", triton::free_port())]);
+    let mut cfg = RemoteConfig::new([format!("grpc://127.0.0.1:{}", util::free_port())]);
     cfg.start_timeout = Duration::from_millis(500);
     let started = Instant::now();
     let text = remote_engine("tiny-clip", cfg).unwrap_err().to_string();

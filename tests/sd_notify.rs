@@ -9,12 +9,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use crate::util::notify_until;
+use crate::util::{PATIENCE, notify_until};
 use clipfilterd::daemon::notify::Notifier;
 
 const CHILD_FLAG: &str = "CLIPFILTER_TEST_NOTIFY_CHILD";
 const WATCHDOG: Duration = Duration::from_millis(600);
-const PATIENCE: Duration = Duration::from_secs(30);
 
 /// Helper process for [`ready_status_and_watchdog_reach_a_real_notify_socket`]: a daemon-like
 /// main loop and inference worker; stdin says `stall`, `resume` or `quit`.

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use clipfilter::engine::{Engine, EngineConfig};
 use clipfilter::worker::{BatchConfig, StreamOptions};
 
-use crate::util::{self, cosine};
+use crate::util::{self, PATIENCE, cosine};
 
 const COLOURS: [[u8; 3]; 8] = [
     [255, 0, 0],
@@ -137,7 +137,7 @@ fn a_stream_closing_mid_batch_does_not_disturb_the_others() {
             keep.submit(b).unwrap();
         }
         let out = keep
-            .wait_result(Duration::from_secs(60))
+            .wait_result(PATIENCE)
             .expect("result after the other stream left");
         assert_eq!(out.seq, i);
         assert!(cosine(&out.embedding.unwrap(), &want) > 0.9999);
@@ -167,7 +167,7 @@ fn newest_frame_wins_and_drops_are_counted_exactly() {
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + PATIENCE;
     while (results.len() as u64) < n - replaced && Instant::now() < deadline {
         if let Some(out) = stream.wait_result(Duration::from_millis(200)) {
             results.push(out.seq);
@@ -221,8 +221,6 @@ fn shutdown_does_not_deadlock() {
         let after = a.submit(x);
         done_tx.send(after.is_err()).unwrap();
     });
-    let refused = done_rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("shutdown hung");
+    let refused = done_rx.recv_timeout(PATIENCE).expect("shutdown hung");
     assert!(refused, "a stream must say the worker has stopped");
 }

@@ -12,8 +12,8 @@ use serde_json::{Value, json};
 
 use super::bench::{BenchArgs, ROUNDS, Rate, SessionBench};
 use crate::daemon::outbox::Pending;
-use crate::daemon::output::Sink;
-use crate::daemon::output::nats::{MAX_BATCH, NatsConfig, NatsSink};
+use crate::daemon::output::worker::SyncOutput;
+use crate::daemon::output::nats::{MAX_BATCH, NatsConfig, NatsOutput};
 use clipfilter::model::ModelDir;
 use clipfilter::remote::{RemoteConfig, WireFormat};
 use clipfilter::tower::ImageTower;
@@ -178,14 +178,14 @@ pub(super) fn nats_section(args: &BenchArgs) -> anyhow::Result<Value> {
     ))?;
     let events: Vec<Pending> = (0..args.nats_events).map(event).collect();
     let ((pipelined, single), stored) = with_stream(server, || {
-        let mut sink = NatsSink::new(config.clone())?;
+        let mut output = NatsOutput::new(config.clone())?;
         let (mut pipelined, mut single) = (Rate::default(), Rate::default());
         let per_round = events.len() / ROUNDS;
         for round in events.chunks(per_round.max(1)).take(ROUNDS) {
             let (a, b) = round.split_at(round.len() / 2);
             let start = Instant::now();
             for chunk in a.chunks(MAX_BATCH) {
-                sink.send(chunk).map_err(|(_, e)| anyhow::anyhow!("{e}"))?;
+                output.send(chunk).map_err(|(_, e)| anyhow::anyhow!("{e}"))?;
             }
             pipelined.add(Rate {
                 images: a.len(),
@@ -193,7 +193,7 @@ pub(super) fn nats_section(args: &BenchArgs) -> anyhow::Result<Value> {
             });
             let start = Instant::now();
             for e in b {
-                sink.send(std::slice::from_ref(e))
+                output.send(std::slice::from_ref(e))
                     .map_err(|(_, e)| anyhow::anyhow!("{e}"))?;
             }
             single.add(Rate {
@@ -203,7 +203,7 @@ pub(super) fn nats_section(args: &BenchArgs) -> anyhow::Result<Value> {
         }
         // Every event once more: the stream drops them all as duplicates.
         for chunk in events.chunks(MAX_BATCH) {
-            sink.send(chunk).map_err(|(_, e)| anyhow::anyhow!("{e}"))?;
+            output.send(chunk).map_err(|(_, e)| anyhow::anyhow!("{e}"))?;
         }
         anyhow::Ok((pipelined, single))
     })?;

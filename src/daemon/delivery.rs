@@ -1,5 +1,9 @@
 //! Event delivery: the outbox plus one worker thread per output.
 //!
+//! The pipelines hand their events to [`EventOutputs`], which holds the delivery in use and
+//! swaps it when a reload changes the outputs. The workers' loops are the outputs' own
+//! ([`crate::daemon::output`]); this module only starts, feeds and stops them.
+//!
 //! [`Delivery::submit`] writes an event durably to the [`Outbox`] for each of its outputs and
 //! wakes their workers; it returns once the event is on disk. Each worker drains its output's
 //! queue strictly in order, retrying the oldest event with exponential backoff (with jitter)
@@ -21,20 +25,21 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, select};
+use crossbeam_channel::{Receiver, Sender};
 
-use crate::daemon::backoff::Backoff;
 use crate::daemon::event::Event;
 use crate::daemon::metrics::{Metrics, OutputMetrics};
 use crate::daemon::outbox::Outbox;
-use crate::daemon::output::jsonl::JsonlSink;
-use crate::daemon::output::nats::{self, NatsSink};
-use crate::daemon::output::webhook::WebhookSink;
-use crate::daemon::output::{OutputConfig, Outputs, RetryPolicy, SendError, Sink, mqtt};
+use crate::daemon::output::jsonl::JsonlOutput;
+use crate::daemon::output::nats::{self, NatsOutput};
+use crate::daemon::output::webhook::WebhookOutput;
+use crate::daemon::output::worker::{WorkerCtx, run_sync};
+use crate::daemon::output::{OutputConfig, Outputs, mqtt};
 use crate::error::{Error, Result};
 
 /// Extra time [`Delivery::shutdown`] allows beyond the longest request timeout.
@@ -104,15 +109,15 @@ impl Delivery {
             };
             let body: Box<dyn FnOnce(WorkerCtx) + Send> = match config {
                 OutputConfig::Jsonl(c) => {
-                    let sink = JsonlSink::open(c)?;
+                    let output = JsonlOutput::open(c)?;
                     grace = grace.max(Duration::from_secs(1));
-                    Box::new(move |ctx| run_sink(ctx, sink))
+                    Box::new(move |ctx| run_sync(ctx, output))
                 }
                 OutputConfig::Webhook(c) => {
-                    let sink = WebhookSink::new(c)
+                    let output = WebhookOutput::new(c)
                         .map_err(|m| Error::invalid(format!("output {name:?}"), m))?;
-                    grace = grace.max(WebhookSink::timeout(c));
-                    Box::new(move |ctx| run_sink(ctx, sink))
+                    grace = grace.max(WebhookOutput::timeout(c));
+                    Box::new(move |ctx| run_sync(ctx, output))
                 }
                 OutputConfig::Mqtt(c) => {
                     let tls = mqtt::tls_config(c)?;
@@ -121,11 +126,11 @@ impl Delivery {
                     Box::new(move |ctx| mqtt::run(ctx, c, tls))
                 }
                 OutputConfig::Nats(c) => {
-                    let sink = NatsSink::new(c.clone()).map_err(|e| {
+                    let output = NatsOutput::new(c.clone()).map_err(|e| {
                         Error::worker(format!("output {name:?}: cannot start its runtime: {e}"))
                     })?;
                     grace = grace.max(nats::DEFAULT_ACK_TIMEOUT);
-                    Box::new(move |ctx| run_sink(ctx, sink))
+                    Box::new(move |ctx| run_sync(ctx, output))
                 }
             };
             let kind = config.kind();
@@ -273,136 +278,64 @@ impl Drop for Finished {
     }
 }
 
-/// What a worker thread gets: its queue, its signals and its metrics.
-pub(crate) struct WorkerCtx {
-    pub(crate) name: String,
-    pub(crate) outbox: Arc<Outbox>,
-    /// A message (or a full channel) means new events were queued.
-    pub(crate) wake: Receiver<()>,
-    /// Disconnected when the worker must stop.
-    pub(crate) stop: Receiver<()>,
-    pub(crate) metrics: OutputMetrics,
-    pub(crate) retry: RetryPolicy,
+/// Where the pipelines' events go: the [`Delivery`] to the configured outputs in use, replaced
+/// when a reload changes the outputs, and the count of events handed to it.
+#[derive(Debug, Default)]
+pub struct EventOutputs {
+    delivery: RwLock<Option<Delivery>>,
+    submitted: AtomicU64,
 }
 
-impl WorkerCtx {
-    /// Waits `delay`; `false` when told to stop meanwhile.
-    pub(crate) fn sleep(&self, delay: Duration) -> bool {
-        select! {
-            recv(self.stop) -> _ => false,
-            default(delay) => true,
+impl EventOutputs {
+    /// Events go to the outputs of a started delivery.
+    pub fn new(delivery: Delivery) -> EventOutputs {
+        EventOutputs {
+            delivery: RwLock::new(Some(delivery)),
+            submitted: AtomicU64::new(0),
         }
     }
 
-    /// True once the worker must stop.
-    pub(crate) fn stopping(&self) -> bool {
-        matches!(
-            self.stop.try_recv(),
-            Err(crossbeam_channel::TryRecvError::Disconnected)
-        )
-    }
-
-    /// A backoff following the output's retry policy.
-    pub(crate) fn backoff(&self) -> Backoff {
-        Backoff::new(self.retry.initial, self.retry.max)
-    }
-
-    /// Deletes acknowledged events and updates the metrics.
-    pub(crate) fn acked(&self, seqs: &[i64]) -> Result<()> {
-        let deleted = self.outbox.ack(&self.name, seqs)?;
-        self.metrics.delivered.inc_by(deleted);
-        self.metrics
-            .pending
-            .set(self.outbox.pending(&self.name) as i64);
+    /// Writes `event` durably for `outputs` (see [`Delivery::submit`]).
+    pub fn submit(&self, event: &Event, outputs: &[String]) -> Result<()> {
+        let guard = self.delivery.read().unwrap_or_else(|p| p.into_inner());
+        let delivery = guard
+            .as_ref()
+            .ok_or_else(|| Error::worker("event delivery is not running"))?;
+        delivery.submit(event, outputs)?;
+        self.submitted.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
-}
 
-/// Logs a failure streak once at its start and once at its end, not at every attempt.
-#[derive(Default)]
-pub(crate) struct FailureStreak {
-    failures: u64,
-    since: Option<Instant>,
-}
-
-impl FailureStreak {
-    pub(crate) fn failed(&mut self, ctx: &WorkerCtx, error: &SendError, retry_in: Duration) {
-        ctx.metrics.failures.inc();
-        self.failures += 1;
-        if self.failures == 1 {
-            self.since = Some(Instant::now());
-            tracing::warn!(
-                output = %ctx.name,
-                error = %error,
-                retry_in = ?retry_in,
-                pending = ctx.outbox.pending(&ctx.name),
-                "delivery failed; retrying with backoff until the endpoint accepts it"
-            );
-        } else {
-            tracing::debug!(output = %ctx.name, error = %error, attempt = self.failures, "delivery still failing");
-        }
+    /// Events submitted since the start.
+    pub fn submitted(&self) -> u64 {
+        self.submitted.load(Ordering::Relaxed)
     }
 
-    pub(crate) fn succeeded(&mut self, ctx: &WorkerCtx) {
-        if self.failures > 0 {
-            tracing::info!(
-                output = %ctx.name,
-                failed_attempts = self.failures,
-                outage = ?self.since.map(|s| s.elapsed()).unwrap_or_default(),
-                "delivery recovered"
-            );
-            self.failures = 0;
-            self.since = None;
-        }
+    /// Events waiting per output.
+    pub fn pending_counts(&self) -> BTreeMap<String, u64> {
+        let guard = self.delivery.read().unwrap_or_else(|p| p.into_inner());
+        guard
+            .as_ref()
+            .map(Delivery::pending_counts)
+            .unwrap_or_default()
     }
-}
 
-/// The loop of a synchronous output (JSON lines, webhook): send the oldest events, delete what
-/// was acknowledged, back off on failure, wait for a wake-up when the queue is empty.
-fn run_sink(ctx: WorkerCtx, mut sink: impl Sink) {
-    let mut backoff = ctx.backoff();
-    let mut streak = FailureStreak::default();
-    while !ctx.stopping() {
-        // Always start again from the head: it may have been dropped (queue full) meanwhile.
-        let batch = match ctx.outbox.peek(&ctx.name, 0, sink.max_batch()) {
-            Ok(batch) => batch,
-            Err(e) => {
-                let delay = backoff.next_delay();
-                streak.failed(&ctx, &SendError(e.to_string()), delay);
-                if !ctx.sleep(delay) {
-                    break;
-                }
-                continue;
-            }
-        };
-        if batch.is_empty() {
-            select! {
-                recv(ctx.wake) -> _ => continue,
-                recv(ctx.stop) -> _ => break,
-            }
+    /// Stops the delivery in use and starts another with `start` (pipelines wait meanwhile).
+    /// When `start` fails, nothing delivers until the next successful replacement.
+    pub fn replace(&self, start: impl FnOnce() -> Result<Delivery>) -> Result<()> {
+        let mut guard = self.delivery.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(old) = guard.take() {
+            old.shutdown();
         }
-        let (acked, error) = match sink.send(&batch) {
-            Ok(()) => (batch.len(), None),
-            Err((n, e)) => (n, Some(e)),
-        };
-        let seqs: Vec<i64> = batch[..acked].iter().map(|p| p.seq).collect();
-        if let Err(e) = ctx.acked(&seqs) {
-            // The events were delivered but stay in the outbox: they will be sent again.
-            tracing::error!(output = %ctx.name, error = %e, "cannot remove delivered events from the outbox");
-        }
-        match error {
-            None => {
-                backoff.reset();
-                streak.succeeded(&ctx);
-            }
-            Some(e) => {
-                let delay = backoff.next_delay();
-                streak.failed(&ctx, &e, delay);
-                if !ctx.sleep(delay) {
-                    break;
-                }
-            }
+        *guard = Some(start()?);
+        Ok(())
+    }
+
+    /// Stops the delivery (pending events stay in the outbox).
+    pub fn shutdown(&self) {
+        let mut guard = self.delivery.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(old) = guard.take() {
+            old.shutdown();
         }
     }
-    tracing::debug!(output = %ctx.name, pending = ctx.outbox.pending(&ctx.name), "output worker stopped");
 }

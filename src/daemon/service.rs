@@ -18,14 +18,15 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::select;
 
 use crate::daemon::config::{Config, ModelConfig, ModelSource};
-use crate::daemon::delivery::Delivery;
+use crate::daemon::delivery::{Delivery, EventOutputs};
 use crate::daemon::http::{self, HttpServer};
 use crate::daemon::metrics::{BackendCounts, EndpointCounts, Metrics};
 use crate::daemon::notify::{Heartbeat, Notifier};
 use crate::daemon::pipeline::ElementModel;
 use crate::daemon::reload::{Trigger, Triggers};
 use crate::daemon::snapshot::SnapshotStore;
-use crate::daemon::supervisor::{EventSink, PipelineStatus, Shared, Supervisor};
+use crate::daemon::supervisor::status::PipelineStatus;
+use crate::daemon::supervisor::{Shared, Supervisor};
 use crate::error::{Error, Result};
 use crate::fetch::{self, FetchOptions};
 use clipfilter::encoder::SessionConfig;
@@ -131,7 +132,7 @@ struct View {
     config_path: PathBuf,
     engine: RwLock<(ElementModel, Arc<Engine>)>,
     pipelines: Arc<RwLock<Vec<Arc<PipelineStatus>>>>,
-    events: Arc<EventSink>,
+    events: Arc<EventOutputs>,
     main_beat: Heartbeat,
 }
 
@@ -233,7 +234,7 @@ pub fn run(path: &Path) -> Result<()> {
 
     let snapshots = SnapshotStore::open(&config.snapshots)?;
     let delivery = Delivery::start(&config.state_dir, &config.outputs, &metrics)?;
-    let events = Arc::new(EventSink::new(delivery));
+    let events = Arc::new(EventOutputs::new(delivery));
     let shared = Arc::new(Shared {
         events: events.clone(),
         snapshots: RwLock::new(Some(Arc::new(snapshots))),
@@ -370,8 +371,9 @@ impl Daemon {
     }
 
     fn start(&mut self, model: &ElementModel) {
-        let changes = self.supervisor.apply(&self.config.pipelines, model);
-        tracing::info!(pipelines = changes.added.len(), "pipelines started");
+        let plan = self.supervisor.plan(&self.config.pipelines, model);
+        self.supervisor.apply(&plan);
+        tracing::info!(pipelines = plan.added.len(), "pipelines started");
         let deadline = Instant::now() + READY_WAIT;
         while self.supervisor.counts().starting > 0 && Instant::now() < deadline {
             self.beat();
@@ -510,7 +512,8 @@ impl Daemon {
                 return;
             }
         }
-        let changes = self.supervisor.apply(&new.pipelines, &model);
+        let changes = self.supervisor.plan(&new.pipelines, &model);
+        self.supervisor.apply(&changes);
         tracing::info!(%changes, "configuration reloaded");
         self.config = new;
     }

@@ -8,17 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// How long a test waits for something that should happen (generous: a loaded 2-core machine).
-pub const PATIENCE: Duration = Duration::from_secs(60);
-
-/// A port nothing listens on right now.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use super::{PATIENCE, oracle};
 
 /// Lines a child process writes, shared with the test thread.
 #[derive(Default)]
@@ -282,18 +272,6 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// Writes `text` to `path` atomically (a temporary file renamed over it), as editors do.
-pub fn write_atomically(path: &Path, text: &str) {
-    let tmp = path.with_extension("tmp~");
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
-
-/// The oracle model folder, for `[model] path`.
-pub fn oracle() -> PathBuf {
-    super::model("oracle-clip")
 }
 
 /// The head of a daemon config: state folder, HTTP port, the oracle model, fast restarts, and a

@@ -1,13 +1,29 @@
 //! Helpers shared by the integration tests.
-#![allow(dead_code)]
 
 pub mod daemon;
 pub mod rtsp;
 
+use std::ffi::OsStr;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
+
+/// How long a test waits for something that should happen before it fails: a verdict, a log
+/// line, an event, a datagram. Generous because the suite runs on loaded 2-core machines (CI, a
+/// shared workstation) where a pipeline start with a model load can take tens of seconds; a test
+/// that passes never waits this long, so the value only costs time when something is broken.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// A port on 127.0.0.1 that nothing listens on right now (the kernel's pick for port 0,
+/// released before returning), for servers the tests start and for addresses that must refuse.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("a free port on 127.0.0.1")
+        .local_addr()
+        .expect("the bound address")
+        .port()
+}
 
 /// The repository's `tests/fixtures` folder.
 pub fn fixtures() -> PathBuf {
@@ -23,6 +39,19 @@ pub fn model(name: &str) -> PathBuf {
         p.display()
     );
     p
+}
+
+/// The oracle model (a frame's mean colour -> its colour word, see
+/// tests/fixtures/oracle-clip/README.md): the model whose verdicts the tests know in advance.
+pub fn oracle() -> PathBuf {
+    model("oracle-clip")
+}
+
+/// Writes `text` to `path` atomically (a temporary file renamed over it), as editors do.
+pub fn write_atomically(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp~");
+    std::fs::write(&tmp, text).unwrap_or_else(|e| panic!("{}: {e}", tmp.display()));
+    std::fs::rename(&tmp, path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
 }
 
 /// Files made by tools/setup.sh (sample media, photo references).
@@ -53,7 +82,7 @@ pub fn clipfilterd() -> Command {
 }
 
 /// Runs `clipfilterd` with `args`.
-pub fn run(args: &[&str]) -> Output {
+pub fn run(args: &[impl AsRef<OsStr>]) -> Output {
     clipfilterd().args(args).output().expect("clipfilterd runs")
 }
 

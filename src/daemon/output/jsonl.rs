@@ -9,7 +9,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::daemon::outbox::Pending;
-use crate::daemon::output::{JsonlConfig, SendError, Sink};
+use crate::daemon::output::JsonlConfig;
+use crate::daemon::output::worker::{SendError, SyncOutput};
 use crate::error::{Error, Result};
 
 /// Most events written (and fsynced) at once.
@@ -21,7 +22,7 @@ enum Target {
 }
 
 /// Writes events as JSON lines.
-pub(crate) struct JsonlSink {
+pub(crate) struct JsonlOutput {
     target: Target,
     buf: Vec<u8>,
 }
@@ -30,9 +31,9 @@ fn open_append(path: &Path) -> std::io::Result<File> {
     OpenOptions::new().create(true).append(true).open(path)
 }
 
-impl JsonlSink {
+impl JsonlOutput {
     /// Opens the target now, so that a wrong path is reported when the daemon starts.
-    pub(crate) fn open(config: &JsonlConfig) -> Result<JsonlSink> {
+    pub(crate) fn open(config: &JsonlConfig) -> Result<JsonlOutput> {
         let target = if config.path.as_os_str() == "-" {
             Target::Stdout
         } else {
@@ -42,14 +43,14 @@ impl JsonlSink {
                 file: Some(file),
             }
         };
-        Ok(JsonlSink {
+        Ok(JsonlOutput {
             target,
             buf: Vec::new(),
         })
     }
 }
 
-impl Sink for JsonlSink {
+impl SyncOutput for JsonlOutput {
     fn max_batch(&self) -> usize {
         MAX_BATCH
     }

@@ -41,11 +41,15 @@
 //! Parsing gives [`OutputConfig`] values (raw, as written); [`Outputs::new`] validates them into
 //! the set that [`crate::daemon::delivery::Delivery::start`] runs. Secrets (passwords, header
 //! values, credentials in URLs) are held in [`Secret`] and never appear in `Debug` output or logs.
+//!
+//! Each kind has its module ([`jsonl`], [`webhook`], [`mqtt`]); what their worker threads share
+//! (context, retries, the loop of the outputs that acknowledge synchronously) is in `worker`.
 
 pub mod jsonl;
 pub mod mqtt;
 pub mod nats;
 pub mod webhook;
+pub(crate) mod worker;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -53,8 +57,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::daemon::outbox::{DEFAULT_MAX_PENDING, Pending};
-pub use crate::daemon::secret::{Secret, redact_url};
+use crate::daemon::outbox::DEFAULT_MAX_PENDING;
+use crate::daemon::secret::{Secret, redact_url};
 use clipfilter::error::{Error, Location, Result};
 
 /// Default first retry delay.
@@ -387,28 +391,6 @@ impl Outputs {
     pub fn is_empty(&self) -> bool {
         self.outputs.is_empty()
     }
-}
-
-/// Why one delivery attempt failed; logged once per failure streak, without secrets.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SendError(pub String);
-
-impl std::fmt::Display for SendError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// A synchronous sender: delivers a batch in order and reports how many events from the front
-/// of the batch the endpoint acknowledged. (MQTT acknowledges asynchronously and has its own loop,
-/// see [`mqtt`].)
-pub(crate) trait Sink: Send {
-    /// Most events handed to one [`Sink::send`] call.
-    fn max_batch(&self) -> usize;
-
-    /// Sends `batch` in order. `Ok(())` means all were acknowledged; `Err((n, e))` means the
-    /// first `n` were acknowledged and the rest were not.
-    fn send(&mut self, batch: &[Pending]) -> Result<(), (usize, SendError)>;
 }
 
 #[cfg(test)]

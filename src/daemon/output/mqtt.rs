@@ -22,9 +22,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, select};
 use rumqttc::{Client, ConnectionError, Event, MqttOptions, Outgoing, Packet, QoS};
 
-use crate::daemon::delivery::{FailureStreak, WorkerCtx};
 use crate::daemon::outbox::Pending;
-use crate::daemon::output::{DEFAULT_CLIENT_ID, MqttConfig, SendError};
+use crate::daemon::output::worker::{Retry, SendError, WorkerCtx};
+use crate::daemon::output::{DEFAULT_CLIENT_ID, MqttConfig};
 use crate::error::{Error, Result};
 
 /// Most events published and not yet acknowledged.
@@ -128,8 +128,7 @@ enum SessionEnd {
 
 /// The worker loop of an MQTT output.
 pub(crate) fn run(ctx: WorkerCtx, config: MqttConfig, tls: Option<Arc<rustls::ClientConfig>>) {
-    let mut backoff = ctx.backoff();
-    let mut streak = FailureStreak::default();
+    let mut retry = Retry::new(&ctx);
     let scheme = if tls.is_some() { "mqtts" } else { "mqtt" };
     let server = format!("{scheme}://{}:{}", config.host, config.port);
     while !ctx.stopping() {
@@ -154,27 +153,13 @@ pub(crate) fn run(ctx: WorkerCtx, config: MqttConfig, tls: Option<Arc<rustls::Cl
         let driver = match driver {
             Ok(handle) => handle,
             Err(e) => {
-                let delay = backoff.next_delay();
-                streak.failed(
-                    &ctx,
-                    &SendError(format!("cannot start MQTT thread: {e}")),
-                    delay,
-                );
-                if !ctx.sleep(delay) {
+                if !retry.failed(&ctx, &SendError(format!("cannot start MQTT thread: {e}"))) {
                     break;
                 }
                 continue;
             }
         };
-        let end = session(
-            &ctx,
-            &config,
-            &server,
-            &client,
-            &events,
-            &mut backoff,
-            &mut streak,
-        );
+        let end = session(&ctx, &config, &server, &client, &events, &mut retry);
         if matches!(end, SessionEnd::Stop) {
             let _ = client.try_disconnect();
         }
@@ -190,15 +175,13 @@ pub(crate) fn run(ctx: WorkerCtx, config: MqttConfig, tls: Option<Arc<rustls::Cl
         match end {
             SessionEnd::Stop => break,
             SessionEnd::Failed(error) => {
-                let delay = backoff.next_delay();
-                streak.failed(&ctx, &error, delay);
-                if !ctx.sleep(delay) {
+                if !retry.failed(&ctx, &error) {
                     break;
                 }
             }
         }
     }
-    tracing::debug!(output = %ctx.name, pending = ctx.outbox.pending(&ctx.name), "output worker stopped");
+    ctx.stopped();
 }
 
 fn failed(server: &str, error: &ConnectionError) -> SessionEnd {
@@ -213,8 +196,7 @@ fn session(
     server: &str,
     client: &Client,
     events: &Receiver<Result<Event, ConnectionError>>,
-    backoff: &mut crate::daemon::backoff::Backoff,
-    streak: &mut FailureStreak,
+    retry: &mut Retry,
 ) -> SessionEnd {
     loop {
         select! {
@@ -263,18 +245,11 @@ fn session(
                     }
                 }
                 if !window.acked.is_empty() {
-                    if let Err(e) = ctx.acked(&window.acked) {
-                        tracing::error!(
-                            output = %ctx.name,
-                            error = %e,
-                            "cannot remove delivered events from the outbox"
-                        );
-                    }
+                    ctx.acked(&window.acked);
                     window.acked.clear();
                     if !delivered_any {
                         delivered_any = true;
-                        backoff.reset();
-                        streak.succeeded(ctx);
+                        retry.succeeded(ctx);
                     }
                 }
                 if let Some(end) = end {

@@ -36,7 +36,7 @@ use async_nats::jetstream;
 use serde::Deserialize;
 
 use crate::daemon::outbox::Pending;
-use crate::daemon::output::{SendError, Sink};
+use crate::daemon::output::worker::{SendError, SyncOutput};
 use crate::daemon::secret::Secret;
 
 /// Default subject template.
@@ -164,21 +164,21 @@ pub fn subject(template: &str, pipeline: &str, label: &str) -> String {
         .replace("{label}", &token(label))
 }
 
-/// Publishes events to JetStream.
-pub(crate) struct NatsSink {
+/// The NATS output: publishes events to JetStream.
+pub(crate) struct NatsOutput {
     config: NatsConfig,
     runtime: tokio::runtime::Runtime,
     /// The connection of the current session; dropped after any failure.
     context: Option<jetstream::Context>,
 }
 
-impl NatsSink {
+impl NatsOutput {
     /// A sender for `config` (validated); connects on the first send.
-    pub(crate) fn new(config: NatsConfig) -> std::io::Result<NatsSink> {
+    pub(crate) fn new(config: NatsConfig) -> std::io::Result<NatsOutput> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        Ok(NatsSink {
+        Ok(NatsOutput {
             config,
             runtime,
             context: None,
@@ -279,7 +279,7 @@ impl NatsSink {
     }
 }
 
-impl Sink for NatsSink {
+impl SyncOutput for NatsOutput {
     fn max_batch(&self) -> usize {
         MAX_BATCH
     }

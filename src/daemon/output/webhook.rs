@@ -11,7 +11,9 @@ use std::time::Duration;
 use base64::Engine as _;
 
 use crate::daemon::outbox::Pending;
-use crate::daemon::output::{DEFAULT_WEBHOOK_TIMEOUT, SendError, Sink, WebhookConfig, redact_url};
+use crate::daemon::output::worker::{SendError, SyncOutput};
+use crate::daemon::output::{DEFAULT_WEBHOOK_TIMEOUT, WebhookConfig};
+use crate::daemon::secret::redact_url;
 
 /// Bytes of an error response body quoted in the log.
 const BODY_SNIPPET: u64 = 200;
@@ -70,15 +72,15 @@ impl Target {
 }
 
 /// POSTs events to one URL.
-pub(crate) struct WebhookSink {
+pub(crate) struct WebhookOutput {
     agent: ureq::Agent,
     target: Target,
     headers: Vec<(String, String)>,
 }
 
-impl WebhookSink {
+impl WebhookOutput {
     /// A sender for `config` (validated by [`crate::daemon::output::Outputs::new`]).
-    pub(crate) fn new(config: &WebhookConfig) -> Result<WebhookSink, String> {
+    pub(crate) fn new(config: &WebhookConfig) -> Result<WebhookOutput, String> {
         let target = Target::parse(config.url.expose())?;
         let timeout = config.timeout.unwrap_or(DEFAULT_WEBHOOK_TIMEOUT);
         let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -93,7 +95,7 @@ impl WebhookSink {
             .iter()
             .map(|(k, v)| (k.clone(), v.expose().to_owned()))
             .collect();
-        Ok(WebhookSink {
+        Ok(WebhookOutput {
             agent,
             target,
             headers,
@@ -142,7 +144,7 @@ impl WebhookSink {
     }
 }
 
-impl Sink for WebhookSink {
+impl SyncOutput for WebhookOutput {
     fn max_batch(&self) -> usize {
         // One request per event, each acknowledged before the next is sent.
         1

@@ -1,0 +1,110 @@
+//! From the element's messages to daemon events: `clipfilter-match` messages become [`Event`]s
+//! (with a JPEG snapshot for starts) handed to the pipeline's outputs through
+//! [`crate::daemon::delivery::EventOutputs`]; `clipfilter-scores` feed the per-label score
+//! histograms.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::daemon::event::Event;
+use crate::daemon::metrics::LabelMetrics;
+use crate::daemon::supervisor::Shared;
+use crate::daemon::supervisor::status::PipelineStatus;
+use clipfilter::matcher::Transition;
+use gstclipfilter::clipfilter::messages::{MatchMessage, Message};
+
+/// Reports what one pipeline's `clipfilter` element says: its matches as events, its scores as
+/// histograms, its label reloads in the log.
+pub(super) struct Reporter {
+    pipeline: String,
+    /// Names of the outputs the events go to.
+    outputs: Vec<String>,
+    shared: Arc<Shared>,
+    status: Arc<PipelineStatus>,
+    labels: HashMap<String, LabelMetrics>,
+}
+
+impl Reporter {
+    /// Reports for `pipeline` to `outputs`, counting its events in `status`.
+    pub(super) fn new(
+        pipeline: &str,
+        outputs: Vec<String>,
+        shared: Arc<Shared>,
+        status: Arc<PipelineStatus>,
+    ) -> Reporter {
+        Reporter {
+            pipeline: pipeline.to_owned(),
+            outputs,
+            shared,
+            status,
+            labels: HashMap::new(),
+        }
+    }
+
+    /// From now on, events go to `outputs` (a reload changed them).
+    pub(super) fn set_outputs(&mut self, outputs: Vec<String>) {
+        self.outputs = outputs;
+    }
+
+    /// Element messages of clipfilter: matches become events, scores feed the histograms.
+    /// Other messages are left alone.
+    pub(super) fn handle(&mut self, msg: &gst::Message) {
+        match Message::parse(msg) {
+            None => {}
+            Some(Err(e)) => tracing::warn!(error = %e, "unreadable clipfilter message"),
+            Some(Ok(Message::Match(m))) => self.on_match(m),
+            Some(Ok(Message::Scores(scores))) => {
+                for (label, score) in scores.labels.iter().zip(&scores.scores) {
+                    self.label(label).observe_score(*score as f32);
+                }
+            }
+            Some(Ok(Message::LabelsReloaded(r))) => {
+                tracing::info!(labels = %r.path.display(), "label set reloaded");
+            }
+        }
+    }
+
+    fn label(&mut self, label: &str) -> &LabelMetrics {
+        self.labels
+            .entry(label.to_owned())
+            .or_insert_with(|| self.shared.metrics.label(&self.pipeline, label))
+    }
+
+    fn on_match(&mut self, m: MatchMessage) {
+        let frame = self.status.frames_before().seen + m.position.frame;
+        let label = m.label;
+        let state = m.transition;
+        let (score, probability) = (m.score as f32, m.probability as f32);
+        let mut event = Event::new(&self.pipeline, &label, state, score, probability, frame);
+        let seconds = |t: Option<gst::ClockTime>| t.map(|t| t.nseconds() as f64 / 1e9);
+        event.pts = seconds(m.position.pts);
+        event.running_time = seconds(m.position.running_time);
+        event.stream_time = seconds(m.position.stream_time);
+        if state == Transition::Start {
+            self.label(&label).matched();
+            if let Some(sample) = &m.snapshot {
+                let store = self
+                    .shared
+                    .snapshots
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
+                if let Some(store) = store {
+                    match store.save(event.id, &self.pipeline, sample) {
+                        Ok(path) => event.snapshot = Some(path),
+                        Err(e) => tracing::warn!(error = %e, "snapshot not saved"),
+                    }
+                }
+            }
+        }
+        let reason = m.reason.name();
+        tracing::info!(
+            label = %label, state = %state, score, probability, frame, reason,
+            event_id = %event.id, "match {state}"
+        );
+        self.status.event_counted();
+        if let Err(e) = self.shared.events.submit(&event, &self.outputs) {
+            tracing::error!(error = %e, event_id = %event.id, "event not queued for delivery");
+        }
+    }
+}
