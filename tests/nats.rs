@@ -148,7 +148,7 @@ fn publish_first(url: &str, subject: &str, msg_id: &str, payload: &str) {
     runtime().block_on(async {
         let client = async_nats::connect(url).await.unwrap();
         let js = async_nats::jetstream::new(client);
-        let publish = async_nats::jetstream::context::Publish::build()
+        let publish = async_nats::jetstream::message::PublishMessage::build()
             .payload(payload.to_string().into())
             .message_id(msg_id);
         let ack = js

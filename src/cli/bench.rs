@@ -31,7 +31,7 @@ use clap::{Args, ValueEnum};
 use serde_json::{Value, json};
 
 use super::ModelArgs;
-use clipfilter::encoder::ImageEncoder;
+use super::bench_session::{ROUNDS, Rate, SessionBench, threads};
 use clipfilter::engine::{Engine, EngineConfig, decode_image};
 use clipfilter::labels::{CompiledLabels, LabelDefaults, LabelSet, Threshold};
 use clipfilter::matcher::Matcher;
@@ -120,14 +120,6 @@ fn parse_wire(s: &str) -> Result<WireFormat, String> {
     clipfilter::remote::parse_wire(s).map_err(|e| e.to_string())
 }
 
-fn threads(args: &ModelArgs) -> usize {
-    if args.threads > 0 {
-        args.threads
-    } else {
-        std::thread::available_parallelism().map_or(2, usize::from)
-    }
-}
-
 /// A synthetic 1080p frame in `format` (a gradient with some texture, so resampling does work).
 fn frame_1080p(format: PixelFormat) -> (Vec<u8>, [usize; 3], [usize; 3]) {
     let (w, h) = (1920usize, 1080usize);
@@ -201,76 +193,6 @@ fn engine_config(args: &ModelArgs, max_batch: usize, variant: Variant) -> Engine
         ..cfg.batch
     };
     cfg
-}
-
-/// Images counted over seconds measured; rounds of several measurements add up.
-#[derive(Debug, Default, Clone, Copy)]
-pub(super) struct Rate {
-    pub(super) images: usize,
-    pub(super) seconds: f64,
-}
-
-impl Rate {
-    pub(super) fn add(&mut self, other: Rate) {
-        self.images += other.images;
-        self.seconds += other.seconds;
-    }
-
-    pub(super) fn per_s(self) -> f64 {
-        self.images as f64 / self.seconds
-    }
-}
-
-/// Rounds per figure: the measurements being compared take turns, so drift in the machine's
-/// load hits all of them alike instead of whichever happened to run last.
-pub(super) const ROUNDS: usize = 3;
-
-/// The bare image-tower session at one batch size, with a random input.
-pub(super) struct SessionBench {
-    enc: ImageEncoder,
-    input: Vec<f32>,
-    out: Vec<f32>,
-    batch: usize,
-}
-
-impl SessionBench {
-    pub(super) fn load(model: &ModelDir, args: &ModelArgs, batch: usize) -> anyhow::Result<Self> {
-        let size = model
-            .preprocess
-            .output_size()
-            .context("model has no fixed input size")?;
-        let mut cfg = args.engine_config().session;
-        cfg.intra_threads = threads(args);
-        let mut enc = ImageEncoder::load(&model.vision_onnx, size, &cfg)?;
-        let mut rng = fastrand::Rng::with_seed(7);
-        let input: Vec<f32> = (0..batch * enc.image_len())
-            .map(|_| rng.f32() * 4.0 - 2.0)
-            .collect();
-        let mut out = Vec::new();
-        for _ in 0..2 {
-            enc.encode(&input, batch, &mut out)?;
-        }
-        Ok(Self {
-            enc,
-            input,
-            out,
-            batch,
-        })
-    }
-
-    /// Runs for at least `seconds` (and at least three batches).
-    pub(super) fn measure(&mut self, seconds: f64) -> anyhow::Result<Rate> {
-        let start = Instant::now();
-        let mut runs = 0;
-        while runs < 3 || start.elapsed().as_secs_f64() < seconds {
-            self.enc.encode(&self.input, self.batch, &mut self.out)?;
-            runs += 1;
-        }
-        Ok(Rate {
-            images: runs * self.batch,
-            seconds: start.elapsed().as_secs_f64(),
-        })
-    }
 }
 
 /// Images/s of the bare session at `batch`, measured on its own.
@@ -913,10 +835,17 @@ pub fn run(args: BenchArgs) -> anyhow::Result<super::Outcome> {
     }
 
     if has(Section::Triton) {
-        report.insert("triton", super::bench_remote::triton_section(&args, &model)?);
+        report.insert("triton", super::bench_remote::triton_section(
+                args.triton.as_deref(),
+                &args.wires,
+                &args.batches,
+                args.seconds,
+                &args.model,
+                &model,
+            )?);
     }
     if has(Section::Nats) {
-        report.insert("nats", super::bench_remote::nats_section(&args)?);
+        report.insert("nats", super::bench_remote::nats_section(args.nats.as_deref(), args.nats_events)?);
     }
 
     let rss = peak_rss_mib();

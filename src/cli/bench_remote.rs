@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
-use super::bench::{BenchArgs, ROUNDS, Rate, SessionBench};
+use super::ModelArgs;
+use super::bench_session::{ROUNDS, Rate, SessionBench};
 use crate::daemon::outbox::Pending;
 use crate::daemon::output::worker::SyncOutput;
 use crate::daemon::output::nats::{MAX_BATCH, NatsConfig, NatsOutput};
@@ -42,8 +43,15 @@ impl RemoteBench {
 }
 
 /// The `triton` section.
-pub(super) fn triton_section(args: &BenchArgs, model: &ModelDir) -> anyhow::Result<Value> {
-    let Some(endpoint) = &args.triton else {
+pub(super) fn triton_section(
+    endpoint: Option<&str>,
+    wires: &[WireFormat],
+    batches: &[usize],
+    seconds: f64,
+    model_args: &ModelArgs,
+    model: &ModelDir,
+) -> anyhow::Result<Value> {
+    let Some(endpoint) = endpoint else {
         bail!(
             "--sections triton needs --triton grpc://HOST:PORT: a server with this folder's models \
              (`clipfilterd model export-triton`, or tools/triton_repo.py --name clip for a CPU-only test server)"
@@ -61,13 +69,13 @@ pub(super) fn triton_section(args: &BenchArgs, model: &ModelDir) -> anyhow::Resu
         "{:<6} {:<6} {:>12} {:>13} {:>13} {:>14}",
         "batch", "wire", "bytes/sample", "triton img/s", "local img/s", "triton/local"
     );
-    let session_cfg = args.model.engine_config().session;
+    let session_cfg = model_args.engine_config().session;
     let mut rows = Vec::new();
-    for &b in &args.batches {
-        let mut local = SessionBench::load(model, &args.model, b)?;
+    for &b in batches {
+        let mut local = SessionBench::load(model, model_args, b)?;
         let mut remotes = Vec::new();
-        for &wire in &args.wires {
-            let mut cfg = RemoteConfig::new([endpoint.clone()]).with_wire(wire);
+        for &wire in wires {
+            let mut cfg = RemoteConfig::new([endpoint]).with_wire(wire);
             cfg.timeout = Duration::from_secs(120);
             cfg.start_timeout = Duration::from_secs(30);
             let towers = clipfilter::remote::connect(&cfg, model, &session_cfg, &session_cfg)?;
@@ -87,7 +95,7 @@ pub(super) fn triton_section(args: &BenchArgs, model: &ModelDir) -> anyhow::Resu
             remotes.push((wire, bench, Rate::default()));
         }
         let mut ses = Rate::default();
-        let slice = args.seconds / ROUNDS as f64;
+        let slice = seconds / ROUNDS as f64;
         for _ in 0..ROUNDS {
             ses.add(local.measure(slice)?);
             for (_, bench, rate) in &mut remotes {
@@ -169,14 +177,14 @@ fn with_stream<T>(server: &str, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow
 }
 
 /// The `nats` section.
-pub(super) fn nats_section(args: &BenchArgs) -> anyhow::Result<Value> {
-    let Some(server) = &args.nats else {
+pub(super) fn nats_section(server: Option<&str>, n_events: usize) -> anyhow::Result<Value> {
+    let Some(server) = server else {
         bail!("--sections nats needs --nats nats://HOST:PORT (a nats-server with JetStream: nats-server -js)");
     };
     let config: NatsConfig = toml::from_str(&format!(
         "name = 'bench'\nservers = [{server:?}]\nsubject = 'clipfilter-bench.{{pipeline}}.{{label}}'"
     ))?;
-    let events: Vec<Pending> = (0..args.nats_events).map(event).collect();
+    let events: Vec<Pending> = (0..n_events).map(event).collect();
     let ((pipelined, single), stored) = with_stream(server, || {
         let mut output = NatsOutput::new(config.clone())?;
         let (mut pipelined, mut single) = (Rate::default(), Rate::default());

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod bench_element;
 mod bench_remote;
+mod bench_session;
 pub mod check;
 pub mod classify;
 pub mod model_export_triton;

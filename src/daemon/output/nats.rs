@@ -233,7 +233,7 @@ impl NatsOutput {
         let ack_timeout = config.ack_timeout.unwrap_or(DEFAULT_ACK_TIMEOUT);
         let mut acks = Vec::with_capacity(batch.len());
         for (i, event) in batch.iter().enumerate() {
-            let publish = jetstream::context::Publish::build()
+            let publish = jetstream::message::PublishMessage::build()
                 .payload(event.payload.clone().into_bytes().into())
                 .message_id(event.event_id.to_string());
             let subject = subject(&config.subject, &event.pipeline, &event.label);
