@@ -56,7 +56,14 @@ impl Server {
 
     fn spawn(&mut self) {
         let child = Command::new("/usr/sbin/nats-server")
-            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
             .arg(self.dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -324,7 +331,12 @@ fn kill_9_with_events_pending_for_nats_stores_each_once() {
     create_stream(&server.url());
     for (id, label) in &queued[..4] {
         let subject = format!("clipfilter.dock.{}", label.replace(' ', "_"));
-        publish_first(&server.url(), &subject, &id.to_string(), "stored before the crash");
+        publish_first(
+            &server.url(),
+            &subject,
+            &id.to_string(),
+            "stored before the crash",
+        );
     }
 
     let metrics = Metrics::new();
@@ -334,6 +346,10 @@ fn kill_9_with_events_pending_for_nats_stores_each_once() {
     assert!(delivery.shutdown());
     let stored = stored(&server.url());
     assert_exactly_once(&stored, &queued.iter().map(|q| q.0).collect::<Vec<_>>());
-    assert!(stored[..4].iter().all(|m| m.payload == "stored before the crash"));
+    assert!(
+        stored[..4]
+            .iter()
+            .all(|m| m.payload == "stored before the crash")
+    );
     assert!(stored[4..].iter().all(|m| m.payload.starts_with('{')));
 }

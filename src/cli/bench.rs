@@ -835,17 +835,23 @@ pub fn run(args: BenchArgs) -> anyhow::Result<super::Outcome> {
     }
 
     if has(Section::Triton) {
-        report.insert("triton", super::bench_remote::triton_section(
+        report.insert(
+            "triton",
+            super::bench_remote::triton_section(
                 args.triton.as_deref(),
                 &args.wires,
                 &args.batches,
                 args.seconds,
                 &args.model,
                 &model,
-            )?);
+            )?,
+        );
     }
     if has(Section::Nats) {
-        report.insert("nats", super::bench_remote::nats_section(args.nats.as_deref(), args.nats_events)?);
+        report.insert(
+            "nats",
+            super::bench_remote::nats_section(args.nats.as_deref(), args.nats_events)?,
+        );
     }
 
     let rss = peak_rss_mib();

@@ -13,8 +13,8 @@ use serde_json::{Value, json};
 use super::ModelArgs;
 use super::bench_session::{ROUNDS, Rate, SessionBench};
 use crate::daemon::outbox::Pending;
-use crate::daemon::output::worker::SyncOutput;
 use crate::daemon::output::nats::{MAX_BATCH, NatsConfig, NatsOutput};
+use crate::daemon::output::worker::SyncOutput;
 use clipfilter::model::ModelDir;
 use clipfilter::remote::{RemoteConfig, WireFormat};
 use clipfilter::tower::ImageTower;
@@ -179,7 +179,9 @@ fn with_stream<T>(server: &str, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow
 /// The `nats` section.
 pub(super) fn nats_section(server: Option<&str>, n_events: usize) -> anyhow::Result<Value> {
     let Some(server) = server else {
-        bail!("--sections nats needs --nats nats://HOST:PORT (a nats-server with JetStream: nats-server -js)");
+        bail!(
+            "--sections nats needs --nats nats://HOST:PORT (a nats-server with JetStream: nats-server -js)"
+        );
     };
     let config: NatsConfig = toml::from_str(&format!(
         "name = 'bench'\nservers = [{server:?}]\nsubject = 'clipfilter-bench.{{pipeline}}.{{label}}'"
@@ -193,7 +195,9 @@ pub(super) fn nats_section(server: Option<&str>, n_events: usize) -> anyhow::Res
             let (a, b) = round.split_at(round.len() / 2);
             let start = Instant::now();
             for chunk in a.chunks(MAX_BATCH) {
-                output.send(chunk).map_err(|(_, e)| anyhow::anyhow!("{e}"))?;
+                output
+                    .send(chunk)
+                    .map_err(|(_, e)| anyhow::anyhow!("{e}"))?;
             }
             pipelined.add(Rate {
                 images: a.len(),
@@ -201,7 +205,8 @@ pub(super) fn nats_section(server: Option<&str>, n_events: usize) -> anyhow::Res
             });
             let start = Instant::now();
             for e in b {
-                output.send(std::slice::from_ref(e))
+                output
+                    .send(std::slice::from_ref(e))
                     .map_err(|(_, e)| anyhow::anyhow!("{e}"))?;
             }
             single.add(Rate {
@@ -211,7 +216,9 @@ pub(super) fn nats_section(server: Option<&str>, n_events: usize) -> anyhow::Res
         }
         // Every event once more: the stream drops them all as duplicates.
         for chunk in events.chunks(MAX_BATCH) {
-            output.send(chunk).map_err(|(_, e)| anyhow::anyhow!("{e}"))?;
+            output
+                .send(chunk)
+                .map_err(|(_, e)| anyhow::anyhow!("{e}"))?;
         }
         anyhow::Ok((pipelined, single))
     })?;
@@ -225,5 +232,7 @@ pub(super) fn nats_section(server: Option<&str>, n_events: usize) -> anyhow::Res
     if stored != sent {
         bail!("the stream holds {stored} events, {sent} were sent: duplicates were not dropped");
     }
-    Ok(json!({"server": server, "events_per_s_pipelined": p, "events_per_s_one_at_a_time": s, "pipelined_vs_single": p / s, "events": sent, "stored_after_resending_all": stored, "max_batch": MAX_BATCH}))
+    Ok(
+        json!({"server": server, "events_per_s_pipelined": p, "events_per_s_one_at_a_time": s, "pipelined_vs_single": p / s, "events": sent, "stored_after_resending_all": stored, "max_batch": MAX_BATCH}),
+    )
 }

@@ -748,11 +748,17 @@ fn backend(cx: &Ctx<'_>, raw: &Spanned<RawModel>) -> Result<Backend> {
         ("image_model", m.image_model.as_ref().map(Spanned::span)),
         ("text_model", m.text_model.as_ref().map(Spanned::span)),
         ("timeout", m.timeout.as_ref().map(Spanned::span)),
-        ("connect_timeout", m.connect_timeout.as_ref().map(Spanned::span)),
+        (
+            "connect_timeout",
+            m.connect_timeout.as_ref().map(Spanned::span),
+        ),
         ("start_timeout", m.start_timeout.as_ref().map(Spanned::span)),
         ("fallback", m.fallback.as_ref().map(Spanned::span)),
         ("tls_ca", m.tls_ca.as_ref().map(Spanned::span)),
-        ("tls_certificate", m.tls_certificate.as_ref().map(Spanned::span)),
+        (
+            "tls_certificate",
+            m.tls_certificate.as_ref().map(Spanned::span),
+        ),
         ("tls_key", m.tls_key.as_ref().map(Spanned::span)),
         ("tls_domain", m.tls_domain.as_ref().map(Spanned::span)),
     ];
@@ -792,7 +798,10 @@ fn backend(cx: &Ctx<'_>, raw: &Spanned<RawModel>) -> Result<Backend> {
                 clipfilter_triton::check_endpoint(endpoint)
                     .map_err(|err| cx.err(Some(e.span()), "model.endpoints", err.to_string()))?;
             }
-            e.get_ref().iter().map(|s| s.trim().to_string()).collect::<Vec<_>>()
+            e.get_ref()
+                .iter()
+                .map(|s| s.trim().to_string())
+                .collect::<Vec<_>>()
         }
     };
     let wire = match &m.wire_format {
@@ -853,7 +862,10 @@ fn backend(cx: &Ctx<'_>, raw: &Spanned<RawModel>) -> Result<Backend> {
         ca_certificate: m.tls_ca.as_ref().map(|p| cx.path(p.get_ref())),
         client_certificate: m.tls_certificate.as_ref().map(|p| cx.path(p.get_ref())),
         client_key: m.tls_key.as_ref().map(|p| cx.path(p.get_ref())),
-        domain: m.tls_domain.as_ref().map(|d| d.get_ref().trim().to_string()),
+        domain: m
+            .tls_domain
+            .as_ref()
+            .map(|d| d.get_ref().trim().to_string()),
     };
     if tls.client_certificate.is_some() != tls.client_key.is_some() {
         let span = m
@@ -1341,20 +1353,59 @@ mod tests {
         assert_eq!(r.start_timeout, Duration::from_secs(60));
         assert_eq!(r.fallback, Fallback::Local);
         let tls = r.tls.as_ref().unwrap();
-        assert_eq!(tls.ca_certificate.as_deref(), Some(Path::new("/etc/clipfilter/ca.pem")));
+        assert_eq!(
+            tls.ca_certificate.as_deref(),
+            Some(Path::new("/etc/clipfilter/ca.pem"))
+        );
         assert_eq!(parse(MINIMAL).unwrap().model.backend, Backend::Local);
 
         let cases = [
-            ("endpoints = [\"grpc://a:1\"]", "model.endpoints", "goes with backend"),
-            ("backend = \"remote\"", "model.backend", "expected local or triton"),
+            (
+                "endpoints = [\"grpc://a:1\"]",
+                "model.endpoints",
+                "goes with backend",
+            ),
+            (
+                "backend = \"remote\"",
+                "model.backend",
+                "expected local or triton",
+            ),
             ("backend = \"triton\"", "model.endpoints", "needs endpoints"),
-            ("backend = \"triton\"\nendpoints = []", "model.endpoints", "empty"),
-            ("backend = \"triton\"\nendpoints = [\"http2://a:1\"]", "model.endpoints", "unknown scheme"),
-            ("backend = \"triton\"\nendpoints = [\"a:1\"]\nwire_format = \"int4\"", "model.wire_format", "expected fp32"),
-            ("backend = \"triton\"\nendpoints = [\"a:1\"]\ntimeout = \"0s\"", "model.timeout", "at least 1ms"),
-            ("backend = \"triton\"\nendpoints = [\"a:1\"]\nfallback = \"cloud\"", "model.fallback", "none or local"),
-            ("backend = \"triton\"\nendpoints = [\"a:1\"]\ntls_key = \"k.pem\"", "model.tls_certificate", "go together"),
-            ("backend = \"triton\"\nendpoints = [\"a:1\"]\nimage_model = \"a/b\"", "model.image_model", "not a Triton model name"),
+            (
+                "backend = \"triton\"\nendpoints = []",
+                "model.endpoints",
+                "empty",
+            ),
+            (
+                "backend = \"triton\"\nendpoints = [\"http2://a:1\"]",
+                "model.endpoints",
+                "unknown scheme",
+            ),
+            (
+                "backend = \"triton\"\nendpoints = [\"a:1\"]\nwire_format = \"int4\"",
+                "model.wire_format",
+                "expected fp32",
+            ),
+            (
+                "backend = \"triton\"\nendpoints = [\"a:1\"]\ntimeout = \"0s\"",
+                "model.timeout",
+                "at least 1ms",
+            ),
+            (
+                "backend = \"triton\"\nendpoints = [\"a:1\"]\nfallback = \"cloud\"",
+                "model.fallback",
+                "none or local",
+            ),
+            (
+                "backend = \"triton\"\nendpoints = [\"a:1\"]\ntls_key = \"k.pem\"",
+                "model.tls_certificate",
+                "go together",
+            ),
+            (
+                "backend = \"triton\"\nendpoints = [\"a:1\"]\nimage_model = \"a/b\"",
+                "model.image_model",
+                "not a Triton model name",
+            ),
         ];
         for (extra, field, message) in cases {
             let e = err(&format!("[model]\npath = \"m\"\n{extra}\n"));

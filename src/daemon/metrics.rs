@@ -783,7 +783,10 @@ mod tests {
         assert!(text.contains("clipfilter_frames_seen_total{pipeline=\"cam1\"} 10\n"));
         assert!(text.contains("clipfilter_frames_sampled_total{pipeline=\"cam1\"} 5\n"));
         assert!(text.contains("clipfilter_inference_queue_depth{model=\"clip-b32\"} 7\n"));
-        assert!(text.contains("clipfilter_inference_unavailable_total{model=\"clip-b32\"} 12\n"), "{text}");
+        assert!(
+            text.contains("clipfilter_inference_unavailable_total{model=\"clip-b32\"} 12\n"),
+            "{text}"
+        );
         assert!(text.contains("clipfilter_triton_endpoint_up{model=\"clip-b32\",endpoint=\"grpc://gpu1:8001\"} 0\n"), "{text}");
         assert!(text.contains("clipfilter_triton_requests_total{model=\"clip-b32\",endpoint=\"grpc://gpu1:8001\"} 40\n"), "{text}");
         assert!(text.contains("clipfilter_triton_request_errors_total{model=\"clip-b32\",endpoint=\"grpc://gpu1:8001\"} 3\n"), "{text}");
