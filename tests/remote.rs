@@ -327,9 +327,10 @@ fn servers_killed_and_restarted_mid_stream() {
     let mut a = TritonServer::start(repo.path(), &ORACLE_MODELS);
     let mut b = TritonServer::start(repo.path(), &ORACLE_MODELS);
     init();
+    // scene-gate=0: the live red picture never changes, and the automatic gate would skip it.
     let desc = format!(
         "videotestsrc is-live=true pattern=red ! video/x-raw,format=RGB,width=64,height=48,framerate=25/1 ! \
-         clipfilter name=cf model={} prompts=\"red;green;blue\" interval=100000000 backend=triton \
+         clipfilter name=cf model={} prompts=\"red;green;blue\" interval=100000000 scene-gate=0 backend=triton \
          endpoints={},{} image-model-name=oracle_image text-model-name=oracle_text remote-timeout=2000000000 ! fakesink",
         util::model("oracle-clip").display(),
         a.grpc_url(),
