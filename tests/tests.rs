@@ -3,6 +3,7 @@
 mod util;
 
 mod daemon;
+mod daemon_config;
 mod daemon_http;
 mod delivery;
 mod element;
