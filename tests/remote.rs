@@ -78,7 +78,7 @@ fn add_oracle(repo: &std::path::Path) {
 
 fn remote_engine(model: &str, remote: RemoteConfig) -> clipfilter::Result<Engine> {
     let mut cfg = EngineConfig::new(util::model(model));
-    cfg.backend = Backend::Triton(remote);
+    cfg.backend = Backend::Triton(Box::new(remote));
     Engine::load(&cfg)
 }
 

@@ -122,7 +122,7 @@ fn event(i: usize) -> Pending {
     let id = uuid::Uuid::now_v7();
     let payload = json!({
         "id": id, "time": "2026-11-28T12:00:03.1Z", "pipeline": "bench", "label": "white van",
-        "state": if i % 2 == 0 { "start" } else { "end" }, "score": 0.27, "probability": 0.81,
+        "state": if i.is_multiple_of(2) { "start" } else { "end" }, "score": 0.27, "probability": 0.81,
         "frame": i, "pts": i as f64 / 10.0, "stream_time": i as f64 / 10.0, "running_time": i as f64 / 10.0,
     });
     Pending {

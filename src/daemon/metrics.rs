@@ -242,7 +242,6 @@ impl Collector for ScrapeSources {
             let labels = [("model", model.as_str())];
             ConstGauge::new(*depth).encode(family.encode_family(&labels)?)?;
         }
-        drop(family);
         self.encode_backend(&mut encoder)
     }
 }
@@ -266,7 +265,6 @@ impl ScrapeSources {
             let labels = [("model", model.as_str())];
             ConstCounter::new(counts.unavailable).encode(family.encode_family(&labels)?)?;
         }
-        drop(family);
         type Read = fn(&EndpointCounts) -> u64;
         let families: [(&str, &str, MetricType, Read); 3] = [
             (

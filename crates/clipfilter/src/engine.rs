@@ -26,8 +26,9 @@ pub enum Backend {
     #[default]
     Local,
     /// A Triton Inference Server pool; the local folder gives the tokenizer, preprocessing and
-    /// the interface the server's models are checked against.
-    Triton(RemoteConfig),
+    /// the interface the server's models are checked against. (Boxed: it is much larger than
+    /// `Local`.)
+    Triton(Box<RemoteConfig>),
 }
 
 impl Backend {

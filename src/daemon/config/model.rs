@@ -329,5 +329,5 @@ fn backend(cx: &Ctx<'_>, m: &RawModel) -> Result<Backend> {
         ));
     }
     config.tls = (tls != RemoteTls::default()).then_some(tls);
-    Ok(Backend::Triton(config))
+    Ok(Backend::Triton(Box::new(config)))
 }

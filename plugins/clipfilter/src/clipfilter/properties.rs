@@ -193,7 +193,7 @@ impl RemoteSettings {
             domain: self.tls_domain.clone(),
         };
         config.tls = (tls != RemoteTls::default()).then_some(tls);
-        Ok(Backend::Triton(config))
+        Ok(Backend::Triton(Box::new(config)))
     }
 }
 
