@@ -49,7 +49,7 @@
 //!
 //! [restart]                       # supervision of pipelines
 //! initial = "1s"                  # first wait after a failure, doubled each time (with jitter)
-//! max = "60s"                     # longest wait
+//! max = "60s"                     # longest wait (both at most 24h)
 //! stall_timeout = "30s"           # a running pipeline that sees no frame this long is restarted
 //!
 //! [[output]]                      # see `crate::daemon::output`
@@ -789,6 +789,12 @@ interval = "soon"
             "{e}"
         );
         assert!(parse(&pipe("enter = 1000\nleave = 1")).is_ok());
+        // The supervisor adds restart waits to the clock: centuries would overflow it.
+        let e = err("[model]\npath = \"m\"\n[restart]\nmax = \"2562047788015215h\"\n");
+        assert!(e.contains("line 4") && e.contains("restart.max"), "{e}");
+        let e = err("[model]\npath = \"m\"\n[restart]\ninitial = \"25h\"\n");
+        assert!(e.contains("restart.initial") && e.contains("24h"), "{e}");
+        assert!(parse("[model]\npath = \"m\"\n[restart]\nmax = \"24h\"\n").is_ok());
     }
 
     #[test]

@@ -14,6 +14,9 @@ pub const DEFAULT_RESTART_INITIAL: Duration = Duration::from_secs(1);
 pub const DEFAULT_RESTART_MAX: Duration = Duration::from_secs(60);
 /// Default time without frames after which a running pipeline is restarted.
 pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest wait before a restart (`initial`, `max`): the supervisor adds it to the clock,
+/// which a wait of centuries would overflow.
+pub const MAX_RESTART_WAIT: Duration = Duration::from_secs(24 * 3600);
 
 /// The `[restart]` table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +51,13 @@ fn initial(cx: &Ctx<'_>, raw: &RawRestart) -> Result<Duration> {
             "must be greater than zero",
         ));
     }
+    if initial > MAX_RESTART_WAIT {
+        return Err(cx.err(
+            raw.initial.as_ref().map(Spanned::span),
+            "restart.initial",
+            "must be at most 24h",
+        ));
+    }
     Ok(initial)
 }
 
@@ -62,6 +72,13 @@ fn max(cx: &Ctx<'_>, raw: &RawRestart, initial: Duration) -> Result<Duration> {
             raw.max.as_ref().map(Spanned::span),
             "restart.max",
             "must not be shorter than restart.initial",
+        ));
+    }
+    if max > MAX_RESTART_WAIT {
+        return Err(cx.err(
+            raw.max.as_ref().map(Spanned::span),
+            "restart.max",
+            "must be at most 24h",
         ));
     }
     Ok(max)
