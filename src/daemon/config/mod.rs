@@ -853,6 +853,11 @@ interval = "soon"
                 "at least 1ms",
             ),
             (
+                "backend = \"triton\"\nendpoints = [\"a:1\"]\nstart_timeout = \"1000h\"",
+                "model.start_timeout",
+                "at most 24h",
+            ),
+            (
                 "backend = \"triton\"\nendpoints = [\"a:1\"]\nfallback = \"cloud\"",
                 "model.fallback",
                 "none or local",

@@ -287,6 +287,10 @@ fn backend(cx: &Ctx<'_>, m: &RawModel) -> Result<Backend> {
         if d < Duration::from_millis(1) {
             return Err(cx.err(Some(raw.span()), field, "must be at least 1ms"));
         }
+        // Added to the clock: centuries would overflow it.
+        if d > Duration::from_secs(24 * 3600) {
+            return Err(cx.err(Some(raw.span()), field, "must be at most 24h"));
+        }
         Ok(d)
     };
     if let Some(t) = &m.timeout {

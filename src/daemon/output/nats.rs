@@ -142,6 +142,13 @@ impl NatsConfig {
         if self.ack_timeout.is_some_and(|t| t.is_zero()) {
             return Err(("ack_timeout", "must be greater than zero".into()));
         }
+        // Added to the clock (and doubled for the wait): centuries would overflow it.
+        if self
+            .ack_timeout
+            .is_some_and(|t| t > Duration::from_secs(24 * 3600))
+        {
+            return Err(("ack_timeout", "must be at most 24h".into()));
+        }
         Ok(())
     }
 }
@@ -343,6 +350,10 @@ mod tests {
             "credentials"
         );
         assert_eq!(config("ca_file = 'ca.pem'").unwrap_err().0, "ca_file");
+        assert_eq!(
+            config("ack_timeout = '1000h'").unwrap_err().0,
+            "ack_timeout"
+        );
         let none = toml::from_str::<NatsConfig>("name = 'n'\nservers = []")
             .unwrap()
             .check();
