@@ -10,5 +10,7 @@ mod delivery;
 mod element;
 mod engine;
 mod model_fetch;
+mod nats;
+mod remote;
 mod sd_notify;
 mod worker;

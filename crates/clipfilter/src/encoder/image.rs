@@ -8,6 +8,7 @@ use ort::value::{TensorElementType, TensorRef};
 
 use super::{Port, Provider, SessionConfig, build_session, find_output, names, port};
 use crate::error::{Error, Result};
+use crate::tower::ImageTower;
 
 /// A loaded image tower. `encode` takes `&mut self`: one owner (the inference worker) runs it.
 pub struct ImageEncoder {
@@ -182,5 +183,19 @@ impl ImageEncoder {
         }
         self.dim = Some(dims[1] as usize);
         Ok(())
+    }
+}
+
+impl ImageTower for ImageEncoder {
+    fn image_len(&self) -> usize {
+        ImageEncoder::image_len(self)
+    }
+
+    fn encode(&mut self, pixels: &[f32], batch: usize, out: &mut Vec<f32>) -> Result<()> {
+        ImageEncoder::encode(self, pixels, batch, out)
+    }
+
+    fn provider(&self) -> Provider {
+        self.provider
     }
 }
