@@ -25,8 +25,6 @@
 //! retain = false
 //! tls = false                    # true: MQTT over TLS (rustls); ca_file = "ca.pem" to trust
 //! keep_alive = "30s"
-//! ```
-//!
 //!
 //! [[output]]
 //! name = "fleet"
