@@ -9,12 +9,12 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use clipfilter::matcher::Transition;
 use clipfilterd::daemon::delivery::Delivery;
 use clipfilterd::daemon::event::Event;
 use clipfilterd::daemon::metrics::Metrics;
-use clipfilterd::daemon::output::{OutputConfig, Outputs};
+use clipfilterd::daemon::output::Outputs;
 
+use crate::delivery::{events, metric};
 use crate::util::{PATIENCE, free_port};
 
 const STREAM: &str = "CLIPFILTER";
@@ -169,36 +169,9 @@ fn publish_first(url: &str, subject: &str, msg_id: &str, payload: &str) {
 }
 
 fn outputs(url: &str) -> Outputs {
-    #[derive(serde::Deserialize)]
-    struct File {
-        output: Vec<OutputConfig>,
-    }
-    let text = format!(
+    crate::delivery::outputs(&format!(
         "[[output]]\nname = 'fleet'\ntype = 'nats'\nservers = ['{url}']\nretry_initial = '100ms'\nretry_max = '1s'\nack_timeout = '2s'\n"
-    );
-    let file: File = toml::from_str(&text).unwrap();
-    Outputs::new(Path::new("test.toml"), file.output).unwrap()
-}
-
-fn events(pipeline: &str, n: u64) -> Vec<Event> {
-    (0..n)
-        .map(|i| {
-            let state = if i % 2 == 0 {
-                Transition::Start
-            } else {
-                Transition::End
-            };
-            Event::new(pipeline, format!("label {}", i % 3), state, 0.25, 0.5, i)
-        })
-        .collect()
-}
-
-fn metric(metrics: &Metrics, series: &str) -> f64 {
-    metrics
-        .encode()
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0)
+    ))
 }
 
 /// The stored ids equal `want`, each once, in order.

@@ -4,7 +4,7 @@
 //! the fairness, the prompt cache and everything above them are the same for both.
 
 use crate::encoder::Provider;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// Runs the image tower on batches of preprocessed images.
 pub trait ImageTower: Send {
@@ -31,4 +31,16 @@ pub trait TextTower: Send {
 
     /// What runs it.
     fn provider(&self) -> Provider;
+}
+
+/// Checks that `pixels` holds exactly `batch` images of `image_len` floats: what every
+/// [`ImageTower::encode`] requires before it runs anything.
+pub fn check_batch(pixels: &[f32], batch: usize, image_len: usize) -> Result<()> {
+    if pixels.len() != batch * image_len {
+        return Err(Error::invalid(
+            "image batch",
+            format!("{} floats for {batch} images of {image_len}", pixels.len()),
+        ));
+    }
+    Ok(())
 }

@@ -125,16 +125,7 @@ impl ImageEncoder {
             out.clear();
             return Ok(());
         }
-        if pixels.len() != batch * self.image_len() {
-            return Err(Error::invalid(
-                "image batch",
-                format!(
-                    "{} floats for {batch} images of {}",
-                    pixels.len(),
-                    self.image_len()
-                ),
-            ));
-        }
+        crate::tower::check_batch(pixels, batch, self.image_len())?;
         let _span =
             tracing::debug_span!("image_encode", batch, provider = %self.provider).entered();
         let shape = [batch, 3, self.size.0 as usize, self.size.1 as usize];

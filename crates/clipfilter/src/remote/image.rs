@@ -139,16 +139,7 @@ impl ImageTower for RemoteImage {
             out.clear();
             return Ok(());
         }
-        if pixels.len() != batch * self.image_len() {
-            return Err(Error::invalid(
-                "image batch",
-                format!(
-                    "{} floats for {batch} images of {}",
-                    pixels.len(),
-                    self.image_len()
-                ),
-            ));
-        }
+        crate::tower::check_batch(pixels, batch, self.image_len())?;
         let _span =
             tracing::debug_span!("remote_image_encode", batch, wire = %self.remote.config.wire)
                 .entered();
