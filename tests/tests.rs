@@ -2,6 +2,7 @@
 
 mod util;
 
+mod crops;
 mod daemon;
 mod daemon_config;
 mod daemon_http;
@@ -10,5 +11,7 @@ mod element;
 mod engine;
 mod history;
 mod model_fetch;
+mod nats;
+mod remote;
 mod sd_notify;
 mod worker;

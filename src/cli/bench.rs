@@ -4,6 +4,7 @@
 //! - `inference`: image-tower images/s at each batch size, straight on the ONNX session and
 //!   through the shared worker, and end to end from decoded 1080p NV12 frames to scored events;
 //! - `preprocess`: milliseconds to turn one 1080p frame into the model input, per pixel format;
+//! - `fit`, `crops`: what the fit, tiles and regions cost (see `bench_crops.rs`);
 //! - `latency`: frame-to-verdict p50/p99 at light load, against one batch-1 inference;
 //! - `int8`: the quantized variant's images/s and its embeddings' cosine to fp32 on real photos;
 //! - `pipelines`: end-to-end frames/s of `--streams` concurrent file pipelines (decode ->
@@ -17,6 +18,8 @@
 //! - `history` (not run by default): the sample history's ingest rate and bytes per sample, the
 //!   worker's images/s while it ingests, and one search over `--history-samples` stored samples
 //!   against a numpy brute-force baseline (see [`history`]);
+//! - `triton`, `nats`: through servers (`--triton`, `--nats`), see [`super::bench_remote`];
+//!   not in the default set;
 //! - peak RSS is always reported.
 //!
 //! Benchmarks are commands, not tests: these machines are shared and noisy, so compare ratios
@@ -34,13 +37,16 @@ use serde_json::{Value, json};
 mod history;
 
 use super::ModelArgs;
-use clipfilter::encoder::ImageEncoder;
-use clipfilter::engine::{Engine, EngineConfig, decode_image};
+use super::bench_session::{
+    ROUNDS, Rate, SessionBench, engine_config, frame_1080p, frame_ref, threads,
+};
+use clipfilter::engine::{Engine, decode_image};
 use clipfilter::labels::{CompiledLabels, LabelDefaults, LabelSet, Threshold};
 use clipfilter::matcher::Matcher;
 use clipfilter::model::{ModelDir, Variant};
-use clipfilter::preprocess::{FrameRef, PixelFormat, Preprocessor, YuvColor};
-use clipfilter::worker::{BatchConfig, StreamOptions};
+use clipfilter::preprocess::{PixelFormat, Preprocessor};
+use clipfilter::remote::WireFormat;
+use clipfilter::worker::StreamOptions;
 use clipfilter::zeroshot::{Scores, Templates};
 
 /// Parts of the benchmark.
@@ -54,6 +60,10 @@ pub enum Section {
     Static,
     Baselines,
     History,
+    Fit,
+    Crops,
+    Triton,
+    Nats,
 }
 
 /// Arguments of `bench`.
@@ -75,7 +85,7 @@ pub struct BenchArgs {
         long,
         value_delimiter = ',',
         value_enum,
-        default_value = "inference,preprocess,latency,int8,pipelines,static,baselines"
+        default_value = "inference,preprocess,fit,crops,latency,int8,pipelines,static,baselines"
     )]
     pub sections: Vec<Section>,
 
@@ -102,159 +112,27 @@ pub struct BenchArgs {
     /// Photos for the int8-vs-fp32 comparison (default: .local/media/photos of the set-up).
     #[arg(long, value_name = "DIR")]
     pub photos: Option<PathBuf>,
+
+    /// Triton endpoint of the `triton` section (its models named as `model export-triton`
+    /// writes them: clip_image, clip_image_fp16, clip_image_uint8, clip_text).
+    #[arg(long, value_name = "URL")]
+    pub triton: Option<String>,
+
+    /// Wire formats of the `triton` section.
+    #[arg(long, value_delimiter = ',', default_value = "fp32,fp16,uint8", value_parser = parse_wire)]
+    pub wires: Vec<WireFormat>,
+
+    /// NATS server with JetStream for the `nats` section.
+    #[arg(long, value_name = "URL")]
+    pub nats: Option<String>,
+
+    /// Events published in the `nats` section.
+    #[arg(long, default_value_t = 6000)]
+    pub nats_events: usize,
 }
 
-fn threads(args: &ModelArgs) -> usize {
-    if args.threads > 0 {
-        args.threads
-    } else {
-        std::thread::available_parallelism().map_or(2, usize::from)
-    }
-}
-
-/// A synthetic 1080p frame in `format` (a gradient with some texture, so resampling does work).
-fn frame_1080p(format: PixelFormat) -> (Vec<u8>, [usize; 3], [usize; 3]) {
-    let (w, h) = (1920usize, 1080usize);
-    let px = |x: usize, y: usize, c: usize| ((x * (c + 1) + y * 3 + (x ^ y) % 17) % 256) as u8;
-    match format {
-        PixelFormat::Nv12 => {
-            let mut d = vec![0u8; w * h * 3 / 2];
-            for y in 0..h {
-                for x in 0..w {
-                    d[y * w + x] = px(x, y, 0);
-                }
-            }
-            for (i, v) in d[w * h..].iter_mut().enumerate() {
-                *v = 64 + (i % 128) as u8;
-            }
-            (d, [0, w * h, 0], [w, w, 0])
-        }
-        PixelFormat::I420 => {
-            let mut d = vec![0u8; w * h * 3 / 2];
-            for (i, v) in d.iter_mut().enumerate() {
-                *v = px(i % w, i / w, 1);
-            }
-            (d, [0, w * h, w * h + w * h / 4], [w, w / 2, w / 2])
-        }
-        f => {
-            let bpp = f.packed_bytes().unwrap_or(3);
-            let mut d = vec![0u8; w * h * bpp];
-            for (i, v) in d.iter_mut().enumerate() {
-                *v = px((i / bpp) % w, i / bpp / w, i % bpp);
-            }
-            (d, [0, 0, 0], [w * bpp, 0, 0])
-        }
-    }
-}
-
-fn frame_ref<'a>(
-    format: PixelFormat,
-    data: &'a [u8],
-    offsets: [usize; 3],
-    strides: [usize; 3],
-) -> FrameRef<'a> {
-    let n = format.planes();
-    let plane = |i: usize| -> &'a [u8] {
-        if i < n {
-            let end = if i + 1 < n {
-                offsets[i + 1]
-            } else {
-                data.len()
-            };
-            &data[offsets[i]..end]
-        } else {
-            &[]
-        }
-    };
-    FrameRef {
-        format,
-        width: 1920,
-        height: 1080,
-        planes: [plane(0), plane(1), plane(2)],
-        strides,
-        color: YuvColor::default(),
-    }
-}
-
-fn engine_config(args: &ModelArgs, max_batch: usize, variant: Variant) -> EngineConfig {
-    let mut cfg = args.engine_config();
-    cfg.variant = variant;
-    cfg.session.intra_threads = threads(args);
-    cfg.batch = BatchConfig {
-        max_batch,
-        ..cfg.batch
-    };
-    cfg
-}
-
-/// Images counted over seconds measured; rounds of several measurements add up.
-#[derive(Debug, Default, Clone, Copy)]
-struct Rate {
-    images: usize,
-    seconds: f64,
-}
-
-impl Rate {
-    fn add(&mut self, other: Rate) {
-        self.images += other.images;
-        self.seconds += other.seconds;
-    }
-
-    fn per_s(self) -> f64 {
-        self.images as f64 / self.seconds
-    }
-}
-
-/// Rounds per figure: the measurements being compared take turns, so drift in the machine's
-/// load hits all of them alike instead of whichever happened to run last.
-const ROUNDS: usize = 3;
-
-/// The bare image-tower session at one batch size, with a random input.
-struct SessionBench {
-    enc: ImageEncoder,
-    input: Vec<f32>,
-    out: Vec<f32>,
-    batch: usize,
-}
-
-impl SessionBench {
-    fn load(model: &ModelDir, args: &ModelArgs, batch: usize) -> anyhow::Result<Self> {
-        let size = model
-            .preprocess
-            .output_size()
-            .context("model has no fixed input size")?;
-        let mut cfg = args.engine_config().session;
-        cfg.intra_threads = threads(args);
-        let mut enc = ImageEncoder::load(&model.vision_onnx, size, &cfg)?;
-        let mut rng = fastrand::Rng::with_seed(7);
-        let input: Vec<f32> = (0..batch * enc.image_len())
-            .map(|_| rng.f32() * 4.0 - 2.0)
-            .collect();
-        let mut out = Vec::new();
-        for _ in 0..2 {
-            enc.encode(&input, batch, &mut out)?;
-        }
-        Ok(Self {
-            enc,
-            input,
-            out,
-            batch,
-        })
-    }
-
-    /// Runs for at least `seconds` (and at least three batches).
-    fn measure(&mut self, seconds: f64) -> anyhow::Result<Rate> {
-        let start = Instant::now();
-        let mut runs = 0;
-        while runs < 3 || start.elapsed().as_secs_f64() < seconds {
-            self.enc.encode(&self.input, self.batch, &mut self.out)?;
-            runs += 1;
-        }
-        Ok(Rate {
-            images: runs * self.batch,
-            seconds: start.elapsed().as_secs_f64(),
-        })
-    }
+fn parse_wire(s: &str) -> Result<WireFormat, String> {
+    clipfilter::remote::parse_wire(s).map_err(|e| e.to_string())
 }
 
 /// Images/s of the bare session at `batch`, measured on its own.
@@ -355,7 +233,7 @@ impl WorkerBench {
                 .wait_result(Duration::from_secs(600))
                 .context("worker did not answer")?;
             in_flight -= 1;
-            let e = out.embedding.map_err(|m| anyhow::anyhow!(m))?;
+            let e = out.embeddings.map_err(|m| anyhow::anyhow!(m))?;
             self.labels.score_into(&e, &mut self.scores)?;
             self.matcher.update(&self.labels, &self.scores);
             self.stream.recycle(out.pixels);
@@ -559,13 +437,13 @@ fn pipelines_section(args: &BenchArgs, model: &ModelDir) -> anyhow::Result<Value
 }
 
 /// CPU share of one core that clipfilter adds to a static live 720p25 camera sampled at 2 fps
-/// with the scene gate on (and, for comparison, with it off).
+/// with the scene gate on (and, for comparison, with it off), untiled and with 3x3 tiles.
 fn static_section(args: &BenchArgs, model: &ModelDir) -> anyhow::Result<Value> {
     let seconds = Duration::from_secs_f64(args.seconds.max(5.0) * 2.0);
     let source = "videotestsrc is-live=true pattern=smpte ! video/x-raw,format=I420,width=1280,height=720,framerate=25/1";
-    let filter = |gate: f64| {
+    let filter = |gate: f64, tiles: &str| {
         format!(
-            "clipfilter name=cf model=\"{}\" variant={} execution-provider=cpu threads={} interval=500000000 scene-gate={gate} prompts=\"a person walking;a white van;an empty path\"",
+            "clipfilter name=cf model=\"{}\" variant={} execution-provider=cpu threads={} interval=500000000 scene-gate={gate} tiles={tiles} prompts=\"a person walking;a white van;an empty path\"",
             model.dir.display(),
             args.model.variant.name(),
             threads(&args.model)
@@ -583,28 +461,37 @@ fn static_section(args: &BenchArgs, model: &ModelDir) -> anyhow::Result<Value> {
     let mut cfg = engine_config(&args.model, 8, args.model.variant);
     cfg.session.providers = vec![clipfilter::encoder::Provider::Cpu];
     let _engine = Engine::shared(&cfg)?;
-    measure(format!("{source} ! {} ! fakesink", filter(3.0)))?;
+    measure(format!("{source} ! {} ! fakesink", filter(3.0, "none")))?;
     let (bare, _) = measure(format!("{source} ! fakesink"))?;
-    let (gated, gs) = measure(format!("{source} ! {} ! fakesink", filter(3.0)))?;
-    let (ungated, us) = measure(format!("{source} ! {} ! fakesink", filter(0.0)))?;
+    let (gated, gs) = measure(format!("{source} ! {} ! fakesink", filter(3.0, "none")))?;
+    let (tiled, ts) = measure(format!("{source} ! {} ! fakesink", filter(3.0, "3x3")))?;
+    let (ungated, us) = measure(format!("{source} ! {} ! fakesink", filter(0.0, "none")))?;
     let count = |s: &Option<gst::Structure>, f: &str| {
         s.as_ref().and_then(|s| s.get::<u64>(f).ok()).unwrap_or(0)
     };
     println!(
-        "\nstatic live camera, 1280x720 I420 at 25 fps, sampled at 2 fps, {:.0} s each: source alone {:.1}% of a core; clipfilter adds {:.2}% with the scene gate ({} inferred, {} skipped), {:.1}% without it ({} inferred)",
+        "\nstatic live camera, 1280x720 I420 at 25 fps, sampled at 2 fps, {:.0} s each: source alone {:.1}% of a core; clipfilter adds {:.2}% with the scene gate ({} inferred, {} skipped), {:.1}% without it ({} inferred); with 3x3 tiles and the gate (10 crops, a gate each) {:.2}% ({} model inputs inferred, {} samples skipped), {:.2}x the untiled gated cost",
         seconds.as_secs_f64(),
         bare * 100.0,
         (gated - bare) * 100.0,
         count(&gs, "inferred"),
         count(&gs, "skipped"),
         (ungated - bare) * 100.0,
-        count(&us, "inferred")
+        count(&us, "inferred"),
+        (tiled - bare) * 100.0,
+        count(&ts, "crops-inferred"),
+        count(&ts, "skipped"),
+        (tiled - bare) / (gated - bare)
     );
     Ok(json!({
         "seconds": seconds.as_secs_f64(), "source_only_core_share": bare,
         "clipfilter_core_share_gate_on": gated - bare, "clipfilter_core_share_gate_off": ungated - bare,
         "gate_on_inferred": count(&gs, "inferred"), "gate_on_skipped": count(&gs, "skipped"),
         "gate_off_inferred": count(&us, "inferred"),
+        "tiled_3x3_core_share_gate_on": tiled - bare,
+        "tiled_3x3_crops_inferred": count(&ts, "crops-inferred"),
+        "tiled_3x3_skipped": count(&ts, "skipped"),
+        "tiled_vs_untiled_gate_on": (tiled - bare) / (gated - bare),
     }))
 }
 
@@ -746,6 +633,19 @@ pub fn run(args: BenchArgs) -> anyhow::Result<super::Outcome> {
             rows.insert(f.gst_name().to_string(), json!(ms));
         }
         report.insert("preprocess_ms_1080p", Value::Object(rows));
+    }
+
+    if has(Section::Fit) {
+        report.insert(
+            "fit_preprocess_1080p",
+            super::bench_crops::fit_section(&model)?,
+        );
+    }
+    if has(Section::Crops) {
+        report.insert(
+            "crops",
+            super::bench_crops::crops_section(&args.model, args.seconds)?,
+        );
     }
 
     if has(Section::Latency) {
@@ -898,6 +798,26 @@ pub fn run(args: BenchArgs) -> anyhow::Result<super::Outcome> {
             }
         }
         report.insert("baselines", Value::Array(rows));
+    }
+
+    if has(Section::Triton) {
+        report.insert(
+            "triton",
+            super::bench_remote::triton_section(
+                args.triton.as_deref(),
+                &args.wires,
+                &args.batches,
+                args.seconds,
+                &args.model,
+                &model,
+            )?,
+        );
+    }
+    if has(Section::Nats) {
+        report.insert(
+            "nats",
+            super::bench_remote::nats_section(args.nats.as_deref(), args.nats_events)?,
+        );
     }
 
     let rss = peak_rss_mib();

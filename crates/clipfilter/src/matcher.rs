@@ -186,6 +186,7 @@ mod tests {
             enter,
             leave,
             key: name.into(),
+            regions: Vec::new(),
         };
         CompiledLabels::new(
             vec![l("smoke", false), l("sky", true)],

@@ -20,8 +20,25 @@
 //! # onnxruntime = "/opt/onnxruntime/lib/libonnxruntime.so"   # the ONNX Runtime library to load
 //! #                               # (default: see `clipfilter::runtime`); loaded once per process:
 //! #                               # a change takes effect at the next start
+//! # backend = "triton"            # local (default) | triton: the towers run on Triton
+//! #                               # Inference Server; the folder above still gives the tokenizer
+//! #                               # and preprocessing, and the servers' models are checked against it
+//! # endpoints = ["grpc://gpu1:8001", "grpcs://gpu2:8001"]   # round-robin over ready ones
+//! # wire_format = "uint8"         # fp32 (default) | fp16 | uint8 (8-bit RGB, normalised by the server)
+//! # image_model = "clip_image_uint8"   # default: clip_image[_fp16|_uint8] after wire_format
+//! # text_model = "clip_text"
+//! # timeout = "5s"                # one call, failing over to another endpoint included
+//! # connect_timeout = "2s"        # connect and health check
+//! # start_timeout = "30s"         # wait at start for one endpoint to be ready
+//! # fallback = "none"             # none: no endpoint ready -> samples dropped and counted;
+//! #                               # local: run them on this machine's ONNX Runtime
+//! # tls_ca = "ca.pem"             # grpcs://: CA, client certificate + key, name to verify
+//! # tls_certificate = "client.pem"
+//! # tls_key = "client.key"
+//! # tls_domain = "triton.internal"
 //!
 //! [snapshots]                     # JPEGs of the frames that start matches
+//! # draw_box = true               # outline the crop that matched (what the model saw)
 //! # dir = "/var/lib/clipfilter/snapshots"   # default: <state_dir>/snapshots
 //! max_files = 1000                # the oldest are deleted beyond either bound
 //! max_bytes = "256MiB"
@@ -68,6 +85,9 @@
 //! keyframes_only = false          # decode key frames only (when `interval` exceeds the GOP)
 //! # scene_gate = 3.0              # skip inference while the picture does not change (mean
 //! #                               # 8-bit level difference; 0: off; default: on for live sources)
+//! # fit = "pad"                   # crop | pad | crops: how the whole frame reaches the model
+//! # tiles = "3x3"                 # also tile_overlap, whole_frame, action_scope and
+//! #                               # [[pipeline.region]] tables: see `daemon/view.rs`
 //! interval = "1s"                 # time between sampled frames
 //! labels = "labels/driveway.toml" # a label set (reloaded when it changes), or:
 //! # prompts = ["a person", "a car"]
@@ -422,8 +442,10 @@ mod tests {
     use super::*;
     use crate::daemon::config::source::{SourceKind, Transport};
     use clipfilter::encoder::Provider;
+    use clipfilter::engine::Backend;
     use clipfilter::labels::Threshold;
     use clipfilter::model::Variant;
+    use clipfilter::remote::{Fallback, WireFormat};
     use gstclipfilter::clipfilter::ClipFilterMode;
 
     fn parse(text: &str) -> Result<Config> {
@@ -799,5 +821,196 @@ interval = "soon"
         let e = err("[model]\npath = \"m\"\n[restart]\ninitial = \"25h\"\n");
         assert!(e.contains("restart.initial") && e.contains("24h"), "{e}");
         assert!(parse("[model]\npath = \"m\"\n[restart]\nmax = \"24h\"\n").is_ok());
+    }
+
+    #[test]
+    fn views_regions_and_tiles_are_checked_with_line_and_field() {
+        let pipe = |extra: &str| {
+            format!(
+                "{MINIMAL}[[pipeline]]\nname = \"a\"\nsource = \"file:///x.mp4\"\nprompts = [\"red\", \"green\"]\n{extra}\n"
+            )
+        };
+        // Defaults: the whole frame, letterboxed.
+        let c = parse(&pipe("")).unwrap();
+        assert_eq!(c.pipelines[0].view, crate::daemon::view::View::default());
+        assert_eq!(c.pipelines[0].view.fit, clipfilter::crops::Fit::Pad);
+        let c = parse(&pipe(
+            "fit = \"crops\"\ntiles = \"3x2\"\ntile_overlap = 0.2\naction_scope = \"region\"\n[[pipeline.region]]\nname = \"gate\"\nbox = [0.62, 0.4, 0.3, 0.35]\n[[pipeline.region]]\nname = \"door\"\npolygon = [[0.1, 0.1], [0.3, 0.1], [0.2, 0.4]]",
+        ))
+        .unwrap();
+        let v = &c.pipelines[0].view;
+        assert_eq!(v.fit, clipfilter::crops::Fit::Crops);
+        assert_eq!(
+            v.tiles.map(|t| (t.columns, t.rows, t.overlap)),
+            Some((3, 2, 0.2))
+        );
+        assert_eq!(
+            v.action_scope,
+            gstclipfilter::clipfilter::ClipFilterActionScope::Region
+        );
+        assert_eq!(v.regions.len(), 2);
+        assert_eq!(
+            clipfilter::crops::regions_to_compact(&v.regions),
+            "gate:0.62,0.4,0.3,0.35;door:polygon:0.1,0.1,0.3,0.1,0.2,0.4"
+        );
+
+        let cases = [
+            (
+                "fit = \"squash\"",
+                "line 7",
+                "pipeline[0].fit",
+                "crop, pad, crops",
+            ),
+            (
+                "tiles = \"0x3\"",
+                "line 7",
+                "pipeline[0].tiles",
+                "between 1 and 8",
+            ),
+            (
+                "tiles = \"9x9\"",
+                "line 7",
+                "pipeline[0].tiles",
+                "between 1 and 8",
+            ),
+            (
+                "tiles = \"2x2\"\ntile_overlap = 0.9",
+                "line 8",
+                "pipeline[0].tile_overlap",
+                "overlap 0.9",
+            ),
+            (
+                "tile_overlap = 0.2",
+                "line 7",
+                "pipeline[0].tile_overlap",
+                "no tiles",
+            ),
+            (
+                "action_scope = \"all\"",
+                "line 7",
+                "pipeline[0].action_scope",
+                "frame or region",
+            ),
+            (
+                "[[pipeline.region]]\nname = \"gate\"\nbox = [0.9, 0.4, 0.3, 0.35]",
+                "line 9",
+                "pipeline[0].region[0].box",
+                "outside the frame",
+            ),
+            (
+                "[[pipeline.region]]\nname = \"x\"\npolygon = [[0.1, 0.1], [0.6, 0.5], [0.1, 0.5], [0.5, 0.1]]",
+                "line 9",
+                "pipeline[0].region[0].polygon",
+                "crosses itself",
+            ),
+            (
+                "[[pipeline.region]]\nname = \"x\"\npolygon = [[0.1, 0.1], [0.2, 0.2], [0.3, 0.3]]",
+                "line 9",
+                "pipeline[0].region[0].polygon",
+                "empty",
+            ),
+            (
+                "[[pipeline.region]]\nname = \"x\"\nbox = [0.1, 0.1, 0.2, 0.2]\n[[pipeline.region]]\nname = \"x\"\nbox = [0.5, 0.5, 0.2, 0.2]",
+                "line 11",
+                "pipeline[0].region[1].name",
+                "duplicate region name",
+            ),
+            (
+                "whole_frame = false",
+                "",
+                "pipeline[0].whole_frame",
+                "nothing to look at",
+            ),
+        ];
+        let mut failures = Vec::new();
+        for (extra, line, field, words) in cases {
+            let e = err(&pipe(extra));
+            if !(e.contains(line) && e.contains(&format!("`{field}`")) && e.contains(words)) {
+                failures.push(format!("{extra:?}: {e}"));
+            }
+        }
+        assert!(failures.is_empty(), "{failures:#?}");
+    }
+
+    #[test]
+    fn the_triton_backend_and_its_keys() {
+        let c = parse(
+            "[model]\npath = \"m\"\nbackend = \"triton\"\nendpoints = [\"grpc://gpu1:8001\", \"gpu2:8001\"]\nwire_format = \"uint8\"\ntimeout = \"2s\"\nstart_timeout = \"1m\"\nfallback = \"local\"\ntls_ca = \"ca.pem\"\n",
+        )
+        .unwrap();
+        let Backend::Triton(r) = &c.model.backend else {
+            panic!("{:?}", c.model.backend);
+        };
+        assert_eq!(r.endpoints, ["grpc://gpu1:8001", "gpu2:8001"]);
+        assert_eq!(r.wire, WireFormat::Uint8);
+        assert_eq!(r.image_model, "clip_image_uint8");
+        assert_eq!(r.text_model, "clip_text");
+        assert_eq!(r.timeout, Duration::from_secs(2));
+        assert_eq!(r.start_timeout, Duration::from_secs(60));
+        assert_eq!(r.fallback, Fallback::Local);
+        let tls = r.tls.as_ref().unwrap();
+        assert_eq!(
+            tls.ca_certificate.as_deref(),
+            Some(Path::new("/etc/clipfilter/ca.pem"))
+        );
+        assert_eq!(parse(MINIMAL).unwrap().model.backend, Backend::Local);
+
+        let cases = [
+            (
+                "endpoints = [\"grpc://a:1\"]",
+                "model.endpoints",
+                "goes with backend",
+            ),
+            (
+                "backend = \"remote\"",
+                "model.backend",
+                "expected local or triton",
+            ),
+            ("backend = \"triton\"", "model.endpoints", "needs endpoints"),
+            (
+                "backend = \"triton\"\nendpoints = []",
+                "model.endpoints",
+                "empty",
+            ),
+            (
+                "backend = \"triton\"\nendpoints = [\"http2://a:1\"]",
+                "model.endpoints",
+                "unknown scheme",
+            ),
+            (
+                "backend = \"triton\"\nendpoints = [\"a:1\"]\nwire_format = \"int4\"",
+                "model.wire_format",
+                "expected fp32",
+            ),
+            (
+                "backend = \"triton\"\nendpoints = [\"a:1\"]\ntimeout = \"0s\"",
+                "model.timeout",
+                "at least 1ms",
+            ),
+            (
+                "backend = \"triton\"\nendpoints = [\"a:1\"]\nstart_timeout = \"1000h\"",
+                "model.start_timeout",
+                "at most 24h",
+            ),
+            (
+                "backend = \"triton\"\nendpoints = [\"a:1\"]\nfallback = \"cloud\"",
+                "model.fallback",
+                "none or local",
+            ),
+            (
+                "backend = \"triton\"\nendpoints = [\"a:1\"]\ntls_key = \"k.pem\"",
+                "model.tls_certificate",
+                "go together",
+            ),
+            (
+                "backend = \"triton\"\nendpoints = [\"a:1\"]\nimage_model = \"a/b\"",
+                "model.image_model",
+                "not a Triton model name",
+            ),
+        ];
+        for (extra, field, message) in cases {
+            let e = err(&format!("[model]\npath = \"m\"\n{extra}\n"));
+            assert!(e.contains(field) && e.contains(message), "{extra}: {e}");
+        }
     }
 }

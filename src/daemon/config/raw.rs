@@ -57,6 +57,19 @@ pub(super) struct RawModel {
     pub max_batch: Option<Spanned<u32>>,
     pub tensorrt_cache: Option<Spanned<PathBuf>>,
     pub onnxruntime: Option<Spanned<PathBuf>>,
+    pub backend: Option<Spanned<String>>,
+    pub endpoints: Option<Spanned<Vec<String>>>,
+    pub wire_format: Option<Spanned<String>>,
+    pub image_model: Option<Spanned<String>>,
+    pub text_model: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
+    pub connect_timeout: Option<Spanned<String>>,
+    pub start_timeout: Option<Spanned<String>>,
+    pub fallback: Option<Spanned<String>>,
+    pub tls_ca: Option<Spanned<PathBuf>>,
+    pub tls_certificate: Option<Spanned<PathBuf>>,
+    pub tls_key: Option<Spanned<PathBuf>>,
+    pub tls_domain: Option<Spanned<String>>,
 }
 
 /// A size: bytes, or a string such as `"256MiB"`.
@@ -74,6 +87,7 @@ pub(super) struct RawSnapshots {
     pub max_files: Option<Spanned<u64>>,
     pub max_bytes: Option<Spanned<RawSize>>,
     pub quality: Option<Spanned<u8>>,
+    pub draw_box: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -131,6 +145,14 @@ pub(super) struct RawPipeline {
     pub scene_gate: Option<Spanned<f64>>,
     pub snapshots: Option<bool>,
     pub outputs: Option<Spanned<Vec<String>>>,
+    // What the model sees (see `daemon/view.rs`).
+    pub fit: Option<Spanned<String>>,
+    pub tiles: Option<Spanned<String>>,
+    pub tile_overlap: Option<Spanned<f64>>,
+    pub whole_frame: Option<bool>,
+    pub action_scope: Option<Spanned<String>>,
+    #[serde(default)]
+    pub region: Vec<crate::daemon::view::RawRegion>,
 }
 
 impl RawConfig {

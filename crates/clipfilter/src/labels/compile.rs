@@ -36,6 +36,8 @@ pub struct CompiledLabel {
     /// The key of the label's texts ([`super::texts_key`]): labels with equal keys have equal
     /// class embeddings, so their cosines can be reused (backtests do).
     pub key: String,
+    /// Regions whose crops the label is limited to (empty: every crop).
+    pub regions: Vec<String>,
 }
 
 impl CompiledLabel {
@@ -61,6 +63,7 @@ fn resolve(set: &LabelSet, defaults: &LabelDefaults) -> Vec<CompiledLabel> {
             enter: l.enter.unwrap_or(defaults.enter),
             leave: l.leave.unwrap_or(defaults.leave),
             key: l.key(),
+            regions: l.regions.clone(),
         })
         .collect()
 }

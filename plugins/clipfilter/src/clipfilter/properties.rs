@@ -4,15 +4,20 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clipfilter::crops::{CropSpec, Tiles, parse_regions};
 use clipfilter::encoder::{Provider, SessionConfig};
-use clipfilter::engine::EngineConfig;
+use clipfilter::engine::{Backend, EngineConfig};
 use clipfilter::error::{Error, Result};
 use clipfilter::labels::{LabelDefaults, LabelSet, Threshold};
 use clipfilter::limits;
+use clipfilter::remote::{self, RemoteConfig, RemoteTls};
 use clipfilter::worker::BatchConfig;
 use clipfilter::zeroshot::Templates;
 
-use super::{ClipFilterAction, ClipFilterMode, ClipFilterThresholdKind, ClipFilterVariant};
+use super::{
+    ClipFilterAction, ClipFilterActionScope, ClipFilterBackend, ClipFilterFallback, ClipFilterFit,
+    ClipFilterMode, ClipFilterThresholdKind, ClipFilterVariant, ClipFilterWireFormat,
+};
 
 pub const MODEL: &str = "model";
 pub const VARIANT: &str = "variant";
@@ -38,7 +43,26 @@ pub const THREADS: &str = "threads";
 pub const SYNC_TIMEOUT: &str = "sync-timeout";
 pub const TENSORRT_CACHE: &str = "tensorrt-cache";
 pub const SCENE_GATE: &str = "scene-gate";
+pub const FIT: &str = "fit";
+pub const REGIONS: &str = "regions";
+pub const TILES: &str = "tiles";
+pub const TILE_OVERLAP: &str = "tile-overlap";
+pub const WHOLE_FRAME: &str = "whole-frame";
+pub const ACTION_SCOPE: &str = "action-scope";
 pub const STATS: &str = "stats";
+pub const BACKEND: &str = "backend";
+pub const ENDPOINTS: &str = "endpoints";
+pub const WIRE_FORMAT: &str = "wire-format";
+pub const IMAGE_MODEL_NAME: &str = "image-model-name";
+pub const TEXT_MODEL_NAME: &str = "text-model-name";
+pub const REMOTE_TIMEOUT: &str = "remote-timeout";
+pub const CONNECT_TIMEOUT: &str = "connect-timeout";
+pub const START_TIMEOUT: &str = "start-timeout";
+pub const FALLBACK: &str = "fallback";
+pub const TLS_CA: &str = "tls-ca";
+pub const TLS_CERTIFICATE: &str = "tls-certificate";
+pub const TLS_KEY: &str = "tls-key";
+pub const TLS_DOMAIN: &str = "tls-domain";
 
 pub const DEFAULT_VARIANT: ClipFilterVariant = ClipFilterVariant::Fp32;
 pub const DEFAULT_TEMPLATES: &str = "none";
@@ -60,8 +84,24 @@ pub const DEFAULT_THREADS: u32 = 0;
 pub const DEFAULT_SYNC_TIMEOUT: gst::ClockTime = gst::ClockTime::from_seconds(10);
 /// `scene-gate` default: automatic (on for live sources, off otherwise).
 pub const DEFAULT_SCENE_GATE: f64 = -1.0;
+pub const DEFAULT_BACKEND: ClipFilterBackend = ClipFilterBackend::Local;
+pub const DEFAULT_WIRE_FORMAT: ClipFilterWireFormat = ClipFilterWireFormat::Fp32;
+pub const DEFAULT_TEXT_MODEL_NAME: &str = remote::DEFAULT_TEXT_MODEL;
+pub const DEFAULT_REMOTE_TIMEOUT: gst::ClockTime =
+    gst::ClockTime::from_mseconds(remote::DEFAULT_TIMEOUT.as_millis() as u64);
+pub const DEFAULT_CONNECT_TIMEOUT: gst::ClockTime =
+    gst::ClockTime::from_mseconds(remote::DEFAULT_CONNECT_TIMEOUT.as_millis() as u64);
+pub const DEFAULT_START_TIMEOUT: gst::ClockTime =
+    gst::ClockTime::from_mseconds(remote::DEFAULT_START_TIMEOUT.as_millis() as u64);
+pub const DEFAULT_FALLBACK: ClipFilterFallback = ClipFilterFallback::None;
 /// Threshold the automatic gate uses on live sources (mean 8-bit level difference).
 pub const AUTO_SCENE_GATE: f64 = 3.0;
+/// Video covers the whole frame: letterboxed, one inference per sample.
+pub const DEFAULT_FIT: ClipFilterFit = ClipFilterFit::Pad;
+pub const DEFAULT_TILES: &str = "none";
+pub const DEFAULT_TILE_OVERLAP: f64 = 0.1;
+pub const DEFAULT_WHOLE_FRAME: bool = true;
+pub const DEFAULT_ACTION_SCOPE: ClipFilterActionScope = ClipFilterActionScope::Frame;
 
 /// The settings the streaming thread works with (copied when they change).
 #[derive(Debug, Clone, Copy)]
@@ -75,6 +115,7 @@ pub(super) struct Rules {
     pub(super) sync_timeout: Duration,
     /// Scene-change gate threshold: < 0 automatic (on for live sources), 0 off.
     pub(super) scene_gate: f64,
+    pub(super) action_scope: ClipFilterActionScope,
 }
 
 /// The element's settings, as its properties set them.
@@ -103,6 +144,99 @@ pub(super) struct Settings {
     pub(super) sync_timeout: gst::ClockTime,
     pub(super) scene_gate: f64,
     pub(super) tensorrt_cache: Option<PathBuf>,
+    pub(super) fit: ClipFilterFit,
+    pub(super) regions: Option<String>,
+    pub(super) tiles: String,
+    pub(super) tile_overlap: f64,
+    pub(super) whole_frame: bool,
+    pub(super) action_scope: ClipFilterActionScope,
+    pub(super) remote: RemoteSettings,
+}
+
+/// The properties of `backend=triton`.
+#[derive(Debug, Clone)]
+pub(super) struct RemoteSettings {
+    pub(super) backend: ClipFilterBackend,
+    pub(super) endpoints: Option<String>,
+    pub(super) wire_format: ClipFilterWireFormat,
+    /// `None`: the default for the wire format.
+    pub(super) image_model: Option<String>,
+    pub(super) text_model: String,
+    pub(super) timeout: gst::ClockTime,
+    pub(super) connect_timeout: gst::ClockTime,
+    pub(super) start_timeout: gst::ClockTime,
+    pub(super) fallback: ClipFilterFallback,
+    pub(super) tls_ca: Option<PathBuf>,
+    pub(super) tls_certificate: Option<PathBuf>,
+    pub(super) tls_key: Option<PathBuf>,
+    pub(super) tls_domain: Option<String>,
+}
+
+impl Default for RemoteSettings {
+    fn default() -> Self {
+        RemoteSettings {
+            backend: DEFAULT_BACKEND,
+            endpoints: None,
+            wire_format: DEFAULT_WIRE_FORMAT,
+            image_model: None,
+            text_model: DEFAULT_TEXT_MODEL_NAME.to_string(),
+            timeout: DEFAULT_REMOTE_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            start_timeout: DEFAULT_START_TIMEOUT,
+            fallback: DEFAULT_FALLBACK,
+            tls_ca: None,
+            tls_certificate: None,
+            tls_key: None,
+            tls_domain: None,
+        }
+    }
+}
+
+impl RemoteSettings {
+    /// The engine backend these properties describe.
+    pub(super) fn backend(&self) -> Result<Backend> {
+        if self.backend == ClipFilterBackend::Local {
+            return Ok(Backend::Local);
+        }
+        let endpoints = split_endpoints(self.endpoints.as_deref().unwrap_or(""));
+        if endpoints.is_empty() {
+            return Err(Error::invalid(
+                ENDPOINTS,
+                "backend=triton needs at least one endpoint (e.g. endpoints=grpc://gpu1:8001)",
+            ));
+        }
+        let wire = self.wire_format.into();
+        let mut config = RemoteConfig::new(endpoints).with_wire(wire);
+        if let Some(name) = &self.image_model {
+            config.image_model = name.clone();
+        }
+        config.text_model = self.text_model.clone();
+        config.timeout = duration(self.timeout);
+        config.connect_timeout = duration(self.connect_timeout);
+        config.start_timeout = duration(self.start_timeout);
+        config.fallback = self.fallback.into();
+        let tls = RemoteTls {
+            ca_certificate: self.tls_ca.clone(),
+            client_certificate: self.tls_certificate.clone(),
+            client_key: self.tls_key.clone(),
+            domain: self.tls_domain.clone(),
+        };
+        config.tls = (tls != RemoteTls::default()).then_some(tls);
+        Ok(Backend::Triton(Box::new(config)))
+    }
+}
+
+fn duration(t: gst::ClockTime) -> Duration {
+    Duration::from_nanos(t.nseconds())
+}
+
+/// `a,b` or `a;b` or one per line, blanks dropped.
+pub fn split_endpoints(s: &str) -> Vec<String> {
+    s.split([',', ';', '\n', ' '])
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 impl Default for Settings {
@@ -131,6 +265,13 @@ impl Default for Settings {
             sync_timeout: DEFAULT_SYNC_TIMEOUT,
             scene_gate: DEFAULT_SCENE_GATE,
             tensorrt_cache: None,
+            fit: DEFAULT_FIT,
+            regions: None,
+            tiles: DEFAULT_TILES.to_string(),
+            tile_overlap: DEFAULT_TILE_OVERLAP,
+            whole_frame: DEFAULT_WHOLE_FRAME,
+            action_scope: DEFAULT_ACTION_SCOPE,
+            remote: RemoteSettings::default(),
         }
     }
 }
@@ -157,6 +298,7 @@ impl Settings {
                 max_batch: self.max_batch.max(1) as usize,
                 ..BatchConfig::default()
             },
+            backend: self.remote.backend()?,
         })
     }
 
@@ -216,7 +358,34 @@ impl Settings {
             snapshot: self.snapshot,
             sync_timeout: Duration::from_nanos(self.sync_timeout.nseconds()),
             scene_gate: self.scene_gate,
+            action_scope: self.action_scope,
         }
+    }
+
+    /// What to look at, as the properties say (the label set may add regions).
+    pub(super) fn crop_spec(&self) -> Result<CropSpec> {
+        let regions = match &self.regions {
+            Some(text) => parse_regions(text).map_err(|m| Error::invalid(REGIONS, m))?,
+            None => Vec::new(),
+        };
+        let tiles =
+            Tiles::parse(&self.tiles, self.tile_overlap).map_err(|m| Error::invalid(TILES, m))?;
+        Ok(CropSpec {
+            fit: self.fit.into(),
+            whole_frame: self.whole_frame,
+            tiles,
+            regions,
+        })
+    }
+
+    /// What to look at with label set `set`: the properties' regions and the set's together,
+    /// every region a label is limited to defined.
+    pub(super) fn crop_spec_for(&self, set: &LabelSet) -> Result<CropSpec> {
+        let mut spec = self.crop_spec()?;
+        spec.regions = set.all_regions(&spec.regions)?;
+        set.check_regions(&spec.regions)?;
+        spec.check().map_err(|m| Error::invalid(REGIONS, m))?;
+        Ok(spec)
     }
 }
 
@@ -261,5 +430,71 @@ mod tests {
             ..Settings::default()
         };
         assert!(p.threshold().is_err());
+    }
+
+    #[test]
+    fn crop_settings_parse_with_clear_errors() {
+        let s = Settings {
+            regions: Some("gate:0.62,0.40,0.30,0.35".into()),
+            tiles: "3x2".into(),
+            ..Settings::default()
+        };
+        let spec = s.crop_spec().unwrap();
+        assert_eq!(spec.regions.len(), 1);
+        assert_eq!(spec.tiles.map(|t| (t.columns, t.rows)), Some((3, 2)));
+        let bad = |s: Settings| s.crop_spec().unwrap_err().to_string();
+        let e = bad(Settings {
+            regions: Some("gate:0.9,0.4,0.3,0.35".into()),
+            ..Settings::default()
+        });
+        assert!(
+            e.starts_with("invalid regions: region 1") && e.contains("outside"),
+            "{e}"
+        );
+        let e = bad(Settings {
+            tiles: "0x3".into(),
+            ..Settings::default()
+        });
+        assert!(
+            e.starts_with("invalid tiles:") && e.contains("between 1 and 8"),
+            "{e}"
+        );
+        let e = bad(Settings {
+            tiles: "12x12".into(),
+            ..Settings::default()
+        });
+        assert!(e.contains("12 columns"), "{e}");
+    }
+
+    #[test]
+    fn remote_properties_make_the_triton_backend() {
+        assert_eq!(RemoteSettings::default().backend().unwrap(), Backend::Local);
+        let mut r = RemoteSettings {
+            backend: ClipFilterBackend::Triton,
+            ..RemoteSettings::default()
+        };
+        let e = r.backend().unwrap_err().to_string();
+        assert!(e.contains("endpoints"), "{e}");
+        r.endpoints = Some("grpc://a:8001, grpcs://b:8001".into());
+        r.wire_format = ClipFilterWireFormat::Uint8;
+        r.timeout = gst::ClockTime::from_mseconds(1500);
+        r.tls_ca = Some(PathBuf::from("/etc/ca.pem"));
+        let Backend::Triton(c) = r.backend().unwrap() else {
+            panic!("not triton")
+        };
+        assert_eq!(c.endpoints, ["grpc://a:8001", "grpcs://b:8001"]);
+        assert_eq!(c.image_model, "clip_image_uint8");
+        assert_eq!(c.text_model, "clip_text");
+        assert_eq!(c.timeout, Duration::from_millis(1500));
+        assert_eq!(
+            c.tls.unwrap().ca_certificate,
+            Some(PathBuf::from("/etc/ca.pem"))
+        );
+        r.image_model = Some("mine".into());
+        let Backend::Triton(c) = r.backend().unwrap() else {
+            panic!("not triton")
+        };
+        assert_eq!(c.image_model, "mine");
+        assert!(c.tls.is_some());
     }
 }
