@@ -438,7 +438,7 @@ path = "-"
 name = "alerts"
 type = "webhook"
 url = "https://user:hunter2@example.com/hook"
-headers = { Authorization = "Bearer xyz" }
+headers = { X-Token = "Bearer xyz" }
 timeout = "5s"
 retry_initial = "500ms"
 retry_max = "30s"
