@@ -437,7 +437,7 @@ fn stream_window(engine: &Engine) -> usize {
 
 /// Decodes an image file to 8-bit RGB (alpha dropped, as `CLIPImageProcessor`'s convert_rgb).
 pub fn decode_image(path: &Path) -> Result<image::RgbImage> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = crate::input::read(path)?;
     decode_image_bytes(&bytes, path)
 }
 
