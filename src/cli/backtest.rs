@@ -7,7 +7,6 @@ use clap::Args;
 
 use super::Outcome;
 use super::history::{HistoryArgs, span};
-use crate::error::Error;
 use crate::history::backtest::{Difference, Episode, Window};
 use crate::history::query;
 
@@ -44,7 +43,7 @@ pub struct BacktestArgs {
 
 /// Replays the history and prints the differences with the live events.
 pub fn run(args: BacktestArgs) -> anyhow::Result<Outcome> {
-    let toml = std::fs::read_to_string(&args.labels).map_err(|e| Error::io(&args.labels, e))?;
+    let toml = clipfilter::input::read_to_string(&args.labels)?;
     // A broken label set is bad input before any model is loaded.
     clipfilter::labels::LabelSet::from_toml_str(&toml, &args.labels)?;
     let now = crate::history::record::now_ms();
