@@ -108,7 +108,7 @@ impl Reporter {
         event.pts = seconds(m.position.pts);
         event.running_time = seconds(m.position.running_time);
         event.stream_time = seconds(m.position.stream_time);
-        event.place = m.place;
+        event.place = m.place.clone();
         if state == Transition::Start {
             self.label(&label).matched();
             if let Some(sample) = &m.snapshot {

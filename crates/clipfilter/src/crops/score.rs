@@ -104,6 +104,7 @@ mod tests {
             enter: 1,
             leave: 1,
             regions: regions.iter().map(|r| r.to_string()).collect(),
+            key: crate::labels::texts_key(&[name.to_string()]),
         }
     }
 
@@ -116,13 +117,14 @@ mod tests {
 
     #[test]
     fn each_label_takes_its_best_allowed_crop() {
-        let labels = CompiledLabels {
-            labels: vec![
+        let labels = CompiledLabels::new(
+            vec![
                 label("red", Threshold::Cosine(0.5), &[]),
                 label("green", Threshold::Probability(0.5), &["gate"]),
             ],
-            classes: ClassEmbeddings::new(vec![vec![1.0, 0.0], vec![0.0, 1.0]], 100.0).unwrap(),
-        };
+            ClassEmbeddings::new(vec![vec![1.0, 0.0], vec![0.0, 1.0]], 100.0).unwrap(),
+            crate::labels::LabelDefaults::default(),
+        );
         let crops = [
             id(CropKind::Frame, "frame"),
             id(CropKind::Tile, "r1c1"),

@@ -76,6 +76,7 @@ mod tests {
             enter: 1,
             leave: 1,
             key: texts_key(&["red".into()]),
+            regions: Vec::new(),
         };
         let d = LabelDefaults::default();
         let v = LabelSetInfo::version_of(100.0, &d, std::slice::from_ref(&label));
