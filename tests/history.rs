@@ -650,6 +650,8 @@ fn kill_9_during_writes_leaves_a_history_that_opens_and_searches() {
     let config = dir.path().join("clipfilterd.toml");
     std::fs::write(&config, text).unwrap();
     let daemon = Daemon::start(&config, Some(port));
+    // Serving first (the metrics below are read in a loop without waiting).
+    daemon.status();
     let deadline = Instant::now() + PATIENCE;
     loop {
         let m = daemon.get("/metrics");

@@ -185,6 +185,8 @@ struct Loop {
     /// When paused: when to try again.
     retry_at: Option<Instant>,
     last_retain: Instant,
+    /// The newest model record: a reopened writer knows no model, so it goes first again.
+    model: Option<Record>,
 }
 
 impl Loop {
@@ -199,7 +201,15 @@ impl Loop {
             last_flush: Instant::now(),
             retry_at: None,
             last_retain: Instant::now(),
+            model: None,
         }
+    }
+
+    fn control(&mut self, r: Record) {
+        if matches!(r, Record::Model(_)) {
+            self.model = Some(r.clone());
+        }
+        self.pending.push(r);
     }
 
     fn run(mut self, samples: &Receiver<Item>, control: &Receiver<Record>) {
@@ -216,7 +226,7 @@ impl Loop {
             };
             select! {
                 recv(c) -> r => match r {
-                    Ok(r) => self.pending.push(r),
+                    Ok(r) => self.control(r),
                     Err(_) => control_open = false,
                 },
                 recv(s) -> r => match r {
@@ -226,7 +236,7 @@ impl Loop {
                 default(wait) => {}
             }
             while let Ok(r) = control.try_recv() {
-                self.pending.push(r);
+                self.control(r);
             }
             while self.samples_in_batch < BATCH as u64 {
                 match samples.try_recv() {
@@ -267,7 +277,12 @@ impl Loop {
         }
         if self.writer.is_none() {
             match Writer::open(&self.config.dir, self.config.limits) {
-                Ok(w) => self.writer = Some(w),
+                Ok(w) => {
+                    self.writer = Some(w);
+                    if let Some(m) = self.model.clone() {
+                        self.pending.insert(0, m);
+                    }
+                }
                 Err(e) => {
                     self.pause(&format!("{e:#}"));
                     self.drop_batch();
@@ -317,6 +332,9 @@ impl Loop {
     }
 
     fn pause(&mut self, why: &str) {
+        if self.stats.paused.load(Ordering::Relaxed) {
+            tracing::debug!(error = %why, "sample history still paused");
+        }
         if !self.stats.paused.swap(true, Ordering::Relaxed) {
             tracing::warn!(
                 dir = %self.config.dir.display(), error = %why,

@@ -565,7 +565,15 @@ impl State {
             return;
         }
         let snapshot = self.gate_snapshot.take();
-        self.apply_scores(&position, snapshot.as_ref(), Duration::ZERO, 0, None, None, posts);
+        self.apply_scores(
+            &position,
+            snapshot.as_ref(),
+            Duration::ZERO,
+            0,
+            None,
+            None,
+            posts,
+        );
     }
 
     /// Converts the sampled frame's crops to the model's input and queues them for inference
