@@ -6,6 +6,7 @@
 //! register each provider with `error_on_failure` so that we know.
 
 mod image;
+mod memory_cache;
 mod text;
 
 pub use image::ImageEncoder;

@@ -1,13 +1,13 @@
 //! The text tower: `input_ids [N, L]` (and `attention_mask` when the graph takes it) ->
 //! `text_embeds [N, D]`, with the tokenizer in front and a cache of embeddings by prompt.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use half::f16;
 use ort::session::Session;
 use ort::value::{DynValue, Tensor, TensorElementType};
 
+use super::memory_cache::{EmbeddingCache, TEXT_CACHE_BYTES};
 use super::{Port, Provider, SessionConfig, build_session, find_output, names, port};
 use crate::error::{Error, Result};
 use crate::model::ModelDir;
@@ -30,8 +30,8 @@ pub struct LocalText {
 pub struct TextEncoder {
     tower: Box<dyn TextTower>,
     tokenizer: ClipTokenizer,
-    /// Raw (not normalised) embeddings by prompt text.
-    cache: HashMap<String, Vec<f32>>,
+    /// Raw (not normalised) embeddings by prompt text, bounded by [`TEXT_CACHE_BYTES`].
+    cache: EmbeddingCache,
 }
 
 impl LocalText {
@@ -113,7 +113,7 @@ impl TextEncoder {
         Ok(TextEncoder {
             tower,
             tokenizer,
-            cache: HashMap::new(),
+            cache: EmbeddingCache::new(TEXT_CACHE_BYTES),
         })
     }
 
@@ -135,28 +135,35 @@ impl TextEncoder {
     /// Raw embeddings of `texts`, from the cache where possible. Texts are encoded in batches
     /// of up to 64.
     pub fn embed(&mut self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        let mut out: Vec<Option<Vec<f32>>> = texts.iter().map(|t| self.cache.get(t)).collect();
         let missing: Vec<&str> = {
             let mut seen = std::collections::HashSet::new();
             texts
                 .iter()
-                .copied()
-                .filter(|t| !self.cache.contains_key(*t) && seen.insert(*t))
+                .zip(&out)
+                .filter(|(t, e)| e.is_none() && seen.insert(**t))
+                .map(|(t, _)| *t)
                 .collect()
         };
+        let mut fresh: std::collections::HashMap<&str, Vec<f32>> =
+            std::collections::HashMap::with_capacity(missing.len());
         for chunk in missing.chunks(64) {
             let ids: Vec<Vec<u32>> = chunk
                 .iter()
                 .map(|t| self.tokenizer.encode(t))
                 .collect::<Result<_>>()?;
             let embeds = self.run_ids(&ids)?;
-            for (text, e) in chunk.iter().zip(embeds) {
-                self.cache.insert((*text).to_string(), e);
+            fresh.extend(chunk.iter().copied().zip(embeds));
+        }
+        for (slot, text) in out.iter_mut().zip(texts) {
+            if slot.is_none() {
+                *slot = fresh.get(text).cloned();
             }
         }
-        Ok(texts
-            .iter()
-            .map(|t| self.cache.get(*t).cloned().unwrap_or_default())
-            .collect())
+        for (text, e) in fresh {
+            self.cache.insert(text.to_owned(), e);
+        }
+        Ok(out.into_iter().map(Option::unwrap_or_default).collect())
     }
 
     /// Runs the tower on token id sequences (each with start and end tokens).
