@@ -70,6 +70,11 @@ impl Error {
         }
     }
 
+    /// True when the outbox refused a write because the disk is full.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, Error::Outbox { cause, .. } if crate::daemon::outbox::is_disk_full(cause))
+    }
+
     /// True when the error comes from what the user gave (exit code 2), see
     /// [`clipfilter::Error::is_user_error`].
     pub fn is_user_error(&self) -> bool {

@@ -27,6 +27,8 @@
 //! | `clipfilter_output_events_delivered_total` | counter | output |
 //! | `clipfilter_output_delivery_failures_total` | counter (failed attempts) | output |
 //! | `clipfilter_output_events_dropped_total` | counter (outbox full) | output |
+//! | `clipfilter_outbox_disk_full` | gauge, 1 while the state disk is full (events refused) | |
+//! | `clipfilter_events_refused_total` | counter: events not accepted (state disk full) | |
 //!
 //! "Read at scrape" values live elsewhere (the element's frame counters, the inference queue):
 //! register a closure with [`Metrics::set_frame_source`], [`Metrics::set_queue_depth_source`] or
@@ -390,6 +392,8 @@ pub struct Metrics {
     out_delivered: Family<OutputLabels, Counter>,
     out_failures: Family<OutputLabels, Counter>,
     out_dropped: Family<OutputLabels, Counter>,
+    outbox_full: Gauge,
+    events_refused: Counter,
 }
 
 impl Default for Metrics {
@@ -478,6 +482,18 @@ impl Metrics {
             "Oldest pending events dropped because the output's queue was full",
             out_dropped.clone(),
         );
+        let outbox_full = Gauge::default();
+        registry.register(
+            "clipfilter_outbox_disk_full",
+            "1 while the state disk is full: new events are refused",
+            outbox_full.clone(),
+        );
+        let events_refused = Counter::default();
+        registry.register(
+            "clipfilter_events_refused",
+            "Events not accepted because the state disk was full",
+            events_refused.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
             scrape,
@@ -494,7 +510,19 @@ impl Metrics {
             out_delivered,
             out_failures,
             out_dropped,
+            outbox_full,
+            events_refused,
         }
+    }
+
+    /// The gauge that is 1 while the state disk is full.
+    pub fn outbox_full(&self) -> Gauge {
+        self.outbox_full.clone()
+    }
+
+    /// The count of events refused because the state disk was full.
+    pub fn events_refused(&self) -> Counter {
+        self.events_refused.clone()
     }
 
     /// Handles for `pipeline` (created on first use; its state starts as `starting`).

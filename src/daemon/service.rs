@@ -103,6 +103,8 @@ impl View {
             "events": {
                 "submitted": self.events.submitted(),
                 "pending": self.events.pending_counts(),
+                "accepting": !self.events.is_full(),
+                "refused": self.events.refused(),
             },
         })
     }
@@ -118,6 +120,12 @@ impl View {
         if worker > UNHEALTHY_AFTER {
             return Err(format!(
                 "the inference worker has been silent for {worker:.0?}"
+            ));
+        }
+        if self.events.is_full() {
+            return Err(format!(
+                "the state disk is full: new events are refused ({} so far)",
+                self.events.refused()
             ));
         }
         let main = self.main_beat.age();
