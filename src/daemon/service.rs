@@ -8,8 +8,10 @@
 //! 4. Loop: beat the watchdog heartbeats (the supervisor's own, and the inference worker's when
 //!    the worker has shown life recently), keep `STATUS=` up to date ("3 pipelines running,
 //!    1 backing off"), reload the configuration on `SIGHUP` or when the file changes.
-//! 5. On `SIGTERM`/`SIGINT`: `STOPPING=1`, stop the pipelines (their open matches end with
-//!    events), stop delivery (pending events stay in the outbox for the next run).
+//! 5. On `SIGTERM`/`SIGINT`, also during start-up: `STOPPING=1`, stop the pipelines (their
+//!    open matches end with events; one still starting after
+//!    [`crate::daemon::supervisor::SHUTDOWN_WAIT`] is left behind), stop delivery (pending
+//!    events stay in the outbox for the next run).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -152,10 +154,10 @@ struct Daemon {
 
 /// Runs the daemon with the configuration file at `path` until `SIGTERM` or `SIGINT`.
 pub fn run(path: &Path) -> Result<()> {
+    // Signals first: a SIGTERM while the configuration or the model loads is not lost.
+    let triggers = Triggers::start(path)?;
     let config = Config::load(path)?;
     crate::gstreamer::init()?;
-    // Signals first: a SIGTERM during the model load is not lost.
-    let triggers = Triggers::start(path)?;
     let notifier = Notifier::from_env();
     notifier.status("loading the model");
     let (model, engine) = load_engine(&config.model)?;
@@ -195,8 +197,12 @@ pub fn run(path: &Path) -> Result<()> {
         inference_beat,
         last_status: String::new(),
     };
-    daemon.start(&model);
-    daemon.main_loop(&triggers);
+    if let Some(reload) = daemon.start(&model, &triggers) {
+        if reload {
+            daemon.reload();
+        }
+        daemon.main_loop(&triggers);
+    }
     daemon.shutdown();
     Ok(())
 }
@@ -300,18 +306,41 @@ impl Daemon {
         }
     }
 
-    fn start(&mut self, model: &ElementModel) {
+    /// Starts the pipelines and waits (up to [`READY_WAIT`]) for them to leave `starting`
+    /// before `READY=1`. `None` when a stop signal came meanwhile (nothing more is awaited);
+    /// else whether a reload was asked for meanwhile.
+    fn start(&mut self, model: &ElementModel, triggers: &Triggers) -> Option<bool> {
+        let mut reload = false;
+        let stop_requested = |reload: &mut bool| {
+            while let Ok(t) = triggers.receiver().try_recv() {
+                match t {
+                    Trigger::Stop(signal) => {
+                        tracing::info!(signal, "stopping during start-up");
+                        return true;
+                    }
+                    Trigger::Hangup | Trigger::FileChanged => *reload = true,
+                }
+            }
+            false
+        };
+        if stop_requested(&mut reload) {
+            return None;
+        }
         let plan = self.supervisor.plan(&self.config.pipelines, model);
         self.supervisor.apply(&plan);
         tracing::info!(pipelines = plan.added.len(), "pipelines started");
         let deadline = Instant::now() + READY_WAIT;
         while self.supervisor.counts().starting > 0 && Instant::now() < deadline {
             self.beat();
+            if stop_requested(&mut reload) {
+                return None;
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
         self.beat();
         self.notifier.ready();
         tracing::info!(status = %self.last_status, "ready");
+        Some(reload)
     }
 
     fn main_loop(&mut self, triggers: &Triggers) {

@@ -362,12 +362,17 @@ impl Drop for Hook {
     }
 }
 
-/// Writes an H.264 MP4 of 64x64 frames at 10 fps: `frames` of each videotestsrc `pattern` in
-/// turn (e.g. `[("red", 15), ("green", 15)]`).
+/// Writes an H.264 file of 64x64 frames at 10 fps: `frames` of each videotestsrc `pattern` in
+/// turn (e.g. `[("red", 15), ("green", 15)]`); MPEG-TS when `path` ends in `.ts`, else MP4.
 pub fn make_clip(path: &Path, parts: &[(&str, u32)]) {
     gst::init().unwrap();
+    let mux = if path.extension().is_some_and(|e| e == "ts") {
+        "mpegtsmux"
+    } else {
+        "mp4mux"
+    };
     let mut description = format!(
-        "concat name=c ! videoconvert ! x264enc key-int-max=5 speed-preset=ultrafast ! mp4mux ! filesink location={}",
+        "concat name=c ! videoconvert ! x264enc key-int-max=5 speed-preset=ultrafast ! {mux} ! filesink location={}",
         path.display()
     );
     for (pattern, frames) in parts {
