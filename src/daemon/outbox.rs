@@ -50,7 +50,7 @@ use std::sync::Mutex;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::daemon::event::Event;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, is_disk_full};
 
 /// File name of the outbox database inside the state folder.
 pub const FILE_NAME: &str = "outbox.sqlite3";
@@ -73,11 +73,6 @@ pub const WAL_SIZE_LIMIT: u64 = 1 << 20;
 /// flapping between full and not while the disk stays nearly full. Half the snapshots'
 /// reserve ([`crate::daemon::snapshot::RESERVE_BYTES`]), so that events resume first.
 pub const RESUME_FREE_BYTES: u64 = 256 * 1024;
-
-/// True when `e` says the disk (or the database's size limit) is full.
-pub fn is_disk_full(e: &rusqlite::Error) -> bool {
-    e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)
-}
 
 /// True when `e` says the file is not an SQLite database or is damaged.
 fn is_corrupt(e: &rusqlite::Error) -> bool {
