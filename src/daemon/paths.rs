@@ -5,6 +5,8 @@
 use std::path::{Component, Path, PathBuf};
 
 /// Free bytes for an unprivileged writer on the file system of `dir` (`None` when unknown).
+// The statvfs field types differ between platforms (u64 here, u32 on some 32-bit ones).
+#[allow(clippy::unnecessary_cast)]
 pub fn free_bytes(dir: &Path) -> Option<u64> {
     use std::os::unix::ffi::OsStrExt;
     let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
