@@ -13,12 +13,7 @@ use clipfilter::remote::{RemoteConfig, WireFormat};
 use gstclipfilter::clipfilter::messages::{MatchMessage, Stats};
 
 use crate::util;
-
-#[path = "../crates/triton/tests/triton/util.rs"]
-#[allow(dead_code)]
-mod triton;
-
-use triton::TritonServer;
+use crate::util::triton::{self, TritonServer};
 
 const CLIP_MODELS: [&str; 4] = [
     "clip_image",
