@@ -23,6 +23,21 @@ pub const PATIENCE: Duration = Duration::from_secs(60);
 /// before (see there), for servers the tests start and for addresses that must refuse.
 pub use triton::free_port;
 
+/// The value of `series` (a metric name with its labels, exactly as exported) in a Prometheus
+/// text exposition, 0 when it is absent (a longer name with the same start does not count).
+pub fn metric_value(exposition: &str, series: &str) -> f64 {
+    exposition
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .map_or(0.0, |v| {
+            v.parse()
+                .unwrap_or_else(|e| panic!("{series}: {v:?} is not a number: {e}"))
+        })
+}
+
 /// The repository's `tests/fixtures` folder.
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")

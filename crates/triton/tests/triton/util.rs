@@ -434,6 +434,42 @@ pub fn shared_server() -> Arc<Shared> {
     shared
 }
 
+/// A CA (`ca.pem`) and a server certificate (`server.pem`, `server.key`) for `localhost` / 127.0.0.1 it signed, made with openssl.
+pub fn certificates(dir: &Path) {
+    let sh = format!(
+        r#"set -e
+cd '{}'
+openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=clipfilter-test-ca -keyout ca.key -out ca.pem
+openssl req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout server.key -out server.csr
+printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' > san.ext
+openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile san.ext -out server.pem
+"#,
+        dir.display()
+    );
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(sh)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "making test certificates with openssl failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The tritonserver options that serve gRPC over TLS with the certificates of [`certificates`]
+/// in `dir`.
+pub fn tls_args(dir: &Path) -> Vec<String> {
+    let p = |f: &str| dir.join(f).display().to_string();
+    vec![
+        "--grpc-use-ssl=true".into(),
+        format!("--grpc-server-cert={}", p("server.pem")),
+        format!("--grpc-server-key={}", p("server.key")),
+        format!("--grpc-root-cert={}", p("ca.pem")),
+    ]
+}
+
 /// Runs `model` with Python onnxruntime on `inputs`; returns each output as (name, shape, f32).
 pub fn onnxruntime(model: &Path, inputs: &[&Tensor]) -> Vec<(String, Vec<usize>, Vec<f32>)> {
     let dir = tempfile::tempdir().expect("temporary directory");
