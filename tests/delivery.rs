@@ -56,14 +56,7 @@ pub(crate) fn events(pipeline: &str, n: u64) -> Vec<Event> {
 
 /// Value of one series in the exposition, 0 when absent.
 pub(crate) fn metric(metrics: &Metrics, series: &str) -> f64 {
-    metrics
-        .encode()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(series)
-                .and_then(|rest| rest.strip_prefix(' '))
-        })
-        .map_or(0.0, |v| v.parse().unwrap())
+    crate::util::metric_value(&metrics.encode(), series)
 }
 
 // ---------------------------------------------------------------- webhook

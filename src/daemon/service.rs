@@ -223,6 +223,8 @@ fn register_model_metrics(metrics: &Metrics, model: &ElementModel, engine: &Arc<
     let remote = engine.remote().cloned();
     metrics.set_backend_source(&label, move || BackendCounts {
         unavailable: stats.unavailable.load(std::sync::atomic::Ordering::Relaxed),
+        fallback_batches: remote.as_ref().map_or(0, |r| r.fallback_batches()),
+        fallback_active: remote.as_ref().is_some_and(|r| r.fallback_active()),
         endpoints: remote
             .iter()
             .flat_map(|r| r.status())
@@ -266,6 +268,7 @@ fn remote_status(engine: &Engine) -> serde_json::Value {
         "wire_format": remote.config.wire.as_str(),
         "fallback": remote.config.fallback.name(),
         "fallback_batches": remote.fallback_batches(),
+        "fallback_active": remote.fallback_active(),
         "endpoints": endpoints,
     })
 }

@@ -227,17 +227,29 @@ impl Daemon {
         what: &str,
         mut cond: impl FnMut(&Value) -> bool,
     ) -> Value {
+        let status = self.wait_status(&format!("pipeline {name} {what}"), |s| {
+            s["pipelines"]
+                .as_array()
+                .is_some_and(|ps| ps.iter().any(|p| p["name"] == name && cond(p)))
+        });
+        status["pipelines"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["name"] == name))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Polls `/status` until `cond` holds for it; returns it.
+    pub fn wait_status(&self, what: &str, mut cond: impl FnMut(&Value) -> bool) -> Value {
         let deadline = Instant::now() + PATIENCE;
         loop {
-            let p = self.pipeline(name);
-            if let Some(p) = &p
-                && cond(p)
-            {
-                return p.clone();
+            let status = self.status();
+            if cond(&status) {
+                return status;
             }
             assert!(
                 Instant::now() < deadline,
-                "timed out waiting for pipeline {name} to be {what}: {p:?}\nlog:\n{}",
+                "timed out waiting for {what}: {status:#}\nlog:\n{}",
                 self.stderr
                     .all()
                     .iter()
@@ -250,6 +262,17 @@ impl Daemon {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// The value of `series` (name and labels, as exported) in `/metrics`; fails when the daemon
+    /// does not export it.
+    pub fn metric(&self, series: &str) -> f64 {
+        let metrics = self.get("/metrics");
+        assert!(
+            metrics.contains(&format!("{series} ")),
+            "{series} in\n{metrics}"
+        );
+        super::metric_value(&metrics, series)
     }
 
     /// Frames seen by pipeline `name`.
