@@ -2,6 +2,7 @@
 
 mod util;
 
+mod calibrate;
 mod daemon;
 mod daemon_http;
 mod delivery;

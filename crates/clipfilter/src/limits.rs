@@ -14,6 +14,17 @@ pub const THREADS: RangeInclusive<u32> = 0..=1024;
 pub const SAMPLES: RangeInclusive<u32> = 1..=1000;
 /// Scene-change gate threshold: mean 8-bit level difference (0 turns the gate off).
 pub const SCENE_GATE: RangeInclusive<f64> = 0.0..=255.0;
+/// Precision a calibration may ask for (`calibrate --precision`): above 0.99 it would need more
+/// than 100 positive examples (see `calibrate::Target::positives_needed`).
+pub const CALIBRATION_PRECISION: RangeInclusive<f32> = 0.5..=0.99;
+/// Fewest positive examples of a label that calibration takes.
+pub const MIN_CALIBRATION_POSITIVES: usize = 10;
+/// Fewest negative examples (every other folder) that calibration takes.
+pub const MIN_CALIBRATION_NEGATIVES: usize = 10;
+/// Newton iterations a probe fit may take (it converges in a few dozen).
+pub const PROBE_MAX_ITERATIONS: usize = 200;
+/// Cross-validation folds when training a probe (the seed's sweep uses 5).
+pub const PROBE_FOLDS: usize = 5;
 
 /// "between MIN and MAX" for error messages.
 pub fn describe<T: std::fmt::Display>(range: &RangeInclusive<T>) -> String {

@@ -28,6 +28,7 @@
 //! holds the set's text embeddings, ready to score frames.
 
 mod compile;
+pub mod edit;
 
 pub use compile::{CompiledLabel, CompiledLabels, LabelDefaults};
 
