@@ -4,6 +4,7 @@ mod util;
 
 mod calibrate;
 mod daemon;
+mod daemon_config;
 mod daemon_http;
 mod delivery;
 mod element;

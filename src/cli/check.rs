@@ -54,7 +54,7 @@ pub fn check_file(path: &Path) -> Result<String, Error> {
                 set.labels.len()
             ))
         }
-        FileKind::DaemonConfig => crate::daemon::config::check_file(path, &text),
+        FileKind::DaemonConfig => crate::daemon::check::check_file(path, &text),
     }
 }
 
@@ -64,6 +64,12 @@ pub fn run(args: CheckArgs) -> anyhow::Result<Outcome> {
     for path in &args.files {
         match check_file(path) {
             Ok(summary) => println!("{}: ok: {summary}", path.display()),
+            Err(Error::Problems(problems)) => {
+                for e in problems {
+                    eprintln!("error: {e}");
+                }
+                outcome = Outcome::BadInput;
+            }
             Err(e) => {
                 eprintln!("error: {e}");
                 outcome = Outcome::BadInput;

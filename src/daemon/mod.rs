@@ -5,15 +5,18 @@
 //! [`http::HttpServer`]; [`notify::Notifier`] talks to systemd.
 
 pub mod backoff;
+pub mod check;
 pub mod config;
 pub mod delivery;
 pub mod duration;
 pub mod event;
 pub mod http;
 pub mod metrics;
+pub mod model;
 pub mod notify;
 pub mod outbox;
 pub mod output;
+pub mod paths;
 pub mod pipeline;
 pub mod reload;
 pub mod secret;

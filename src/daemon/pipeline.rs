@@ -4,42 +4,23 @@
 //! <source part> ! videoconvert ! clipfilter ! <sink part, default: fakesink>
 //! ```
 //!
-//! The source part comes from [`crate::daemon::source::Source::build`]; `clipfilter` gets the
+//! The source part comes from [`crate::daemon::source::build`]; `clipfilter` gets the
 //! model, labels and rules as properties, with `post-scores` on (for the score histograms) and
 //! `snapshot` on when snapshots are kept.
 
-use std::path::PathBuf;
-
 use gst::prelude::*;
 
-use clipfilter::encoder::Provider;
 use gstclipfilter::clipfilter::properties as props;
 use gstclipfilter::clipfilter::{ClipFilterAction, ClipFilterThresholdKind, ClipFilterVariant};
 
-use crate::daemon::config::{LabelSource, ModelConfig, PipelineConfig};
-use crate::daemon::source::{SourceKind, make};
+use crate::daemon::config::source::SourceKind;
+use crate::daemon::config::{LabelSource, PipelineConfig};
+use crate::daemon::model::ElementModel;
+use crate::daemon::source::{self, make};
 use clipfilter::error::{Error, Result};
 
-/// The model settings every `clipfilter` element of the daemon gets (identical for all, so that
-/// they share one engine).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ElementModel {
-    /// The resolved model folder.
-    pub dir: PathBuf,
-    pub config: ModelConfig,
-}
-
-impl ElementModel {
-    /// The `execution-provider` property value: `cuda,cpu`.
-    pub fn providers(&self) -> String {
-        self.config
-            .providers
-            .iter()
-            .map(|p: &Provider| p.name())
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-}
+/// The largest `interval` property value (the element's maximum).
+const MAX_INTERVAL_NS: u64 = u64::MAX - 1;
 
 /// A built (not yet started) pipeline.
 #[derive(Debug)]
@@ -78,7 +59,9 @@ pub fn configure_filter(filter: &gst::Element, cfg: &PipelineConfig, model: &Ele
     }
     filter.set_property(
         props::INTERVAL,
-        u64::try_from(cfg.interval.as_nanos()).unwrap_or(u64::MAX),
+        u64::try_from(cfg.interval.as_nanos())
+            .unwrap_or(u64::MAX)
+            .min(MAX_INTERVAL_NS),
     );
     if let Some(threshold) = cfg.threshold {
         let (kind, value) = ClipFilterThresholdKind::of(threshold);
@@ -106,20 +89,14 @@ pub fn configure_filter(filter: &gst::Element, cfg: &PipelineConfig, model: &Ele
 pub fn build(cfg: &PipelineConfig, model: &ElementModel) -> Result<Built> {
     let name = &cfg.name;
     let pipeline = gst::Pipeline::with_name(name);
-    let source = cfg.source.build(&pipeline).map_err(|e| err(name, e))?;
+    let source = source::build(&cfg.source, &pipeline).map_err(|e| err(name, e))?;
     let convert = make("videoconvert", "convert").map_err(|e| err(name, e))?;
     let filter = make("clipfilter", "clipfilter").map_err(|e| err(name, e))?;
     configure_filter(&filter, cfg, model);
     let (sink, custom_sink): (gst::Element, bool) = match &cfg.sink {
         Some(description) => {
-            let bin = gst::parse::bin_from_description(description, true)
-                .map_err(|e| err(name, format!("sink `{description}`: {e}")))?;
-            if bin.static_pad("sink").is_none() {
-                return Err(err(
-                    name,
-                    format!("sink `{description}`: its first element has no free sink pad"),
-                ));
-            }
+            let bin = sink_bin(description)
+                .map_err(|m| err(name, format!("sink `{description}`: {m}")))?;
             bin.set_property("name", "sink");
             (bin.upcast(), true)
         }
@@ -158,6 +135,16 @@ pub fn build(cfg: &PipelineConfig, model: &ElementModel) -> Result<Built> {
         filter,
         custom_sink,
     })
+}
+
+/// The bin of a `sink` description, with the free sink pad clipfilter feeds. The error says what
+/// is wrong with the description.
+pub fn sink_bin(description: &str) -> std::result::Result<gst::Bin, String> {
+    let bin = gst::parse::bin_from_description(description, true).map_err(|e| e.to_string())?;
+    if bin.static_pad("sink").is_none() {
+        return Err("its first element has no free sink pad for clipfilter to feed".into());
+    }
+    Ok(bin)
 }
 
 /// Links the first video pad `uridecodebin` exposes to `convert`; posts an error when the

@@ -17,21 +17,18 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::select;
 
-use crate::daemon::config::{Config, ModelConfig, ModelSource};
+use crate::daemon::config::{Config, ModelSource};
 use crate::daemon::delivery::{Delivery, EventOutputs};
 use crate::daemon::http::{self, HttpServer};
 use crate::daemon::metrics::Metrics;
+use crate::daemon::model::{ElementModel, load_engine};
 use crate::daemon::notify::{Heartbeat, Notifier};
-use crate::daemon::pipeline::ElementModel;
 use crate::daemon::reload::{Trigger, Triggers};
 use crate::daemon::snapshot::SnapshotStore;
 use crate::daemon::supervisor::status::PipelineStatus;
 use crate::daemon::supervisor::{Shared, Supervisor};
-use crate::error::{Error, Result};
-use crate::fetch::{self, FetchOptions};
-use clipfilter::encoder::SessionConfig;
-use clipfilter::engine::{Engine, EngineConfig};
-use clipfilter::worker::BatchConfig;
+use crate::error::Result;
+use clipfilter::engine::Engine;
 
 /// How long start-up waits for pipelines to leave `starting` before `READY=1`.
 const READY_WAIT: Duration = Duration::from_secs(15);
@@ -40,80 +37,6 @@ const READY_WAIT: Duration = Duration::from_secs(15);
 const WORKER_SILENCE: Duration = Duration::from_secs(1);
 /// `/healthz` fails when the main loop or the worker has been silent this long.
 const UNHEALTHY_AFTER: Duration = Duration::from_secs(30);
-
-/// The model folder `[model]` names: the folder itself, or the snapshot of `repo` at `revision`
-/// in the hub cache that `clipfilterd model fetch` fills (its default cache unless `cache_dir`
-/// says otherwise). The daemon never downloads.
-pub fn resolve_model(model: &ModelConfig) -> Result<PathBuf> {
-    match &model.source {
-        ModelSource::Path(p) => {
-            if p.is_dir() {
-                Ok(p.clone())
-            } else {
-                Err(Error::model(p, "not a folder (give a CLIP model folder)"))
-            }
-        }
-        ModelSource::Repo {
-            repo,
-            revision,
-            cache_dir,
-        } => {
-            let mut opts = FetchOptions::from_env(repo);
-            opts.revision = revision.clone();
-            opts.variant = model.variant;
-            opts.offline = true;
-            opts.progress = false;
-            if let Some(dir) = cache_dir {
-                opts.cache_dir = dir.clone();
-            }
-            fetch::fetch(&opts).map_err(|e| {
-                let again = match cache_dir {
-                    Some(dir) => format!(
-                        "clipfilterd model fetch {repo} --revision {revision} --variant {} --cache-dir {}",
-                        model.variant,
-                        dir.display()
-                    ),
-                    None => format!(
-                        "clipfilterd model fetch {repo} --revision {revision} --variant {}",
-                        model.variant
-                    ),
-                };
-                Error::model(&opts.cache_dir, format!("{e}; run `{again}` first"))
-            })
-        }
-    }
-}
-
-/// The engine settings the `clipfilter` elements derive from the same model settings (they
-/// must be equal for the elements to share the daemon's engine).
-pub fn engine_config(model: &ElementModel) -> EngineConfig {
-    EngineConfig {
-        model_dir: model.dir.clone(),
-        variant: model.config.variant,
-        session: SessionConfig {
-            providers: model.config.providers.clone(),
-            require_provider: model.config.require_provider,
-            intra_threads: model.config.threads as usize,
-            tensorrt_cache: model.config.tensorrt_cache.clone(),
-            ..SessionConfig::default()
-        },
-        batch: BatchConfig {
-            max_batch: model.config.max_batch.max(1) as usize,
-            ..BatchConfig::default()
-        },
-    }
-}
-
-/// Loads the model of `config` (shared with the elements).
-fn load_engine(config: &ModelConfig) -> Result<(ElementModel, Arc<Engine>)> {
-    let dir = resolve_model(config)?;
-    let model = ElementModel {
-        dir,
-        config: config.clone(),
-    };
-    let engine = Engine::shared(&engine_config(&model))?;
-    Ok((model, engine))
-}
 
 fn model_label(model: &ElementModel) -> String {
     match &model.config.source {

@@ -117,6 +117,58 @@ pub enum Error {
     /// The inference worker stopped or refused the work.
     #[error("inference worker: {message}")]
     Worker { message: String },
+
+    /// Several problems in what the user gave, found in one pass (each names its file, line and
+    /// field); shown one per line.
+    #[error("{}", problem_lines(.0))]
+    Problems(Vec<Error>),
+}
+
+fn problem_lines(problems: &[Error]) -> String {
+    problems
+        .iter()
+        .map(Error::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Collects the problems a validation finds, so that all of them are reported at once rather
+/// than the first: steps push into it and carry on, [`Problems::finish`] says how it went.
+#[derive(Debug, Default)]
+pub struct Problems(Vec<Error>);
+
+impl Problems {
+    /// Records a problem ([`Error::Problems`] are taken apart).
+    pub fn push(&mut self, problem: Error) {
+        match problem {
+            Error::Problems(list) => self.0.extend(list),
+            one => self.0.push(one),
+        }
+    }
+
+    /// The value of `result`, or `None` once its error is recorded.
+    pub fn keep<T>(&mut self, result: Result<T>) -> Option<T> {
+        result.map_err(|e| self.push(e)).ok()
+    }
+
+    /// True when nothing was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// `Ok` without problems, the problem itself when there is one, [`Error::Problems`] with
+    /// more, in the order of their lines (those without a line last, in the order found).
+    pub fn finish(mut self) -> Result<()> {
+        self.0.sort_by_key(|e| match e {
+            Error::Config { location, .. } => location.line.unwrap_or(usize::MAX),
+            _ => usize::MAX,
+        });
+        match self.0.len() {
+            0 => Ok(()),
+            1 => Err(self.0.remove(0)),
+            _ => Err(Error::Problems(self.0)),
+        }
+    }
 }
 
 impl Error {
@@ -192,7 +244,8 @@ impl Error {
             | Error::InvalidInput { .. }
             | Error::Model { .. }
             | Error::Image { .. }
-            | Error::Tokenizer { .. } => true,
+            | Error::Tokenizer { .. }
+            | Error::Problems(_) => true,
             Error::Io { cause, .. } => matches!(
                 cause.kind(),
                 std::io::ErrorKind::NotFound
@@ -223,6 +276,37 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "labels.toml: line 2, column 3, field `bb`: bad"
+        );
+    }
+
+    #[test]
+    fn problems_are_reported_together_one_per_line() {
+        assert!(Problems::default().finish().is_ok());
+
+        let mut one = Problems::default();
+        assert_eq!(one.keep(Ok::<_, Error>(3)), Some(3));
+        assert_eq!(one.keep::<u8>(Err(Error::invalid("a", "bad"))), None);
+        assert!(!one.is_empty());
+        let e = one.finish().unwrap_err();
+        assert!(matches!(e, Error::InvalidInput { .. }), "{e:?}");
+
+        let mut many = Problems::default();
+        many.push(Error::config(
+            "c.toml",
+            Location::from_offset("a\nb\n", 2, Some("w".into())),
+            "on line 2",
+        ));
+        many.push(Error::config("c.toml", Location::field("x"), "first"));
+        many.push(Error::Problems(vec![
+            Error::config("c.toml", Location::field("y"), "second"),
+            Error::config("c.toml", Location::field("z"), "third"),
+        ]));
+        let e = many.finish().unwrap_err();
+        assert!(e.is_user_error());
+        assert_eq!(
+            e.to_string(),
+            "c.toml: line 2, column 1, field `w`: on line 2\nc.toml: field `x`: first\n\
+             c.toml: field `y`: second\nc.toml: field `z`: third"
         );
     }
 }

@@ -58,6 +58,9 @@ pub const DEFAULT_RETRY_INITIAL: Duration = Duration::from_secs(1);
 pub const DEFAULT_RETRY_MAX: Duration = Duration::from_secs(60);
 /// Default webhook request timeout.
 pub const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest `retry_max` and `timeout`: waits are added to the clock, which centuries would
+/// overflow.
+const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);
 /// Default MQTT port.
 pub const DEFAULT_MQTT_PORT: u16 = 1883;
 /// Default MQTT topic prefix.
@@ -256,6 +259,9 @@ impl OutputConfig {
                 "must not be shorter than retry_initial".into(),
             ));
         }
+        if retry.max > MAX_WAIT {
+            return Err(err("retry_max", "must be at most 24h".into()));
+        }
         if self.max_pending() == 0 {
             return Err(err("max_pending", "must be at least 1".into()));
         }
@@ -269,6 +275,9 @@ impl OutputConfig {
                 webhook::Target::parse(c.url.expose()).map_err(|m| err("url", m))?;
                 if c.timeout.is_some_and(|t| t.is_zero()) {
                     return Err(err("timeout", "must be greater than zero".into()));
+                }
+                if c.timeout.is_some_and(|t| t > MAX_WAIT) {
+                    return Err(err("timeout", "must be at most 24h".into()));
                 }
                 for (name, value) in &c.headers {
                     ureq::http::HeaderName::try_from(name.as_str())
@@ -305,6 +314,14 @@ impl OutputConfig {
                 }
                 if c.keep_alive.is_some_and(|k| k < Duration::from_secs(1)) {
                     return Err(err("keep_alive", "must be at least 1s".into()));
+                }
+                if c.keep_alive
+                    .is_some_and(|k| k.as_secs() > u64::from(u16::MAX))
+                {
+                    return Err(err(
+                        "keep_alive",
+                        "must be at most 65535s (18h12m15s, the MQTT limit)".into(),
+                    ));
                 }
             }
         }
@@ -500,6 +517,15 @@ max_pending = 500
         .unwrap();
         let err = Outputs::new(path, retry).unwrap_err().to_string();
         assert!(err.contains("output[0].retry_max"), "{err}");
+        let slow = parse(
+            "[[output]]\nname='a'\ntype='webhook'\nurl='http://a/'\ntimeout='2562047788015215h'\n",
+        )
+        .unwrap();
+        let err = Outputs::new(path, slow).unwrap_err().to_string();
+        assert!(
+            err.contains("output[0].timeout") && err.contains("24h"),
+            "{err}"
+        );
 
         let outputs = Outputs::new(path, parse(EXAMPLE).unwrap()).unwrap();
         outputs

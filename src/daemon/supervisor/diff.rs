@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use crate::daemon::config::PipelineConfig;
-use crate::daemon::pipeline::ElementModel;
+use crate::daemon::model::ElementModel;
 
 /// What a reload does, pipeline by pipeline. Added, restarted, updated and untouched pipelines
 /// are in the order of the new configuration; removed ones in name order.

@@ -26,7 +26,7 @@ use crossbeam_channel::Sender;
 use crate::daemon::config::{PipelineConfig, RestartPolicy};
 use crate::daemon::delivery::EventOutputs;
 use crate::daemon::metrics::Metrics;
-use crate::daemon::pipeline::ElementModel;
+use crate::daemon::model::ElementModel;
 use crate::daemon::snapshot::SnapshotStore;
 use crate::error::{Error, Result};
 use diff::Plan;

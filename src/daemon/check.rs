@@ -1,0 +1,74 @@
+//! `clipfilterd check` for a daemon configuration: everything [`Config::parse`] checks, then
+//! what needs the machine: label-set files, the GStreamer elements each source needs, `launch`
+//! and `sink` descriptions, the ONNX Runtime library and the model. Every problem is reported,
+//! each with the file, line and field.
+
+use std::path::Path;
+
+use crate::daemon::config::source::SourceKind;
+use crate::daemon::config::{Config, LabelSource, PipelineConfig, locate};
+use crate::daemon::{model, pipeline, source};
+use clipfilter::error::{Error, Problems, Result};
+use clipfilter::labels::LabelSet;
+
+/// Checks the daemon configuration `text` (the contents of `path`); returns a one-line summary.
+pub fn check_file(path: &Path, text: &str) -> Result<String> {
+    let config = Config::parse(text, path)?;
+    crate::gstreamer::init()?;
+    let mut problems = Problems::default();
+    let problem = |field: &str, message: String| Error::config(path, locate(text, field), message);
+    for (i, p) in config.pipelines.iter().enumerate() {
+        let at = |f: &str| format!("pipeline[{i}].{f}");
+        if let LabelSource::File(f) = &p.labels
+            && let Err(e) = LabelSet::from_file(f)
+        {
+            problems.push(problem(&at("labels"), e.to_string()));
+        }
+        for (field, message) in machine(p) {
+            problems.push(problem(&at(field), message));
+        }
+    }
+    if let Err(m) = model::check_library(&config.model) {
+        problems.push(problem("model.onnxruntime", m));
+    }
+    let model = match model::resolve_model(&config.model) {
+        Ok(dir) => format!("model {}", dir.display()),
+        Err(e) => {
+            problems.push(problem("model", e.to_string()));
+            String::new()
+        }
+    };
+    problems.finish()?;
+    Ok(format!(
+        "daemon config, {} pipeline{}, {} output{}, {model}",
+        config.pipelines.len(),
+        if config.pipelines.len() == 1 { "" } else { "s" },
+        config.outputs.len(),
+        if config.outputs.len() == 1 { "" } else { "s" },
+    ))
+}
+
+/// What the machine lacks to run pipeline `p`: (field, problem) for each of its GStreamer
+/// elements that is not installed and each description that does not parse.
+fn machine(p: &PipelineConfig) -> Vec<(&'static str, String)> {
+    let mut found = Vec::new();
+    for factory in source::required_elements(p.source.kind()) {
+        if gst::ElementFactory::find(factory).is_none() {
+            found.push((
+                "source",
+                format!("the GStreamer element `{factory}` is not installed"),
+            ));
+        }
+    }
+    if p.source.kind() == SourceKind::Launch
+        && let Err(m) = source::launch_bin(p.source.uri())
+    {
+        found.push(("launch", m));
+    }
+    if let Some(sink) = &p.sink
+        && let Err(m) = pipeline::sink_bin(sink)
+    {
+        found.push(("sink", m));
+    }
+    found
+}
