@@ -57,7 +57,7 @@ pub struct CalibrateArgs {
     pub plots: PathBuf,
 
     /// Draw no plots.
-    #[arg(long, conflicts_with = "plots")]
+    #[arg(long)]
     pub no_plots: bool,
 
     /// Print the result as JSON instead of a table.
