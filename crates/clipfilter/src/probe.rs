@@ -260,6 +260,8 @@ pub fn stratified_folds(y: &[usize], k: usize, n_splits: usize) -> Vec<usize> {
         allocation[i % n_splits][*cls] += 1;
     }
     let mut folds = vec![0; y.len()];
+    // `cls` indexes the inner vectors of `allocation`, not the loop's own range.
+    #[allow(clippy::needless_range_loop)]
     for cls in 0..k {
         let mut order = (0..n_splits).flat_map(|f| std::iter::repeat_n(f, allocation[f][cls]));
         for (i, _) in y.iter().enumerate().filter(|(_, c)| **c == cls) {
