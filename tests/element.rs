@@ -13,7 +13,7 @@ use gstclipfilter::clipfilter::properties as props;
 
 use crate::util::{self, PATIENCE, oracle, write_atomically};
 
-fn init() {
+pub(crate) fn init() {
     static INIT: Once = Once::new();
     INIT.call_once(|| {
         gst::init().expect("GStreamer initialises");
@@ -21,12 +21,12 @@ fn init() {
     });
 }
 
-const MS: u64 = 1_000_000;
+pub(crate) const MS: u64 = 1_000_000;
 const RED: [u8; 3] = [255, 0, 0];
 const GREEN: [u8; 3] = [0, 255, 0];
 
 /// A pipeline that is set to NULL when dropped (also when a test fails half-way).
-struct Pipe(gst::Pipeline);
+pub(crate) struct Pipe(pub(crate) gst::Pipeline);
 
 impl std::ops::Deref for Pipe {
     type Target = gst::Pipeline;
@@ -42,7 +42,7 @@ impl Drop for Pipe {
     }
 }
 
-fn pipeline(desc: &str) -> Pipe {
+pub(crate) fn pipeline(desc: &str) -> Pipe {
     init();
     Pipe(
         gst::parse::launch(desc)
@@ -52,7 +52,7 @@ fn pipeline(desc: &str) -> Pipe {
     )
 }
 
-fn by_name<T: IsA<gst::Element>>(p: &gst::Pipeline, name: &str) -> T {
+pub(crate) fn by_name<T: IsA<gst::Element>>(p: &gst::Pipeline, name: &str) -> T {
     p.by_name(name)
         .unwrap_or_else(|| panic!("no element {name}"))
         .downcast::<T>()
@@ -89,7 +89,7 @@ fn left(deadline: Instant) -> gst::ClockTime {
 
 /// Plays `p` to EOS and returns every message on the way; panics on an error or after
 /// [`PATIENCE`]. The pipeline stays in PLAYING (appsinks keep their samples) until it is dropped.
-fn run_to_eos(p: &gst::Pipeline) -> Vec<gst::Message> {
+pub(crate) fn run_to_eos(p: &gst::Pipeline) -> Vec<gst::Message> {
     let bus = p.bus().expect("bus");
     p.set_state(gst::State::Playing).expect("pipeline plays");
     let deadline = Instant::now() + PATIENCE;
@@ -105,7 +105,7 @@ fn run_to_eos(p: &gst::Pipeline) -> Vec<gst::Message> {
     out
 }
 
-fn matches(msgs: &[gst::Message]) -> Vec<MatchMessage> {
+pub(crate) fn matches(msgs: &[gst::Message]) -> Vec<MatchMessage> {
     msgs.iter().filter_map(as_match).collect()
 }
 
@@ -126,11 +126,11 @@ fn push_frames(src: &gst_app::AppSrc, n: u64, switch: u64, pixels: impl Fn(bool)
     }
 }
 
-fn pull_all(sink: &gst_app::AppSink) -> Vec<gst::Sample> {
+pub(crate) fn pull_all(sink: &gst_app::AppSink) -> Vec<gst::Sample> {
     std::iter::from_fn(|| sink.try_pull_sample(gst::ClockTime::ZERO)).collect()
 }
 
-fn pixels(sample: &gst::Sample) -> Vec<u8> {
+pub(crate) fn pixels(sample: &gst::Sample) -> Vec<u8> {
     let map = sample
         .buffer()
         .expect("buffer")
@@ -139,7 +139,7 @@ fn pixels(sample: &gst::Sample) -> Vec<u8> {
     map.as_slice().to_vec()
 }
 
-fn labels_file(dir: &Path, body: &str) -> PathBuf {
+pub(crate) fn labels_file(dir: &Path, body: &str) -> PathBuf {
     let path = dir.join("labels.toml");
     write_atomically(&path, body);
     path
@@ -686,7 +686,7 @@ fn fifty_null_playing_cycles_leave_no_threads_behind() {
     assert!(grown < 8 * 1024, "RSS grew by {grown} KiB over 50 cycles");
 }
 
-fn start_error(desc: &str) -> String {
+pub(crate) fn start_error(desc: &str) -> String {
     let p = pipeline(desc);
     let bus = p.bus().unwrap();
     assert!(

@@ -3,6 +3,7 @@
 mod util;
 
 mod calibrate;
+mod crops;
 mod daemon;
 mod daemon_config;
 mod daemon_http;

@@ -84,7 +84,7 @@ fn results_route_to_their_stream_and_frame_under_concurrency() {
                         }))
                     {
                         assert_eq!(out.seq, next, "stream {k}: results out of order");
-                        let e = out.embedding.unwrap();
+                        let e = out.embeddings.unwrap();
                         assert!(
                             cosine(&e, &want) > 0.9999,
                             "stream {k} frame {next}: got another stream's result"
@@ -140,7 +140,7 @@ fn a_stream_closing_mid_batch_does_not_disturb_the_others() {
             .wait_result(PATIENCE)
             .expect("result after the other stream left");
         assert_eq!(out.seq, i);
-        assert!(cosine(&out.embedding.unwrap(), &want) > 0.9999);
+        assert!(cosine(&out.embeddings.unwrap(), &want) > 0.9999);
     }
 }
 
@@ -223,4 +223,66 @@ fn shutdown_does_not_deadlock() {
     });
     let refused = done_rx.recv_timeout(PATIENCE).expect("shutdown hung");
     assert!(refused, "a stream must say the worker has stopped");
+}
+
+#[test]
+fn a_job_of_many_crops_comes_back_whole_and_in_order_across_batches() {
+    // 12 images (crops of one sample) with batches of 5: three batches, one result.
+    let engine = engine("oracle-clip", 5, 1);
+    let colours: Vec<Vec<f32>> = COLOURS.iter().map(|c| solid(&engine, *c)).collect();
+    let want = engine.embed_pixels(&colours.concat()).unwrap();
+    let order: Vec<usize> = (0..12).map(|i| (i * 5) % COLOURS.len()).collect();
+    let mut stream = engine.stream(StreamOptions::live());
+    let mut job = stream.buffer_for(order.len());
+    for (chunk, &c) in job.chunks_exact_mut(colours[0].len()).zip(&order) {
+        chunk.copy_from_slice(&colours[c]);
+    }
+    stream.submit(job).unwrap();
+    let out = stream.wait_result(PATIENCE).expect("a result");
+    assert_eq!(out.images, 12);
+    assert_eq!(out.batch, 5);
+    let got: Vec<&[f32]> = out.each().collect();
+    assert_eq!(got.len(), 12);
+    for (e, &c) in got.iter().zip(&order) {
+        assert!(cosine(e, &want[c]) > 0.9999, "crop of colour {c} misplaced");
+    }
+    assert!(stream.try_result().is_none(), "one result per job");
+    // Too many images for one job, or a partial image, are refused.
+    let mut big = stream.buffer_for(clipfilter::limits::MAX_CROPS + 1);
+    big.truncate(colours[0].len() * (clipfilter::limits::MAX_CROPS + 1));
+    assert!(stream.submit(big).is_err());
+    assert!(stream.submit(vec![0.0; colours[0].len() + 1]).is_err());
+}
+
+#[test]
+fn a_tiled_stream_takes_turns_with_the_others() {
+    // A tiled camera submits 9 crops; another camera one frame just after. Batches of 4 take
+    // one image per stream per pass, so the other camera's frame rides in the second batch and
+    // its verdict comes before the tiled one (which needs three batches), instead of waiting
+    // behind all nine crops.
+    let engine = engine("oracle-slow", 4, 0);
+    let red = solid(&engine, COLOURS[0]);
+    let green = solid(&engine, COLOURS[1]);
+    let mut tiled = engine.stream(StreamOptions::live());
+    let mut other = engine.stream(StreamOptions::live());
+    let mut job = tiled.buffer_for(9);
+    for chunk in job.chunks_exact_mut(red.len()) {
+        chunk.copy_from_slice(&red);
+    }
+    tiled.submit(job).unwrap();
+    std::thread::sleep(Duration::from_millis(30));
+    let mut b = other.buffer();
+    b.copy_from_slice(&green);
+    other.submit(b).unwrap();
+    let first = other
+        .wait_result(PATIENCE)
+        .expect("the other camera's verdict");
+    assert!(first.embeddings.is_ok());
+    assert!(
+        tiled.try_result().is_none(),
+        "the tiled camera's nine crops went ahead of the other camera"
+    );
+    let done = tiled.wait_result(PATIENCE).expect("the tiled verdict");
+    assert_eq!(done.images, 9);
+    assert!(first.latency < done.latency);
 }

@@ -4,6 +4,7 @@
 //! - `inference`: image-tower images/s at each batch size, straight on the ONNX session and
 //!   through the shared worker, and end to end from decoded 1080p NV12 frames to scored events;
 //! - `preprocess`: milliseconds to turn one 1080p frame into the model input, per pixel format;
+//! - `fit`, `crops`: what the fit, tiles and regions cost (see `bench_crops.rs`);
 //! - `latency`: frame-to-verdict p50/p99 at light load, against one batch-1 inference;
 //! - `int8`: the quantized variant's images/s and its embeddings' cosine to fp32 on real photos;
 //! - `pipelines`: end-to-end frames/s of `--streams` concurrent file pipelines (decode ->
@@ -48,6 +49,8 @@ pub enum Section {
     Pipelines,
     Static,
     Baselines,
+    Fit,
+    Crops,
 }
 
 /// Arguments of `bench`.
@@ -69,7 +72,7 @@ pub struct BenchArgs {
         long,
         value_delimiter = ',',
         value_enum,
-        default_value = "inference,preprocess,latency,int8,pipelines,static,baselines"
+        default_value = "inference,preprocess,fit,crops,latency,int8,pipelines,static,baselines"
     )]
     pub sections: Vec<Section>,
 
@@ -94,7 +97,7 @@ pub struct BenchArgs {
     pub photos: Option<PathBuf>,
 }
 
-fn threads(args: &ModelArgs) -> usize {
+pub(super) fn threads(args: &ModelArgs) -> usize {
     if args.threads > 0 {
         args.threads
     } else {
@@ -103,7 +106,7 @@ fn threads(args: &ModelArgs) -> usize {
 }
 
 /// A synthetic 1080p frame in `format` (a gradient with some texture, so resampling does work).
-fn frame_1080p(format: PixelFormat) -> (Vec<u8>, [usize; 3], [usize; 3]) {
+pub(super) fn frame_1080p(format: PixelFormat) -> (Vec<u8>, [usize; 3], [usize; 3]) {
     let (w, h) = (1920usize, 1080usize);
     let px = |x: usize, y: usize, c: usize| ((x * (c + 1) + y * 3 + (x ^ y) % 17) % 256) as u8;
     match format {
@@ -137,7 +140,7 @@ fn frame_1080p(format: PixelFormat) -> (Vec<u8>, [usize; 3], [usize; 3]) {
     }
 }
 
-fn frame_ref<'a>(
+pub(super) fn frame_ref<'a>(
     format: PixelFormat,
     data: &'a [u8],
     offsets: [usize; 3],
@@ -166,7 +169,7 @@ fn frame_ref<'a>(
     }
 }
 
-fn engine_config(args: &ModelArgs, max_batch: usize, variant: Variant) -> EngineConfig {
+pub(super) fn engine_config(args: &ModelArgs, max_batch: usize, variant: Variant) -> EngineConfig {
     let mut cfg = args.engine_config();
     cfg.variant = variant;
     cfg.session.intra_threads = threads(args);
@@ -179,25 +182,25 @@ fn engine_config(args: &ModelArgs, max_batch: usize, variant: Variant) -> Engine
 
 /// Images counted over seconds measured; rounds of several measurements add up.
 #[derive(Debug, Default, Clone, Copy)]
-struct Rate {
-    images: usize,
-    seconds: f64,
+pub(super) struct Rate {
+    pub(super) images: usize,
+    pub(super) seconds: f64,
 }
 
 impl Rate {
-    fn add(&mut self, other: Rate) {
+    pub(super) fn add(&mut self, other: Rate) {
         self.images += other.images;
         self.seconds += other.seconds;
     }
 
-    fn per_s(self) -> f64 {
+    pub(super) fn per_s(self) -> f64 {
         self.images as f64 / self.seconds
     }
 }
 
 /// Rounds per figure: the measurements being compared take turns, so drift in the machine's
 /// load hits all of them alike instead of whichever happened to run last.
-const ROUNDS: usize = 3;
+pub(super) const ROUNDS: usize = 3;
 
 /// The bare image-tower session at one batch size, with a random input.
 struct SessionBench {
@@ -345,7 +348,7 @@ impl WorkerBench {
                 .wait_result(Duration::from_secs(600))
                 .context("worker did not answer")?;
             in_flight -= 1;
-            let e = out.embedding.map_err(|m| anyhow::anyhow!(m))?;
+            let e = out.embeddings.map_err(|m| anyhow::anyhow!(m))?;
             self.labels.score_into(&e, &mut self.scores)?;
             self.matcher.update(&self.labels, &self.scores);
             self.stream.recycle(out.pixels);
@@ -549,13 +552,13 @@ fn pipelines_section(args: &BenchArgs, model: &ModelDir) -> anyhow::Result<Value
 }
 
 /// CPU share of one core that clipfilter adds to a static live 720p25 camera sampled at 2 fps
-/// with the scene gate on (and, for comparison, with it off).
+/// with the scene gate on (and, for comparison, with it off), untiled and with 3x3 tiles.
 fn static_section(args: &BenchArgs, model: &ModelDir) -> anyhow::Result<Value> {
     let seconds = Duration::from_secs_f64(args.seconds.max(5.0) * 2.0);
     let source = "videotestsrc is-live=true pattern=smpte ! video/x-raw,format=I420,width=1280,height=720,framerate=25/1";
-    let filter = |gate: f64| {
+    let filter = |gate: f64, tiles: &str| {
         format!(
-            "clipfilter name=cf model=\"{}\" variant={} execution-provider=cpu threads={} interval=500000000 scene-gate={gate} prompts=\"a person walking;a white van;an empty path\"",
+            "clipfilter name=cf model=\"{}\" variant={} execution-provider=cpu threads={} interval=500000000 scene-gate={gate} tiles={tiles} prompts=\"a person walking;a white van;an empty path\"",
             model.dir.display(),
             args.model.variant.name(),
             threads(&args.model)
@@ -573,28 +576,37 @@ fn static_section(args: &BenchArgs, model: &ModelDir) -> anyhow::Result<Value> {
     let mut cfg = engine_config(&args.model, 8, args.model.variant);
     cfg.session.providers = vec![clipfilter::encoder::Provider::Cpu];
     let _engine = Engine::shared(&cfg)?;
-    measure(format!("{source} ! {} ! fakesink", filter(3.0)))?;
+    measure(format!("{source} ! {} ! fakesink", filter(3.0, "none")))?;
     let (bare, _) = measure(format!("{source} ! fakesink"))?;
-    let (gated, gs) = measure(format!("{source} ! {} ! fakesink", filter(3.0)))?;
-    let (ungated, us) = measure(format!("{source} ! {} ! fakesink", filter(0.0)))?;
+    let (gated, gs) = measure(format!("{source} ! {} ! fakesink", filter(3.0, "none")))?;
+    let (tiled, ts) = measure(format!("{source} ! {} ! fakesink", filter(3.0, "3x3")))?;
+    let (ungated, us) = measure(format!("{source} ! {} ! fakesink", filter(0.0, "none")))?;
     let count = |s: &Option<gst::Structure>, f: &str| {
         s.as_ref().and_then(|s| s.get::<u64>(f).ok()).unwrap_or(0)
     };
     println!(
-        "\nstatic live camera, 1280x720 I420 at 25 fps, sampled at 2 fps, {:.0} s each: source alone {:.1}% of a core; clipfilter adds {:.2}% with the scene gate ({} inferred, {} skipped), {:.1}% without it ({} inferred)",
+        "\nstatic live camera, 1280x720 I420 at 25 fps, sampled at 2 fps, {:.0} s each: source alone {:.1}% of a core; clipfilter adds {:.2}% with the scene gate ({} inferred, {} skipped), {:.1}% without it ({} inferred); with 3x3 tiles and the gate (10 crops, a gate each) {:.2}% ({} model inputs inferred, {} samples skipped), {:.2}x the untiled gated cost",
         seconds.as_secs_f64(),
         bare * 100.0,
         (gated - bare) * 100.0,
         count(&gs, "inferred"),
         count(&gs, "skipped"),
         (ungated - bare) * 100.0,
-        count(&us, "inferred")
+        count(&us, "inferred"),
+        (tiled - bare) * 100.0,
+        count(&ts, "crops-inferred"),
+        count(&ts, "skipped"),
+        (tiled - bare) / (gated - bare)
     );
     Ok(json!({
         "seconds": seconds.as_secs_f64(), "source_only_core_share": bare,
         "clipfilter_core_share_gate_on": gated - bare, "clipfilter_core_share_gate_off": ungated - bare,
         "gate_on_inferred": count(&gs, "inferred"), "gate_on_skipped": count(&gs, "skipped"),
         "gate_off_inferred": count(&us, "inferred"),
+        "tiled_3x3_core_share_gate_on": tiled - bare,
+        "tiled_3x3_crops_inferred": count(&ts, "crops-inferred"),
+        "tiled_3x3_skipped": count(&ts, "skipped"),
+        "tiled_vs_untiled_gate_on": (tiled - bare) / (gated - bare),
     }))
 }
 
@@ -736,6 +748,16 @@ pub fn run(args: BenchArgs) -> anyhow::Result<super::Outcome> {
             rows.insert(f.gst_name().to_string(), json!(ms));
         }
         report.insert("preprocess_ms_1080p", Value::Object(rows));
+    }
+
+    if has(Section::Fit) {
+        report.insert(
+            "fit_preprocess_1080p",
+            super::bench_crops::fit_section(&model)?,
+        );
+    }
+    if has(Section::Crops) {
+        report.insert("crops", super::bench_crops::crops_section(&args)?);
     }
 
     if has(Section::Latency) {

@@ -26,7 +26,8 @@ pub enum FileKind {
 /// Decides whether `text` is a label set or a daemon config.
 pub fn kind_of(path: &Path, text: &str) -> Result<FileKind, Error> {
     let table: toml::Table = toml::from_str(text).map_err(|e| Error::toml(path, text, &e))?;
-    if table.contains_key("label") || table.contains_key("defaults") {
+    if table.contains_key("label") || table.contains_key("defaults") || table.contains_key("region")
+    {
         Ok(FileKind::LabelSet)
     } else if table.contains_key("pipeline")
         || table.contains_key("output")
@@ -49,10 +50,30 @@ pub fn check_file(path: &Path) -> Result<String, Error> {
         FileKind::LabelSet => {
             let set = LabelSet::from_toml_str(&text, path)?;
             let negatives = set.labels.iter().filter(|l| l.negative).count();
-            Ok(format!(
+            let mut summary = format!(
                 "label set, {} labels ({negatives} negative)",
                 set.labels.len()
-            ))
+            );
+            if !set.regions.is_empty() {
+                summary.push_str(&format!(", {} regions", set.regions.len()));
+            }
+            // Regions a label is limited to may come from the pipeline or the element instead.
+            let mut elsewhere: Vec<&str> = set
+                .labels
+                .iter()
+                .flat_map(|l| &l.regions)
+                .filter(|r| !set.regions.iter().any(|d| d.name == **r))
+                .map(String::as_str)
+                .collect();
+            elsewhere.sort_unstable();
+            elsewhere.dedup();
+            if !elsewhere.is_empty() {
+                summary.push_str(&format!(
+                    "; regions the pipeline must define: {}",
+                    elsewhere.join(", ")
+                ));
+            }
+            Ok(summary)
         }
         FileKind::DaemonConfig => crate::daemon::check::check_file(path, &text),
     }

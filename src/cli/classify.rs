@@ -9,10 +9,12 @@ use clap::Args;
 use serde::Serialize;
 
 use super::{ModelArgs, Outcome};
+use clipfilter::crops::{CropPlan, CropScores, CropSpec, Fit, score_crops};
 use clipfilter::engine::{Engine, decode_image};
 use clipfilter::labels::{LabelDefaults, LabelSet, Threshold};
+use clipfilter::preprocess::{FrameRef, PixelFormat};
 use clipfilter::worker::StreamOptions;
-use clipfilter::zeroshot::{Scores, Templates};
+use clipfilter::zeroshot::Templates;
 
 /// Arguments of `classify`.
 #[derive(Debug, Args)]
@@ -33,6 +35,13 @@ pub struct ClassifyArgs {
     #[arg(long, value_name = "NAME", requires = "label")]
     pub templates: Option<String>,
 
+    /// How each picture becomes the model's square: crop (the reference's centre square, exact
+    /// CLIPImageProcessor parity), pad (the whole picture letterboxed) or crops (overlapping
+    /// squares covering it, one inference each; a label's score is its best square, named in
+    /// the `crop` column). A label set's `[[region]]`s are scored too.
+    #[arg(long, value_name = "FIT", default_value = "crop", value_parser = parse_fit)]
+    pub fit: Fit,
+
     /// How many labels to show per image (0: all).
     #[arg(long, default_value_t = 5)]
     pub top: usize,
@@ -51,6 +60,9 @@ struct Row<'a> {
     label: &'a str,
     cosine: f32,
     probability: f32,
+    /// The crop that gave the score, when a picture is scored in several.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    crop: Option<&'a str>,
     /// Only for labels with their own threshold in the label file.
     #[serde(skip_serializing_if = "Option::is_none")]
     matched: Option<bool>,
@@ -60,6 +72,10 @@ struct Row<'a> {
 struct ImageResult<'a> {
     image: String,
     results: Vec<Row<'a>>,
+}
+
+fn parse_fit(s: &str) -> Result<Fit, String> {
+    s.parse().map_err(|e: clipfilter::Error| e.to_string())
 }
 
 /// Runs `classify`.
@@ -87,6 +103,11 @@ pub fn run(args: ClassifyArgs) -> anyhow::Result<Outcome> {
         .map(|l| l.threshold.is_some() && !l.negative)
         .collect();
 
+    let spec = CropSpec {
+        regions: set.all_regions(&[])?,
+        ..CropSpec::whole(args.fit)
+    };
+    set.check_regions(&spec.regions)?;
     let mut pre = engine.preprocessor()?;
     let window = engine.config().batch.max_batch * 2;
     let mut stream = engine.stream(StreamOptions::batch(window));
@@ -95,9 +116,9 @@ pub fn run(args: ClassifyArgs) -> anyhow::Result<Outcome> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut outcome = Outcome::Ok;
-    let mut scores = Scores::default();
+    let mut crop_scores = CropScores::default();
     // Decode and preprocess ahead while the worker runs earlier images.
-    let mut queued: std::collections::VecDeque<PathBuf> = Default::default();
+    let mut queued: std::collections::VecDeque<(PathBuf, CropPlan)> = Default::default();
     let mut next = args.images.iter();
     let mut done = 0usize;
     loop {
@@ -105,10 +126,14 @@ pub fn run(args: ClassifyArgs) -> anyhow::Result<Outcome> {
             let Some(path) = next.next() else { break };
             match decode_image(path) {
                 Ok(rgb) => {
-                    let mut buf = stream.buffer();
-                    pre.run_rgb8(rgb.as_raw(), rgb.width(), rgb.height(), &mut buf)?;
+                    let (w, h) = (rgb.width(), rgb.height());
+                    let plan = CropPlan::new(&spec, &pre, w, h)?;
+                    let frame = FrameRef::packed(PixelFormat::Rgb, w, h, rgb.as_raw())?;
+                    let all: Vec<usize> = (0..plan.len()).collect();
+                    let mut buf = stream.buffer_for(plan.len());
+                    plan.preprocess(&mut pre, &frame, &all, &mut buf)?;
                     stream.submit(buf)?;
-                    queued.push_back(path.clone());
+                    queued.push_back((path.clone(), plan));
                 }
                 Err(e) => {
                     if let Some(p) = &progress {
@@ -120,17 +145,23 @@ pub fn run(args: ClassifyArgs) -> anyhow::Result<Outcome> {
                 }
             }
         }
-        let Some(path) = queued.pop_front() else {
+        let Some((path, plan)) = queued.pop_front() else {
             break;
         };
         let result = stream
             .wait_result(Duration::from_secs(600))
             .ok_or_else(|| anyhow::anyhow!("the inference worker did not answer"))?;
-        let embedding = result
-            .embedding
+        let embeddings = result
+            .embeddings
             .map_err(|m| anyhow::anyhow!("inference failed: {m}"))?;
         stream.recycle(result.pixels);
-        compiled.score_into(&embedding, &mut scores)?;
+        score_crops(&compiled, &plan.crops, &embeddings, &mut crop_scores)?;
+        let winner = |i: usize| {
+            crop_scores.winner[i]
+                .filter(|_| plan.len() > 1)
+                .map(|k| plan.crops[k].id.name.as_str())
+        };
+        let scores = &crop_scores.scores;
         let mut order: Vec<usize> = (0..compiled.labels.len())
             .filter(|i| !compiled.labels[*i].negative || args.top == 0)
             .collect();
@@ -144,6 +175,7 @@ pub fn run(args: ClassifyArgs) -> anyhow::Result<Outcome> {
                 label: &compiled.labels[i].name,
                 cosine: scores.cosine[i],
                 probability: scores.probability[i],
+                crop: winner(i),
                 matched: own_threshold[i]
                     .then(|| compiled.labels[i].passes(scores.cosine[i], scores.probability[i])),
             })
@@ -174,9 +206,10 @@ pub fn run(args: ClassifyArgs) -> anyhow::Result<Outcome> {
                         Some(true) => "  match",
                         _ => "",
                     };
+                    let crop = r.crop.map_or(String::new(), |c| format!("  ({c})"));
                     writeln!(
                         out,
-                        "  {:<width$}  {:>7.4}  {:>11.4}{mark}",
+                        "  {:<width$}  {:>7.4}  {:>11.4}{mark}{crop}",
                         r.label, r.cosine, r.probability
                     )?;
                 }

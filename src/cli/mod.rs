@@ -1,6 +1,7 @@
 //! The `clipfilterd` command line: the daemon and one-off tools on the same engine.
 
 pub mod bench;
+mod bench_crops;
 pub mod bench_element;
 pub mod calibrate;
 pub mod check;

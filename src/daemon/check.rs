@@ -20,7 +20,10 @@ pub fn check_file(path: &Path, text: &str) -> Result<String> {
     for (i, p) in config.pipelines.iter().enumerate() {
         let at = |f: &str| format!("pipeline[{i}].{f}");
         if let LabelSource::File(f) = &p.labels
-            && let Err(e) = LabelSet::from_file(f)
+            && let Err(e) = LabelSet::from_file(f).and_then(|set| {
+                let regions = set.all_regions(&p.view.regions)?;
+                set.check_regions(&regions)
+            })
         {
             problems.push(problem(&at("labels"), e.to_string()));
         }

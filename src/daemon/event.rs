@@ -6,6 +6,7 @@
 
 use std::path::PathBuf;
 
+use clipfilter::crops::Placement;
 use clipfilter::matcher::Transition;
 use serde::{Deserialize, Serialize};
 
@@ -36,6 +37,11 @@ pub struct Event {
     pub running_time: Option<f64>,
     /// JPEG snapshot of the frame that started the match, when one was saved.
     pub snapshot: Option<PathBuf>,
+    /// Where in the frame: the crop (whole frame, `crops` square, tile or region) whose score
+    /// decided, with its box in pixels and in fractions of the frame
+    /// (`{"kind": "tile", "name": "r1c3", "box": [x, y, w, h], "rect": [x, y, w, h]}`).
+    #[serde(default, rename = "where", skip_serializing_if = "Option::is_none")]
+    pub place: Option<Placement>,
 }
 
 impl Event {
@@ -62,6 +68,7 @@ impl Event {
             stream_time: None,
             running_time: None,
             snapshot: None,
+            place: None,
         }
     }
 
@@ -83,6 +90,14 @@ mod tests {
         event.stream_time = Some(41.0);
         event.running_time = Some(12.5);
         event.snapshot = Some(PathBuf::from("/var/lib/clipfilter/snapshots/a.jpg"));
+        event.place = Some(Placement {
+            id: clipfilter::crops::CropId {
+                kind: clipfilter::crops::CropKind::Tile,
+                name: "r1c3".into(),
+            },
+            pixels: clipfilter::preprocess::PixelBox::new(1234, 0, 686, 386),
+            rect: clipfilter::crops::Rect::new(0.64, 0.0, 0.36, 0.36).unwrap(),
+        });
         let json = event.to_json();
         let back: Event = serde_json::from_str(&json).unwrap();
         assert_eq!(back, event);
@@ -91,6 +106,13 @@ mod tests {
         assert_eq!(value["state"], "start");
         assert_eq!(value["pipeline"], "cam1");
         assert_eq!(value["frame"], 1234);
+        assert_eq!(value["where"]["kind"], "tile");
+        assert_eq!(value["where"]["name"], "r1c3");
+        assert_eq!(
+            value["where"]["box"],
+            serde_json::json!([1234, 0, 686, 386])
+        );
+        assert_eq!(value["where"]["rect"][0], 0.64);
         assert_eq!(value["id"].as_str().unwrap(), event.id.to_string());
         assert_eq!(event.id.get_version_num(), 7);
         let time = value["time"].as_str().unwrap();
@@ -105,6 +127,7 @@ mod tests {
         assert_eq!(value["state"], "end");
         assert!(value["pts"].is_null());
         assert!(value["snapshot"].is_null());
+        assert!(value.get("where").is_none(), "no crop known: no `where`");
     }
 
     #[test]

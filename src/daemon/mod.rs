@@ -24,3 +24,4 @@ pub mod service;
 pub mod snapshot;
 pub mod source;
 pub mod supervisor;
+pub mod view;

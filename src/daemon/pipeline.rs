@@ -83,6 +83,7 @@ pub fn configure_filter(filter: &gst::Element, cfg: &PipelineConfig, model: &Ele
     }
     filter.set_property(props::POST_SCORES, true);
     filter.set_property(props::SNAPSHOT, cfg.snapshots);
+    cfg.view.configure(filter);
 }
 
 /// Builds the pipeline for `cfg`. Failures name the pipeline and what is missing or wrong.

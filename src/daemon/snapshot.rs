@@ -13,8 +13,9 @@ use std::sync::Mutex;
 use gst_video::VideoFrameExt;
 
 use crate::daemon::config::SnapshotConfig;
+use clipfilter::crops::Rect;
 use clipfilter::error::{Error, Result};
-use clipfilter::preprocess::frame_to_rgb8;
+use clipfilter::preprocess::{PixelBox, frame_to_rgb8};
 use gstclipfilter::video_frame;
 
 #[derive(Debug, Default)]
@@ -85,10 +86,20 @@ impl SnapshotStore {
     }
 
     /// Encodes `sample` (a raw video frame with its caps) as a JPEG named after the event and
-    /// the pipeline; returns its path.
-    pub fn save(&self, event: uuid::Uuid, pipeline: &str, sample: &gst::Sample) -> Result<PathBuf> {
+    /// the pipeline, with `place` (the crop that matched, in fractions of the frame) outlined
+    /// when `draw_box` is on; returns its path.
+    pub fn save(
+        &self,
+        event: uuid::Uuid,
+        pipeline: &str,
+        sample: &gst::Sample,
+        place: Option<Rect>,
+    ) -> Result<PathBuf> {
         let _span = tracing::debug_span!("snapshot", pipeline, %event).entered();
-        let (rgb, width, height) = sample_to_rgb8(sample)?;
+        let (mut rgb, width, height) = sample_to_rgb8(sample)?;
+        if let Some(rect) = place.filter(|_| self.config.draw_box) {
+            outline(&mut rgb, width, height, rect.to_pixels(width, height));
+        }
         let path = self.config.dir.join(format!("{event}_{pipeline}.jpg"));
         let tmp = self.config.dir.join(format!(".{event}_{pipeline}.jpg.tmp"));
         let write = || -> std::io::Result<u64> {
@@ -131,6 +142,24 @@ impl SnapshotStore {
                 && e.kind() != std::io::ErrorKind::NotFound
             {
                 tracing::warn!(path = %path.display(), error = %e, "cannot delete an old snapshot");
+            }
+        }
+    }
+}
+
+/// Outline colour of the matched crop on snapshots.
+const BOX_RGB: [u8; 3] = [255, 220, 0];
+
+/// Draws the outline of `b` (2 pixels wide, inside the box) on packed RGB pixels.
+fn outline(rgb: &mut [u8], width: u32, height: u32, b: PixelBox) {
+    let (w, h) = (width as usize, height as usize);
+    let (x0, y0) = ((b.x as usize).min(w), (b.y as usize).min(h));
+    let (x1, y1) = ((b.right() as usize).min(w), (b.bottom() as usize).min(h));
+    for y in y0..y1 {
+        for x in x0..x1 {
+            let edge = x < x0 + 2 || x + 2 >= x1 || y < y0 + 2 || y + 2 >= y1;
+            if edge && let Some(px) = rgb.get_mut((y * w + x) * 3..(y * w + x) * 3 + 3) {
+                px.copy_from_slice(&BOX_RGB);
             }
         }
     }
@@ -188,12 +217,17 @@ mod tests {
             max_files: 3,
             max_bytes: 1 << 20,
             quality: 90,
+            draw_box: true,
         };
         let store = SnapshotStore::open(&config).unwrap();
         let sample = red_sample(64, 48);
         let mut paths = Vec::new();
         for _ in 0..5 {
-            paths.push(store.save(uuid::Uuid::now_v7(), "cam-1", &sample).unwrap());
+            paths.push(
+                store
+                    .save(uuid::Uuid::now_v7(), "cam-1", &sample, None)
+                    .unwrap(),
+            );
         }
         assert_eq!(store.usage().0, 3);
         assert!(!paths[0].exists() && !paths[1].exists());
@@ -215,5 +249,48 @@ mod tests {
         assert!(!paths[2].exists() && paths[3].exists() && paths[4].exists());
         assert!(!config.dir.join(".stale.jpg.tmp").exists());
         assert!(config.dir.join("notes.txt").exists());
+    }
+
+    #[test]
+    fn the_matched_crop_is_outlined_when_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = SnapshotConfig {
+            dir: dir.path().join("snaps"),
+            max_files: 10,
+            max_bytes: 1 << 20,
+            quality: 95,
+            draw_box: true,
+        };
+        let store = SnapshotStore::open(&config).unwrap();
+        let sample = red_sample(64, 48);
+        // The right half matched.
+        let right = Rect::new(0.5, 0.0, 0.5, 1.0).unwrap();
+        let boxed = store
+            .save(uuid::Uuid::now_v7(), "cam-1", &sample, Some(right))
+            .unwrap();
+        let img = image::open(&boxed).unwrap().to_rgb8();
+        let yellow = |img: &image::RgbImage, x, y| {
+            let p = img.get_pixel(x, y);
+            p[0] > 200 && p[1] > 160 && p[2] < 90
+        };
+        assert!(yellow(&img, 32, 20) && yellow(&img, 63, 20));
+        assert!(yellow(&img, 48, 0) && yellow(&img, 48, 47));
+        assert!(
+            !yellow(&img, 20, 20) && !yellow(&img, 48, 24),
+            "only the outline is drawn"
+        );
+
+        let plain = SnapshotStore::open(&SnapshotConfig {
+            draw_box: false,
+            ..config
+        })
+        .unwrap()
+        .save(uuid::Uuid::now_v7(), "cam-1", &sample, Some(right))
+        .unwrap();
+        let img = image::open(&plain).unwrap().to_rgb8();
+        assert!(
+            !yellow(&img, 32, 20),
+            "draw_box = false leaves the frame as it was"
+        );
     }
 }

@@ -266,7 +266,7 @@ impl Engine {
                     message: "no result from the inference worker".into(),
                 })?;
             pending -= 1;
-            out.push(o.embedding.map_err(|message| Error::Worker { message })?);
+            out.push(o.embeddings.map_err(|message| Error::Worker { message })?);
             stream.recycle(o.pixels);
         }
         Ok(out)

@@ -6,10 +6,14 @@
 //! thumbnail of the last inferred frame: the mean absolute difference over the cells, in 8-bit
 //! levels. A static camera is inferred once and then again only when something moves, or when
 //! `max_skip` has passed (lighting drifts slowly; the verdict should not go stale forever).
+//!
+//! A stream whose frames are scored in several crops (tiles, regions) keeps one gate per crop,
+//! each looking at its own box ([`SceneGate::check_area`]): an unchanged tile is not inferred
+//! again while another one changes.
 
 use std::time::Duration;
 
-use crate::preprocess::{FrameRef, PixelFormat};
+use crate::preprocess::{FrameRef, PixelBox, PixelFormat};
 
 /// Thumbnail grid: columns x rows.
 const GRID_W: usize = 32;
@@ -87,10 +91,16 @@ impl SceneGate {
     /// Decides for `frame` at stream time `time`. A frame judged `Infer` becomes the new
     /// reference.
     pub fn check(&mut self, frame: &FrameRef<'_>, time: Duration) -> Verdict {
+        self.check_area(frame, PixelBox::new(0, 0, frame.width, frame.height), time)
+    }
+
+    /// Decides for the box `area` of `frame` (a crop) at stream time `time`; the thumbnail
+    /// covers the box only. `area` is clamped to the frame.
+    pub fn check_area(&mut self, frame: &FrameRef<'_>, area: PixelBox, time: Duration) -> Verdict {
         if self.config.threshold <= 0.0 {
             return Verdict::Infer(None);
         }
-        thumbnail(frame, &mut self.current);
+        thumbnail(frame, area, &mut self.current);
         let diff = match &self.last {
             Some(last) if last.len() == self.current.len() => {
                 Some(mean_abs_diff(last, &self.current))
@@ -123,10 +133,16 @@ fn mean_abs_diff(a: &[u8], b: &[u8]) -> f32 {
     sum as f32 / a.len().max(1) as f32
 }
 
-/// Fills `out` with the grid of patch means: luma for YUV and gray frames, R, G, B otherwise.
-fn thumbnail(frame: &FrameRef<'_>, out: &mut Vec<u8>) {
+/// Fills `out` with the grid of patch means over `area`: luma for YUV and gray frames, R, G, B
+/// otherwise.
+fn thumbnail(frame: &FrameRef<'_>, area: PixelBox, out: &mut Vec<u8>) {
     out.clear();
-    let (w, h) = (frame.width as usize, frame.height as usize);
+    let (fw, fh) = (frame.width as usize, frame.height as usize);
+    let (ax, ay) = ((area.x as usize).min(fw), (area.y as usize).min(fh));
+    let (w, h) = (
+        (area.width as usize).min(fw - ax),
+        (area.height as usize).min(fh - ay),
+    );
     let offsets;
     let (bpp, channels): (usize, &[usize]) = match frame.format {
         PixelFormat::I420
@@ -146,14 +162,14 @@ fn thumbnail(frame: &FrameRef<'_>, out: &mut Vec<u8>) {
             // Patch centred in the cell, clamped to the frame.
             let cx = (2 * gx + 1) * w / (2 * GRID_W);
             let cy = (2 * gy + 1) * h / (2 * GRID_H);
-            let x0 = cx.saturating_sub(PATCH / 2).min(w.saturating_sub(PATCH));
-            let y0 = cy.saturating_sub(PATCH / 2).min(h.saturating_sub(PATCH));
+            let x0 = ax + cx.saturating_sub(PATCH / 2).min(w.saturating_sub(PATCH));
+            let y0 = ay + cy.saturating_sub(PATCH / 2).min(h.saturating_sub(PATCH));
             for &c in channels {
                 let mut sum = 0u32;
                 let mut n = 0u32;
-                for y in y0..(y0 + PATCH).min(h) {
+                for y in y0..(y0 + PATCH).min(ay + h) {
                     let row = &plane[y * stride..];
-                    for x in x0..(x0 + PATCH).min(w) {
+                    for x in x0..(x0 + PATCH).min(ax + w) {
                         sum += u32::from(row[x * bpp + c]);
                         n += 1;
                     }
@@ -190,13 +206,49 @@ mod tests {
         for t in 1..10 {
             assert!(matches!(gate.check(&fa, s(t)), Verdict::Skip(d) if d == 0.0));
         }
-        assert!(matches!(gate.check(&fb, s(10)), Verdict::Infer(Some(d)) if d > 20.0));
+        assert!(matches!(gate.check(&fb, s(10)), Verdict::Infer(Some(d)) if d > 8.0));
         assert!(matches!(gate.check(&fb, s(11)), Verdict::Skip(_)));
         assert_eq!(gate.skipped(), 10);
         // Nothing changes for max_skip: inferred again anyway.
         assert!(matches!(gate.check(&fb, s(71)), Verdict::Infer(Some(_))));
         gate.reset();
         assert_eq!(gate.check(&fb, s(72)), Verdict::Infer(None));
+    }
+
+    #[test]
+    fn a_gate_per_crop_sees_only_its_box() {
+        let (w, h) = (640u32, 360u32);
+        let a = gray(w, h, 100);
+        let mut b = a.clone();
+        // Something moves in the right half only.
+        for y in 100..200 {
+            for x in 400..560 {
+                b[y * 640 + x] = 220;
+            }
+        }
+        let fa = FrameRef::packed(PixelFormat::Gray8, w, h, &a).unwrap();
+        let fb = FrameRef::packed(PixelFormat::Gray8, w, h, &b).unwrap();
+        let left = PixelBox::new(0, 0, 320, 360);
+        let right = PixelBox::new(320, 0, 320, 360);
+        let mut gl = SceneGate::new(GateConfig::default());
+        let mut gr = SceneGate::new(GateConfig::default());
+        let s = Duration::from_secs;
+        assert!(matches!(
+            gl.check_area(&fa, left, s(0)),
+            Verdict::Infer(None)
+        ));
+        assert!(matches!(
+            gr.check_area(&fa, right, s(0)),
+            Verdict::Infer(None)
+        ));
+        assert!(matches!(gl.check_area(&fb, left, s(1)), Verdict::Skip(d) if d == 0.0));
+        assert!(matches!(gr.check_area(&fb, right, s(1)), Verdict::Infer(Some(d)) if d > 8.0));
+        // A box reaching past the frame is clamped, not a panic.
+        let mut gx = SceneGate::new(GateConfig::default());
+        assert!(matches!(
+            gx.check_area(&fa, PixelBox::new(600, 300, 100, 100), s(0)),
+            Verdict::Infer(None)
+        ));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! (`src/`) are its front ends. See `ARCHITECTURE.md` for the map of modules.
 
 pub mod calibrate;
+pub mod crops;
 pub mod encoder;
 pub mod engine;
 pub mod error;

@@ -26,6 +26,21 @@ pub const PROBE_MAX_ITERATIONS: usize = 200;
 /// Cross-validation folds when training a probe (the seed's sweep uses 5).
 pub const PROBE_FOLDS: usize = 5;
 
+/// Tiles per side of a tile grid (`tiles = "3x3"`: columns x rows): 8x8 at most, so that a
+/// tiled frame stays a few batches of inference.
+pub const TILES: RangeInclusive<u32> = 1..=8;
+/// Overlap of neighbouring tiles, as a fraction of a tile's width (height).
+pub const TILE_OVERLAP: RangeInclusive<f64> = 0.0..=0.5;
+/// Named regions of one stream (pipeline or element and its label set together).
+pub const MAX_REGIONS: usize = 32;
+/// Points of a region's polygon.
+pub const POLYGON_POINTS: RangeInclusive<usize> = 3..=64;
+/// Squares of the `crops` fit: as many as cover the frame (2 for 16:9), at most this many
+/// (frames longer than 4:1 get wider, letterboxed, crops).
+pub const MAX_FIT_CROPS: u32 = 4;
+/// Model inputs per sampled frame (whole frame, tiles and regions together).
+pub const MAX_CROPS: usize = 100;
+
 /// "between MIN and MAX" for error messages.
 pub fn describe<T: std::fmt::Display>(range: &RangeInclusive<T>) -> String {
     format!("between {} and {}", range.start(), range.end())

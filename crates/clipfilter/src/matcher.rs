@@ -185,6 +185,7 @@ mod tests {
             negative,
             enter,
             leave,
+            regions: Vec::new(),
         };
         CompiledLabels {
             labels: vec![l("smoke", false), l("sky", true)],

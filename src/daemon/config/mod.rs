@@ -22,6 +22,7 @@
 //! #                               # a change takes effect at the next start
 //!
 //! [snapshots]                     # JPEGs of the frames that start matches
+//! # draw_box = true               # outline the crop that matched (what the model saw)
 //! # dir = "/var/lib/clipfilter/snapshots"   # default: <state_dir>/snapshots
 //! max_files = 1000                # the oldest are deleted beyond either bound
 //! max_bytes = "256MiB"
@@ -58,6 +59,9 @@
 //! keyframes_only = false          # decode key frames only (when `interval` exceeds the GOP)
 //! # scene_gate = 3.0              # skip inference while the picture does not change (mean
 //! #                               # 8-bit level difference; 0: off; default: on for live sources)
+//! # fit = "pad"                   # crop | pad | crops: how the whole frame reaches the model
+//! # tiles = "3x3"                 # also tile_overlap, whole_frame, action_scope and
+//! #                               # [[pipeline.region]] tables: see `daemon/view.rs`
 //! interval = "1s"                 # time between sampled frames
 //! labels = "labels/driveway.toml" # a label set (reloaded when it changes), or:
 //! # prompts = ["a person", "a car"]
@@ -777,5 +781,114 @@ interval = "soon"
         let e = err("[model]\npath = \"m\"\n[restart]\ninitial = \"25h\"\n");
         assert!(e.contains("restart.initial") && e.contains("24h"), "{e}");
         assert!(parse("[model]\npath = \"m\"\n[restart]\nmax = \"24h\"\n").is_ok());
+    }
+
+    #[test]
+    fn views_regions_and_tiles_are_checked_with_line_and_field() {
+        let pipe = |extra: &str| {
+            format!(
+                "{MINIMAL}[[pipeline]]\nname = \"a\"\nsource = \"file:///x.mp4\"\nprompts = [\"red\", \"green\"]\n{extra}\n"
+            )
+        };
+        // Defaults: the whole frame, letterboxed.
+        let c = parse(&pipe("")).unwrap();
+        assert_eq!(c.pipelines[0].view, crate::daemon::view::View::default());
+        assert_eq!(c.pipelines[0].view.fit, clipfilter::crops::Fit::Pad);
+        let c = parse(&pipe(
+            "fit = \"crops\"\ntiles = \"3x2\"\ntile_overlap = 0.2\naction_scope = \"region\"\n[[pipeline.region]]\nname = \"gate\"\nbox = [0.62, 0.4, 0.3, 0.35]\n[[pipeline.region]]\nname = \"door\"\npolygon = [[0.1, 0.1], [0.3, 0.1], [0.2, 0.4]]",
+        ))
+        .unwrap();
+        let v = &c.pipelines[0].view;
+        assert_eq!(v.fit, clipfilter::crops::Fit::Crops);
+        assert_eq!(
+            v.tiles.map(|t| (t.columns, t.rows, t.overlap)),
+            Some((3, 2, 0.2))
+        );
+        assert_eq!(
+            v.action_scope,
+            gstclipfilter::clipfilter::ClipFilterActionScope::Region
+        );
+        assert_eq!(v.regions.len(), 2);
+        assert_eq!(
+            clipfilter::crops::regions_to_compact(&v.regions),
+            "gate:0.62,0.4,0.3,0.35;door:polygon:0.1,0.1,0.3,0.1,0.2,0.4"
+        );
+
+        let cases = [
+            (
+                "fit = \"squash\"",
+                "line 7",
+                "pipeline[0].fit",
+                "crop, pad, crops",
+            ),
+            (
+                "tiles = \"0x3\"",
+                "line 7",
+                "pipeline[0].tiles",
+                "between 1 and 8",
+            ),
+            (
+                "tiles = \"9x9\"",
+                "line 7",
+                "pipeline[0].tiles",
+                "between 1 and 8",
+            ),
+            (
+                "tiles = \"2x2\"\ntile_overlap = 0.9",
+                "line 8",
+                "pipeline[0].tile_overlap",
+                "overlap 0.9",
+            ),
+            (
+                "tile_overlap = 0.2",
+                "line 7",
+                "pipeline[0].tile_overlap",
+                "no tiles",
+            ),
+            (
+                "action_scope = \"all\"",
+                "line 7",
+                "pipeline[0].action_scope",
+                "frame or region",
+            ),
+            (
+                "[[pipeline.region]]\nname = \"gate\"\nbox = [0.9, 0.4, 0.3, 0.35]",
+                "line 9",
+                "pipeline[0].region[0].box",
+                "outside the frame",
+            ),
+            (
+                "[[pipeline.region]]\nname = \"x\"\npolygon = [[0.1, 0.1], [0.6, 0.5], [0.1, 0.5], [0.5, 0.1]]",
+                "line 9",
+                "pipeline[0].region[0].polygon",
+                "crosses itself",
+            ),
+            (
+                "[[pipeline.region]]\nname = \"x\"\npolygon = [[0.1, 0.1], [0.2, 0.2], [0.3, 0.3]]",
+                "line 9",
+                "pipeline[0].region[0].polygon",
+                "empty",
+            ),
+            (
+                "[[pipeline.region]]\nname = \"x\"\nbox = [0.1, 0.1, 0.2, 0.2]\n[[pipeline.region]]\nname = \"x\"\nbox = [0.5, 0.5, 0.2, 0.2]",
+                "line 11",
+                "pipeline[0].region[1].name",
+                "duplicate region name",
+            ),
+            (
+                "whole_frame = false",
+                "",
+                "pipeline[0].whole_frame",
+                "nothing to look at",
+            ),
+        ];
+        let mut failures = Vec::new();
+        for (extra, line, field, words) in cases {
+            let e = err(&pipe(extra));
+            if !(e.contains(line) && e.contains(&format!("`{field}`")) && e.contains(words)) {
+                failures.push(format!("{extra:?}: {e}"));
+            }
+        }
+        assert!(failures.is_empty(), "{failures:#?}");
     }
 }

@@ -11,6 +11,7 @@ use super::raw::RawPipeline;
 use super::source::{self, Source};
 use super::{CONFIG_DIR, Ctx, message_of};
 use crate::daemon::output::Outputs;
+use crate::daemon::view::{RawView, View};
 use clipfilter::error::{Error, Result};
 use clipfilter::labels::{Action, LabelSet, Threshold};
 use clipfilter::limits;
@@ -48,6 +49,8 @@ pub struct PipelineConfig {
     /// live sources.
     pub scene_gate: Option<f64>,
     pub snapshots: bool,
+    /// What the model sees: fit, tiles, regions, and what actions cover.
+    pub view: View,
     /// Names of the outputs its events go to (already checked against `[[output]]`).
     pub outputs: Vec<String>,
 }
@@ -98,6 +101,17 @@ fn pipeline(
     let leave = cx.keep(count(cx, &p.leave, &at("leave")));
     let scene_gate = cx.keep(scene_gate(cx, p, &at));
     let mode = cx.keep(mode(cx, p, &at));
+    let view = cx.keep(View::parse(
+        &RawView {
+            fit: &p.fit,
+            tiles: &p.tiles,
+            tile_overlap: &p.tile_overlap,
+            whole_frame: p.whole_frame,
+            action_scope: &p.action_scope,
+            regions: &p.region,
+        },
+        &|span, field, message| cx.err(span, at(field), message),
+    ));
     let outputs = outputs.and_then(|all| cx.keep(output_names(cx, p, &at, all)));
     enough_prompts?;
     Some(PipelineConfig {
@@ -114,6 +128,7 @@ fn pipeline(
         mode: mode?,
         scene_gate: scene_gate?,
         snapshots: p.snapshots.unwrap_or(true),
+        view: view?,
         outputs: outputs?,
     })
 }

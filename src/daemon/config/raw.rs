@@ -72,6 +72,7 @@ pub(super) struct RawSnapshots {
     pub max_files: Option<Spanned<u64>>,
     pub max_bytes: Option<Spanned<RawSize>>,
     pub quality: Option<Spanned<u8>>,
+    pub draw_box: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -117,6 +118,14 @@ pub(super) struct RawPipeline {
     pub scene_gate: Option<Spanned<f64>>,
     pub snapshots: Option<bool>,
     pub outputs: Option<Spanned<Vec<String>>>,
+    // What the model sees (see `daemon/view.rs`).
+    pub fit: Option<Spanned<String>>,
+    pub tiles: Option<Spanned<String>>,
+    pub tile_overlap: Option<Spanned<f64>>,
+    pub whole_frame: Option<bool>,
+    pub action_scope: Option<Spanned<String>>,
+    #[serde(default)]
+    pub region: Vec<crate::daemon::view::RawRegion>,
 }
 
 impl RawConfig {

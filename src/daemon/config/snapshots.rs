@@ -24,6 +24,9 @@ pub struct SnapshotConfig {
     pub max_files: u64,
     pub max_bytes: u64,
     pub quality: u8,
+    /// Outline the crop whose score started the match (a tile, a region, the `crops` square or
+    /// what `fit` showed the model of the frame).
+    pub draw_box: bool,
 }
 
 /// Validates `[snapshots]` (`state_dir` gives the default folder), recording every problem.
@@ -43,6 +46,7 @@ pub(super) fn snapshots(
         max_files: max_files?,
         max_bytes: max_bytes?,
         quality: quality?,
+        draw_box: raw.draw_box.unwrap_or(true),
     })
 }
 

@@ -80,6 +80,7 @@ impl Reporter {
         event.pts = seconds(m.position.pts);
         event.running_time = seconds(m.position.running_time);
         event.stream_time = seconds(m.position.stream_time);
+        event.place = m.place;
         if state == Transition::Start {
             self.label(&label).matched();
             if let Some(sample) = &m.snapshot {
@@ -90,7 +91,12 @@ impl Reporter {
                     .unwrap_or_else(|p| p.into_inner())
                     .clone();
                 if let Some(store) = store {
-                    match store.save(event.id, &self.pipeline, sample) {
+                    match store.save(
+                        event.id,
+                        &self.pipeline,
+                        sample,
+                        event.place.as_ref().map(|p| p.rect),
+                    ) {
                         Ok(path) => event.snapshot = Some(path),
                         Err(e) => tracing::warn!(error = %e, "snapshot not saved"),
                     }
@@ -98,8 +104,13 @@ impl Reporter {
             }
         }
         let reason = m.reason.name();
+        let crop = event
+            .place
+            .as_ref()
+            .map(|p| p.id.name.as_str())
+            .unwrap_or("");
         tracing::info!(
-            label = %label, state = %state, score, probability, frame, reason,
+            label = %label, state = %state, score, probability, frame, reason, crop,
             event_id = %event.id, "match {state}"
         );
         self.status.event_counted();

@@ -33,6 +33,8 @@ pub struct CompiledLabel {
     pub negative: bool,
     pub enter: u32,
     pub leave: u32,
+    /// Regions whose crops the label is limited to (empty: every crop).
+    pub regions: Vec<String>,
 }
 
 impl CompiledLabel {
@@ -57,6 +59,7 @@ fn resolve(set: &LabelSet, defaults: &LabelDefaults) -> Vec<CompiledLabel> {
             negative: l.negative,
             enter: l.enter.unwrap_or(defaults.enter),
             leave: l.leave.unwrap_or(defaults.leave),
+            regions: l.regions.clone(),
         })
         .collect()
 }

@@ -21,6 +21,15 @@
 //! name = "background"
 //! prompts = ["an empty street", "people walking"]
 //! negative = true             # competes in the softmax, never fires
+//!
+//! [[region]]                  # optional: a named part of the picture, scored on its own
+//! name = "gate"
+//! box = [0.62, 0.40, 0.30, 0.35]          # x, y, width, height: fractions of the frame
+//! # polygon = [[0.1, 0.9], [0.4, 0.5], [0.6, 0.9]]   # or corners (x, y), in order
+//!
+//! [[label]]
+//! name = "parcel"
+//! regions = ["gate"]          # only the crops of these regions (of this file or the pipeline)
 //! ```
 //!
 //! Parsing goes in two steps, like ripgrep's flags: raw serde structs that keep source spans,
@@ -38,7 +47,9 @@ use std::str::FromStr;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::crops::Region;
 use crate::error::{Error, Location, Result};
+use crate::limits;
 use crate::zeroshot::Templates;
 
 /// What decides that a label matches a sampled frame.
@@ -116,6 +127,10 @@ pub struct Label {
     pub negative: bool,
     pub enter: Option<u32>,
     pub leave: Option<u32>,
+    /// Regions whose crops the label is limited to (empty: every crop).
+    pub regions: Vec<String>,
+    /// Where `regions` is written, for errors about unknown names.
+    pub regions_location: Option<Location>,
 }
 
 impl Label {
@@ -132,6 +147,8 @@ impl Label {
 #[derive(Debug, Clone, PartialEq)]
 pub struct LabelSet {
     pub labels: Vec<Label>,
+    /// Regions the set defines (`[[region]]`).
+    pub regions: Vec<Region>,
     /// The file it came from, if any.
     pub source: Option<PathBuf>,
 }
@@ -167,6 +184,16 @@ struct RawLabel {
     negative: bool,
     enter: Option<Spanned<u32>>,
     leave: Option<Spanned<u32>>,
+    regions: Option<Spanned<Vec<String>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRegion {
+    name: Spanned<String>,
+    #[serde(rename = "box")]
+    rect: Option<Spanned<Vec<f64>>>,
+    polygon: Option<Spanned<Vec<Vec<f64>>>>,
 }
 
 #[derive(Deserialize)]
@@ -176,6 +203,8 @@ struct RawLabelSet {
     defaults: RawDefaults,
     #[serde(default)]
     label: Vec<RawLabel>,
+    #[serde(default)]
+    region: Vec<RawRegion>,
 }
 
 struct Ctx<'a> {
@@ -263,6 +292,35 @@ impl Ctx<'_> {
         }
     }
 
+    fn region(&self, i: usize, raw: &RawRegion, known: &[Region]) -> Result<Region> {
+        let at = format!("region[{i}].");
+        let name = raw.name.get_ref();
+        if known.iter().any(|r| r.name == *name) {
+            return self.err(
+                Some(raw.name.span()),
+                format!("{at}name"),
+                format!("duplicate region name `{name}`"),
+            );
+        }
+        Region::from_parts(
+            name,
+            raw.rect.as_ref().map(|b| b.get_ref().as_slice()),
+            raw.polygon.as_ref().map(|p| p.get_ref().as_slice()),
+        )
+        .or_else(|(part, message)| {
+            let span = match part {
+                "box" => raw.rect.as_ref().map(|b| b.span()),
+                "polygon" => raw.polygon.as_ref().map(|p| p.span()),
+                _ => None,
+            };
+            self.err(
+                Some(span.unwrap_or_else(|| raw.name.span())),
+                format!("{at}{part}"),
+                message,
+            )
+        })
+    }
+
     fn count(&self, raw: &Option<Spanned<u32>>, field: String) -> Result<Option<u32>> {
         match raw {
             Some(n) if *n.get_ref() == 0 => self.err(Some(n.span()), field, "must be at least 1"),
@@ -292,6 +350,19 @@ impl LabelSet {
         let default_action = cx.action(&d.action, "defaults.action".into())?;
         let default_enter = cx.count(&d.enter, "defaults.enter".into())?;
         let default_leave = cx.count(&d.leave, "defaults.leave".into())?;
+
+        let mut regions: Vec<Region> = Vec::with_capacity(raw.region.len());
+        for (i, r) in raw.region.iter().enumerate() {
+            let region = cx.region(i, r, &regions)?;
+            regions.push(region);
+        }
+        if regions.len() > limits::MAX_REGIONS {
+            return cx.err(
+                raw.region.get(limits::MAX_REGIONS).map(|r| r.name.span()),
+                format!("region[{}]", limits::MAX_REGIONS),
+                format!("at most {} regions are allowed", limits::MAX_REGIONS),
+            );
+        }
 
         if raw.label.is_empty() {
             return cx.err(
@@ -338,6 +409,24 @@ impl LabelSet {
             };
             let threshold = cx.threshold(&l.min_probability, &l.min_cosine, &at)?;
             let action = cx.action(&l.action, format!("{at}action"))?;
+            let (label_regions, regions_location) = match &l.regions {
+                Some(r) if r.get_ref().is_empty() => {
+                    return cx.err(
+                        Some(r.span()),
+                        format!("{at}regions"),
+                        "must not be empty (leave it out to use every crop)",
+                    );
+                }
+                Some(r) => (
+                    r.get_ref().iter().map(|n| n.trim().to_string()).collect(),
+                    Some(Location::from_offset(
+                        text,
+                        r.span().start,
+                        Some(format!("{at}regions")),
+                    )),
+                ),
+                None => (Vec::new(), None),
+            };
             if l.negative {
                 if let Some(a) = l
                     .action
@@ -375,10 +464,13 @@ impl LabelSet {
                 negative: l.negative,
                 enter: cx.count(&l.enter, format!("{at}enter"))?.or(default_enter),
                 leave: cx.count(&l.leave, format!("{at}leave"))?.or(default_leave),
+                regions: label_regions,
+                regions_location,
             });
         }
         let set = LabelSet {
             labels,
+            regions,
             source: Some(path.to_path_buf()),
         };
         set.check_softmax()
@@ -403,6 +495,8 @@ impl LabelSet {
                 negative: false,
                 enter: None,
                 leave: None,
+                regions: Vec::new(),
+                regions_location: None,
             });
         }
         if labels.is_empty() {
@@ -413,8 +507,81 @@ impl LabelSet {
         }
         Ok(LabelSet {
             labels,
+            regions: Vec::new(),
             source: None,
         })
+    }
+
+    /// The regions of this set and `others` (the pipeline's or the element's) together; a name
+    /// defined on both sides is an error.
+    pub fn all_regions(&self, others: &[Region]) -> Result<Vec<Region>> {
+        let mut all = others.to_vec();
+        for r in &self.regions {
+            if others.iter().any(|o| o.name == r.name) {
+                return Err(self.error_at(
+                    None,
+                    "region",
+                    format!(
+                        "region `{}` is defined both here and by the pipeline (or the element's `regions`)",
+                        r.name
+                    ),
+                ));
+            }
+            all.push(r.clone());
+        }
+        if all.len() > limits::MAX_REGIONS {
+            return Err(self.error_at(
+                None,
+                "region",
+                format!(
+                    "{} regions with the pipeline's; at most {} are allowed",
+                    all.len(),
+                    limits::MAX_REGIONS
+                ),
+            ));
+        }
+        Ok(all)
+    }
+
+    /// Checks that every region a label is limited to is one of `regions` (the set's and the
+    /// pipeline's); errors name the file, line and field.
+    pub fn check_regions(&self, regions: &[Region]) -> Result<()> {
+        for l in &self.labels {
+            if let Some(unknown) = l
+                .regions
+                .iter()
+                .find(|n| !regions.iter().any(|r| r.name == **n))
+            {
+                let known: Vec<&str> = regions.iter().map(|r| r.name.as_str()).collect();
+                return Err(self.error_at(
+                    l.regions_location.clone(),
+                    "regions",
+                    format!(
+                        "label `{}`: unknown region `{unknown}` ({})",
+                        l.name,
+                        if known.is_empty() {
+                            "no regions are defined".to_string()
+                        } else {
+                            format!("regions: {}", known.join(", "))
+                        }
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// An error about this set: a config error at `location` in its file, or an invalid input
+    /// for inline prompts.
+    fn error_at(&self, location: Option<Location>, field: &str, message: String) -> Error {
+        match &self.source {
+            Some(path) => Error::config(
+                path,
+                location.unwrap_or_else(|| Location::field(field)),
+                message,
+            ),
+            None => Error::invalid("prompts", message),
+        }
     }
 
     /// Probability thresholds need something to compete with.
@@ -528,6 +695,84 @@ templates = ["a photo of {}.", "{}"]
         assert!(err.to_string().contains("at least 1"), "{err}");
         let err = parse("[[label]\nname = 1").unwrap_err();
         assert!(err.to_string().starts_with("set.toml: line 1"), "{err}");
+    }
+
+    #[test]
+    fn regions_are_checked_with_line_and_field() {
+        let set = parse(
+            "[[region]]\nname = \"gate\"\nbox = [0.62, 0.4, 0.3, 0.35]\n\n[[region]]\nname = \"door\"\npolygon = [[0.1, 0.1], [0.3, 0.1], [0.2, 0.4]]\n\n[[label]]\nname = \"red\"\nmin_cosine = 0.5\nregions = [\"gate\"]\n",
+        )
+        .unwrap();
+        assert_eq!(set.regions.len(), 2);
+        assert_eq!(set.labels[0].regions, ["gate"]);
+        set.check_regions(&set.regions).unwrap();
+        let err = set
+            .check_regions(&set.regions[1..])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "set.toml: line 12, column 11, field `label[0].regions`: label `red`: unknown region `gate` (regions: door)"
+        );
+        let all = set.all_regions(&[]).unwrap();
+        assert_eq!(all.len(), 2);
+        assert!(
+            set.all_regions(&set.regions[..1])
+                .unwrap_err()
+                .to_string()
+                .contains("both")
+        );
+
+        let label = "\n[[label]]\nname = \"a\"\nmin_cosine = 0.2\n";
+        let cases = [
+            (
+                "[[region]]\nname = \"g\"\nbox = [0.7, 0.4, 0.5, 0.35]\n",
+                "line 3",
+                "region[0].box",
+                "outside",
+            ),
+            (
+                "[[region]]\nname = \"g\"\npolygon = []\n",
+                "line 3",
+                "region[0].polygon",
+                "3 and 64 points",
+            ),
+            (
+                "[[region]]\nname = \"g\"\npolygon = [[0.1, 0.1], [0.7, 0.6], [0.5, 0.1], [0.1, 0.5]]\n",
+                "line 3",
+                "region[0].polygon",
+                "crosses itself",
+            ),
+            (
+                "[[region]]\nname = \"g\"\n",
+                "line 2",
+                "region[0].box",
+                "needs a box",
+            ),
+            (
+                "[[region]]\nname = \"g:h\"\nbox = [0, 0, 1, 1]\n",
+                "line 2",
+                "region[0].name",
+                "contains `:`",
+            ),
+            (
+                "[[region]]\nname = \"g\"\nbox = [0, 0, 1]\n",
+                "line 3",
+                "region[0].box",
+                "4 numbers",
+            ),
+        ];
+        for (text, line, field, needle) in cases {
+            let err = parse(&format!("{text}{label}")).unwrap_err().to_string();
+            assert!(
+                err.contains(line)
+                    && err.contains(&format!("field `{field}`"))
+                    && err.contains(needle),
+                "{text}: {err}"
+            );
+        }
+        let err = parse("[[label]]\nname = \"a\"\nmin_cosine = 0.2\nregions = []\n").unwrap_err();
+        assert!(err.to_string().contains("label[0].regions"), "{err}");
     }
 
     #[test]

@@ -211,3 +211,68 @@ impl<'a> FrameRef<'a> {
         Ok(())
     }
 }
+
+/// A box of a frame in whole pixels: left, top, width, height (`[x, y, width, height]` in JSON).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+#[serde(into = "[u32; 4]", from = "[u32; 4]")]
+pub struct PixelBox {
+    pub x: u32,
+    pub y: u32,
+    pub width: u32,
+    pub height: u32,
+}
+
+impl PixelBox {
+    pub const fn new(x: u32, y: u32, width: u32, height: u32) -> Self {
+        PixelBox {
+            x,
+            y,
+            width,
+            height,
+        }
+    }
+
+    /// Right edge (exclusive).
+    pub fn right(&self) -> u32 {
+        self.x + self.width
+    }
+
+    /// Bottom edge (exclusive).
+    pub fn bottom(&self) -> u32 {
+        self.y + self.height
+    }
+
+    /// Whether the pixel at (`x`, `y`) lies inside.
+    pub fn contains(&self, x: u32, y: u32) -> bool {
+        x >= self.x && x < self.right() && y >= self.y && y < self.bottom()
+    }
+
+    /// `[x, y, width, height]`.
+    pub fn to_array(self) -> [u32; 4] {
+        [self.x, self.y, self.width, self.height]
+    }
+}
+
+impl From<PixelBox> for [u32; 4] {
+    fn from(b: PixelBox) -> [u32; 4] {
+        b.to_array()
+    }
+}
+
+impl From<[u32; 4]> for PixelBox {
+    fn from([x, y, width, height]: [u32; 4]) -> PixelBox {
+        PixelBox::new(x, y, width, height)
+    }
+}
+
+impl std::fmt::Display for PixelBox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}x{} at ({}, {})",
+            self.width, self.height, self.x, self.y
+        )
+    }
+}

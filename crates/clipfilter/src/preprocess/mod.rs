@@ -8,13 +8,18 @@
 //! outside the box). YUV frames are resampled plane by plane and converted to RGB at the output
 //! size, so a 1080p NV12 frame costs a few small resizes, not a full-size colour conversion.
 //! After the first frame of a given size nothing is allocated.
+//!
+//! Besides the reference's centre crop ([`Preprocessor::run`]), any box of the frame can be
+//! letterboxed into the model's input ([`Preprocessor::run_letterbox`]): scaled whole, keeping
+//! its aspect ratio, with borders at the model's mean colour (0 after normalisation). That is how
+//! the `pad` fit, regions and tiles reach the model (see [`crate::crops`]).
 
 mod config;
 mod frame;
 mod yuv;
 
 pub use config::{CLIP_MEAN, CLIP_STD, Filter, PreprocessConfig, Resize};
-pub use frame::{FrameRef, PixelFormat, YuvColor, YuvMatrix};
+pub use frame::{FrameRef, PixelBox, PixelFormat, YuvColor, YuvMatrix};
 pub use yuv::frame_to_rgb8;
 
 use fast_image_resize as fir;
@@ -124,6 +129,39 @@ fn geometry(cfg: &PreprocessConfig, w: u32, h: u32) -> Geometry {
             src_box: None,
             pad: (left.max(0), top.max(0)),
         }
+    }
+}
+
+/// Where a letterboxed box lands in the model input: its scaled size and offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Letterbox {
+    /// Size of the scaled box (one side equals the output's).
+    pub width: u32,
+    pub height: u32,
+    /// Offset of the scaled box in the output (floor: an odd border puts the extra pixel right
+    /// or bottom).
+    pub left: u32,
+    pub top: u32,
+}
+
+/// Letterboxes a `w` x `h` box into an `out_w` x `out_h` input: scaled to touch the output on its
+/// relatively longer side, the other side rounded half up (integer arithmetic, as the `pad`
+/// reference of `tests/fixtures/reference/pad.json` does), at least 1, centred.
+pub fn letterbox(w: u32, h: u32, out_w: u32, out_h: u32) -> Letterbox {
+    let (w, h) = (u64::from(w.max(1)), u64::from(h.max(1)));
+    let (ow, oh) = (u64::from(out_w), u64::from(out_h));
+    // Wider than the output (w / h >= ow / oh): the width fills it.
+    let (nw, nh) = if w * oh >= h * ow {
+        (ow, (2 * h * ow + w) / (2 * w))
+    } else {
+        ((2 * w * oh + h) / (2 * h), oh)
+    };
+    let (nw, nh) = (nw.clamp(1, ow.max(1)) as u32, nh.clamp(1, oh.max(1)) as u32);
+    Letterbox {
+        width: nw,
+        height: nh,
+        left: (out_w - nw) / 2,
+        top: (out_h - nh) / 2,
     }
 }
 
@@ -277,8 +315,8 @@ impl Preprocessor {
         3 * h as usize * w as usize
     }
 
-    /// Preprocesses `frame` into `out`, which must hold [`Self::output_len`] floats.
-    pub fn run(&mut self, frame: &FrameRef<'_>, out: &mut [f32]) -> Result<()> {
+    /// Checks the frame and the output buffer.
+    fn check(&self, frame: &FrameRef<'_>, out: &[f32]) -> Result<()> {
         frame.validate()?;
         if out.len() != self.output_len() {
             return Err(Error::invalid(
@@ -290,14 +328,100 @@ impl Preprocessor {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// Preprocesses `frame` into `out`, which must hold [`Self::output_len`] floats, exactly as
+    /// the reference does (resize the short side, centre crop).
+    pub fn run(&mut self, frame: &FrameRef<'_>, out: &mut [f32]) -> Result<()> {
+        self.check(frame, out)?;
         let g = geometry(&self.cfg, frame.width, frame.height);
         let (dw, dh) = match g.src_box {
             Some(_) => (g.out_w, g.out_h),
             None => (g.resized_w, g.resized_h),
         };
+        let luma_box =
+            g.src_box
+                .unwrap_or([0.0, 0.0, f64::from(frame.width), f64::from(frame.height)]);
+        let (format, bpp) = self.resample(frame, luma_box, dw, dh)?;
+        self.finish_packed(format, bpp, &g, out);
+        Ok(())
+    }
+
+    /// The box of the frame that [`Self::run`] shows the model (the centre crop), in frame
+    /// pixels, rounded outwards; the whole frame when the crop is larger than the resized frame.
+    pub fn reference_box(&self, width: u32, height: u32) -> PixelBox {
+        let g = geometry(&self.cfg, width, height);
+        match g.src_box {
+            Some([l, t, w, h]) => {
+                let x0 = (l.floor().max(0.0) as u32).min(width.saturating_sub(1));
+                let y0 = (t.floor().max(0.0) as u32).min(height.saturating_sub(1));
+                let x1 = ((l + w).ceil() as u32).clamp(x0 + 1, width.max(x0 + 1));
+                let y1 = ((t + h).ceil() as u32).clamp(y0 + 1, height.max(y0 + 1));
+                PixelBox::new(x0, y0, x1 - x0, y1 - y0)
+            }
+            None => PixelBox::new(0, 0, width, height),
+        }
+    }
+
+    /// Letterboxes `area` (a box inside the frame; the whole frame for the `pad` fit) into
+    /// `out`: scaled whole with PIL-order resampling (see [`letterbox`]), borders at the model's
+    /// mean colour, which normalises to exactly 0. Where `keep` is given (one flag per output
+    /// pixel, row-major), pixels whose flag is false are set to 0 too (the outside of a polygon).
+    pub fn run_letterbox(
+        &mut self,
+        frame: &FrameRef<'_>,
+        area: PixelBox,
+        keep: Option<&[bool]>,
+        out: &mut [f32],
+    ) -> Result<()> {
+        self.check(frame, out)?;
+        if area.width == 0
+            || area.height == 0
+            || u64::from(area.x) + u64::from(area.width) > u64::from(frame.width)
+            || u64::from(area.y) + u64::from(area.height) > u64::from(frame.height)
+        {
+            return Err(Error::invalid(
+                "crop box",
+                format!(
+                    "{area} is not inside the {}x{} frame",
+                    frame.width, frame.height
+                ),
+            ));
+        }
+        let (oh, ow) = self.output_size();
+        if keep.is_some_and(|k| k.len() != (ow * oh) as usize) {
+            return Err(Error::invalid(
+                "crop mask",
+                format!(
+                    "{} flags for a {ow}x{oh} input",
+                    keep.map_or(0, <[bool]>::len)
+                ),
+            ));
+        }
+        let lb = letterbox(area.width, area.height, ow, oh);
+        let src = [
+            f64::from(area.x),
+            f64::from(area.y),
+            f64::from(area.width),
+            f64::from(area.height),
+        ];
+        let (format, bpp) = self.resample(frame, src, lb.width, lb.height)?;
+        self.finish_placed(format, bpp, &lb, keep, out);
+        Ok(())
+    }
+
+    /// Resamples `luma_box` of the frame to `dw` x `dh` packed pixels in `self.scratch` (RGB for
+    /// YUV frames, converted at the output size); returns their format and bytes per pixel.
+    fn resample(
+        &mut self,
+        frame: &FrameRef<'_>,
+        luma_box: [f64; 4],
+        dw: u32,
+        dh: u32,
+    ) -> Result<(PixelFormat, usize)> {
         let (w, h) = (frame.width, frame.height);
         let (cw, ch) = (w.div_ceil(2), h.div_ceil(2));
-        let luma_box = g.src_box.unwrap_or([0.0, 0.0, f64::from(w), f64::from(h)]);
         // Chroma box: the luma box scaled to the chroma plane, which covers the same picture.
         let chroma_box = {
             let [l, t, bw, bh] = luma_box;
@@ -305,7 +429,7 @@ impl Preprocessor {
             [l * sx, t * sy, bw * sx, bh * sy]
         };
 
-        match frame.format {
+        Ok(match frame.format {
             PixelFormat::Rgb | PixelFormat::Bgr => {
                 self.resampler.run::<U8x3>(
                     frame.planes[0],
@@ -317,7 +441,7 @@ impl Preprocessor {
                     dw,
                     dh,
                 )?;
-                self.finish_packed(frame.format, 3, &g, out);
+                (frame.format, 3)
             }
             PixelFormat::Gray8 => {
                 self.resampler.run::<U8>(
@@ -330,7 +454,7 @@ impl Preprocessor {
                     dw,
                     dh,
                 )?;
-                self.finish_packed(frame.format, 1, &g, out);
+                (frame.format, 1)
             }
             PixelFormat::I420 | PixelFormat::Yv12 | PixelFormat::Nv12 | PixelFormat::Nv21 => {
                 self.resampler.run::<U8>(
@@ -386,7 +510,7 @@ impl Preprocessor {
                     &mut self.rgb,
                 );
                 std::mem::swap(&mut self.rgb, &mut self.scratch);
-                self.finish_packed(PixelFormat::Rgb, 3, &g, out);
+                (PixelFormat::Rgb, 3)
             }
             f => {
                 self.resampler.run::<U8x4>(
@@ -399,10 +523,42 @@ impl Preprocessor {
                     dw,
                     dh,
                 )?;
-                self.finish_packed(f, 4, &g, out);
+                (f, 4)
+            }
+        })
+    }
+
+    /// Normalises the resampled packed pixels in `self.scratch` (`lb.width` x `lb.height`) into
+    /// planar `out` at the letterbox offset; everything else, and pixels `keep` drops, is 0.
+    fn finish_placed(
+        &self,
+        format: PixelFormat,
+        bpp: usize,
+        lb: &Letterbox,
+        keep: Option<&[bool]>,
+        out: &mut [f32],
+    ) {
+        let (oh, ow) = self.output_size();
+        let (ow, oh) = (ow as usize, oh as usize);
+        let plane = ow * oh;
+        out.fill(0.0);
+        let (r_out, rest) = out.split_at_mut(plane);
+        let (g_out, b_out) = rest.split_at_mut(plane);
+        let offs = format.rgb_offsets();
+        let [lr, lg, lb_] = &self.lut;
+        let (w, left, top) = (lb.width as usize, lb.left as usize, lb.top as usize);
+        for (y, row) in self.scratch.chunks_exact(w * bpp).enumerate() {
+            let start = (top + y) * ow + left;
+            for (x, p) in row.chunks_exact(bpp).enumerate() {
+                let i = start + x;
+                if keep.is_some_and(|k| !k[i]) {
+                    continue;
+                }
+                r_out[i] = lr[p[offs[0]] as usize];
+                g_out[i] = lg[p[offs[1]] as usize];
+                b_out[i] = lb_[p[offs[2]] as usize];
             }
         }
-        Ok(())
     }
 
     /// Normalises the resampled packed pixels in `self.scratch` into planar `out`, padding if

@@ -1,18 +1,23 @@
 //! The batched inference worker: one thread per loaded model, shared by every stream in the
 //! process (element instances, daemon pipelines, the CLI).
 //!
-//! Each stream sends preprocessed images over its own bounded crossbeam channel. Cameras use
+//! Each stream sends jobs over its own bounded crossbeam channel: one sampled frame's
+//! preprocessed images (one, or one per crop when a frame is tiled or has regions). Cameras use
 //! [`Overflow::DropOldest`] with capacity 1: when the worker is busy the newest frame replaces
 //! the waiting one and the drop is counted; batch jobs (classify, bench) use [`Overflow::Block`]
-//! for back-pressure. The worker collects a batch round-robin across streams (fairness: one
-//! image per stream per pass), waits up to `max_wait` for streams that have nothing queued yet,
-//! runs the image tower once, and routes each normalised embedding back to its stream's result
-//! channel in order. Preprocessing happens on the producers' threads, so it overlaps inference.
+//! for back-pressure. The worker collects a batch round-robin across streams, one *image* per
+//! stream per pass (fairness: a tiled camera's nine crops take turns with the other cameras'
+//! frames instead of filling the batch ahead of them; a job larger than a batch spans batches),
+//! waits up to `max_wait` for streams that have nothing queued yet, runs the image tower once,
+//! and sends each job's normalised embeddings back to its stream's result channel, in order,
+//! once all of them are done. Preprocessing happens on the producers' threads, so it overlaps
+//! inference.
 
 mod stats;
 
 pub use stats::WorkerStats;
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
@@ -77,24 +82,38 @@ impl StreamOptions {
 
 struct Job {
     seq: u64,
+    /// `images` model inputs, one after the other.
     pixels: Vec<f32>,
+    images: usize,
     queued: Instant,
     results: Sender<Output>,
 }
 
-/// The verdict for one submitted image.
+/// The verdict for one submitted job.
 #[derive(Debug)]
 pub struct Output {
     /// The number `submit` returned.
     pub seq: u64,
-    /// The L2-normalised embedding, or why inference failed.
-    pub embedding: std::result::Result<Vec<f32>, String>,
+    /// The L2-normalised embeddings, one per image of the job, one after the other; or why
+    /// inference failed.
+    pub embeddings: std::result::Result<Vec<f32>, String>,
+    /// Images in the job.
+    pub images: usize,
     /// From submission to result.
     pub latency: Duration,
-    /// Size of the batch the image ran in.
+    /// Size of the largest batch the job's images ran in.
     pub batch: usize,
     /// The pixel buffer, for reuse with [`Stream::recycle`].
     pub pixels: Vec<f32>,
+}
+
+impl Output {
+    /// The embeddings, one slice per image (none when inference failed).
+    pub fn each(&self) -> impl Iterator<Item = &[f32]> {
+        let e = self.embeddings.as_deref().unwrap_or(&[]);
+        let dim = e.len().checked_div(self.images).unwrap_or(0).max(1);
+        e.chunks_exact(dim)
+    }
 }
 
 enum Control {
@@ -225,11 +244,21 @@ pub struct Submitted {
 }
 
 impl Stream {
-    /// A pixel buffer of the right size, recycled when possible.
+    /// A pixel buffer for one image, recycled when possible.
     pub fn buffer(&mut self) -> Vec<f32> {
+        self.buffer_for(1)
+    }
+
+    /// A pixel buffer for `images` images, recycled when possible.
+    pub fn buffer_for(&mut self, images: usize) -> Vec<f32> {
         let mut b = self.free.pop().unwrap_or_default();
-        b.resize(self.shared.image_len, 0.0);
+        b.resize(self.shared.image_len * images, 0.0);
         b
+    }
+
+    /// Floats per image.
+    pub fn image_len(&self) -> usize {
+        self.shared.image_len
     }
 
     /// Gives a buffer back for reuse.
@@ -239,15 +268,18 @@ impl Stream {
         }
     }
 
-    /// Queues one preprocessed image (`image_len` floats).
+    /// Queues one job: one or more preprocessed images (`image_len` floats each, at most
+    /// [`crate::limits::MAX_CROPS`]), whose embeddings come back together in one [`Output`].
     pub fn submit(&mut self, pixels: Vec<f32>) -> Result<Submitted> {
-        if pixels.len() != self.shared.image_len {
+        let len = self.shared.image_len;
+        let images = pixels.len().checked_div(len).unwrap_or(0);
+        if images == 0 || images * len != pixels.len() || images > crate::limits::MAX_CROPS {
             return Err(Error::invalid(
                 "image",
                 format!(
-                    "{} floats, the model takes {}",
+                    "{} floats: the model takes {len} per image, 1 to {} images per job",
                     pixels.len(),
-                    self.shared.image_len
+                    crate::limits::MAX_CROPS
                 ),
             ));
         }
@@ -261,6 +293,7 @@ impl Stream {
         let mut job = Job {
             seq,
             pixels,
+            images,
             queued: Instant::now(),
             results: self.results_tx.clone(),
         };
@@ -333,6 +366,47 @@ impl Drop for Stream {
     }
 }
 
+/// A job the worker has started: images taken so far and their embeddings.
+struct Running {
+    job: Job,
+    /// Images put into batches.
+    taken: usize,
+    /// Images whose embeddings are in.
+    done: usize,
+    embeddings: Vec<f32>,
+    error: Option<String>,
+    batch: usize,
+}
+
+/// A stream as the worker sees it: its queue and the jobs it has started, oldest first.
+struct Slot {
+    id: u64,
+    rx: Receiver<Job>,
+    running: VecDeque<Running>,
+}
+
+impl Slot {
+    /// Takes the next image of this stream for the batch: (index of its job in `running`,
+    /// image within the job); starts the next queued job when the started ones are all taken.
+    fn next_image(&mut self) -> Option<(usize, usize)> {
+        if self.running.back().is_none_or(|r| r.taken >= r.job.images) {
+            let job = self.rx.try_recv().ok()?;
+            self.running.push_back(Running {
+                job,
+                taken: 0,
+                done: 0,
+                embeddings: Vec::new(),
+                error: None,
+                batch: 0,
+            });
+        }
+        let j = self.running.len() - 1;
+        let r = self.running.back_mut()?;
+        r.taken += 1;
+        Some((j, r.taken - 1))
+    }
+}
+
 /// The worker loop.
 fn run(
     mut encoder: ImageEncoder,
@@ -343,9 +417,10 @@ fn run(
     stats: Arc<WorkerStats>,
 ) {
     let image_len = encoder.image_len();
-    let mut streams: Vec<(u64, Receiver<Job>)> = Vec::new();
+    let mut slots: Vec<Slot> = Vec::new();
     let mut cursor = 0usize;
-    let mut batch: Vec<Job> = Vec::with_capacity(cfg.max_batch);
+    // (slot, job in the slot, image within the job) of each image in the batch.
+    let mut batch: Vec<(usize, usize, usize)> = Vec::with_capacity(cfg.max_batch);
     let mut input: Vec<f32> = Vec::with_capacity(cfg.max_batch * image_len);
     let mut output: Vec<f32> = Vec::new();
     let mut served: Vec<bool> = Vec::new();
@@ -353,11 +428,15 @@ fn run(
         stats.beat();
         loop {
             match control.try_recv() {
-                Ok(Control::Add(id, rx)) => streams.push((id, rx)),
-                Ok(Control::Remove(id)) => streams.retain(|(s, _)| *s != id),
+                Ok(Control::Add(id, rx)) => slots.push(Slot {
+                    id,
+                    rx,
+                    running: VecDeque::new(),
+                }),
+                Ok(Control::Remove(id)) => slots.retain(|s| s.id != id),
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => {
-                    if streams.is_empty() {
+                    if slots.is_empty() {
                         return;
                     }
                     break;
@@ -368,9 +447,9 @@ fn run(
             return;
         }
         served.clear();
-        served.resize(streams.len(), false);
+        served.resize(slots.len(), false);
         collect(
-            &streams,
+            &mut slots,
             &mut cursor,
             &mut batch,
             &mut served,
@@ -396,7 +475,7 @@ fn run(
                     break;
                 }
                 collect(
-                    &streams,
+                    &mut slots,
                     &mut cursor,
                     &mut batch,
                     &mut served,
@@ -406,11 +485,12 @@ fn run(
         }
         let n = batch.len();
         input.clear();
-        for job in &batch {
-            input.extend_from_slice(&job.pixels);
+        for &(slot, job, image) in &batch {
+            let pixels = &slots[slot].running[job].job.pixels;
+            input.extend_from_slice(&pixels[image * image_len..(image + 1) * image_len]);
         }
         stats.queue_depth.store(
-            streams.iter().map(|(_, rx)| rx.len() as u64).sum(),
+            slots.iter().map(|s| s.rx.len() as u64).sum(),
             Ordering::Relaxed,
         );
         let started = Instant::now();
@@ -421,23 +501,38 @@ fn run(
         let took = started.elapsed();
         stats.record_batch(n, took);
         let dim = output.len().checked_div(n).unwrap_or(0);
-        for (i, job) in batch.drain(..).enumerate() {
-            let embedding = match &result {
+        for (i, &(slot, job, _)) in batch.iter().enumerate() {
+            let r = &mut slots[slot].running[job];
+            r.done += 1;
+            r.batch = r.batch.max(n);
+            match &result {
                 Ok(()) => {
-                    let mut e = output[i * dim..(i + 1) * dim].to_vec();
-                    l2_normalize(&mut e);
-                    Ok(e)
+                    let start = r.embeddings.len();
+                    r.embeddings
+                        .extend_from_slice(&output[i * dim..(i + 1) * dim]);
+                    l2_normalize(&mut r.embeddings[start..]);
                 }
-                Err(e) => Err(e.to_string()),
-            };
-            // A stream that closed meanwhile no longer listens; that is fine.
-            let _ = job.results.send(Output {
-                seq: job.seq,
-                embedding,
-                latency: job.queued.elapsed(),
-                batch: n,
-                pixels: job.pixels,
-            });
+                Err(e) => r.error = Some(e.to_string()),
+            }
+        }
+        batch.clear();
+        for slot in &mut slots {
+            while slot.running.front().is_some_and(|r| r.done >= r.job.images)
+                && let Some(r) = slot.running.pop_front()
+            {
+                // A stream that closed meanwhile no longer listens; that is fine.
+                let _ = r.job.results.send(Output {
+                    seq: r.job.seq,
+                    embeddings: match r.error {
+                        None => Ok(r.embeddings),
+                        Some(e) => Err(e),
+                    },
+                    images: r.job.images,
+                    latency: r.job.queued.elapsed(),
+                    batch: r.batch,
+                    pixels: r.job.pixels,
+                });
+            }
         }
         if let Err(e) = result {
             stats.errors.fetch_add(1, Ordering::Relaxed);
@@ -446,32 +541,32 @@ fn run(
     }
 }
 
-/// Takes jobs round-robin, one per stream per pass, until the batch is full or a pass finds
+/// Takes images round-robin, one per stream per pass, until the batch is full or a pass finds
 /// nothing.
 fn collect(
-    streams: &[(u64, Receiver<Job>)],
+    slots: &mut [Slot],
     cursor: &mut usize,
-    batch: &mut Vec<Job>,
+    batch: &mut Vec<(usize, usize, usize)>,
     served: &mut [bool],
     max: usize,
 ) {
-    if streams.is_empty() {
+    if slots.is_empty() {
         return;
     }
     loop {
         let mut got = false;
-        for k in 0..streams.len() {
+        for k in 0..slots.len() {
             if batch.len() >= max {
                 return;
             }
-            let i = (*cursor + k) % streams.len();
-            if let Ok(job) = streams[i].1.try_recv() {
-                batch.push(job);
+            let i = (*cursor + k) % slots.len();
+            if let Some((job, image)) = slots[i].next_image() {
+                batch.push((i, job, image));
                 served[i] = true;
                 got = true;
             }
         }
-        *cursor = (*cursor + 1) % streams.len();
+        *cursor = (*cursor + 1) % slots.len();
         if !got {
             return;
         }

@@ -1,9 +1,10 @@
 //! Blanking and pixelating frames in place, in every format the element accepts.
 //!
 //! Works on raw planes with their strides; only the visible `width` bytes of each row are
-//! touched, never the padding.
+//! touched, never the padding. A plane can be narrowed to a box of the frame
+//! ([`PlaneMut::area`]) so that `action-scope=region` paints the matched crop only.
 
-use clipfilter::preprocess::PixelFormat;
+use clipfilter::preprocess::{PixelBox, PixelFormat};
 
 /// One plane of a frame: its bytes, stride, visible size and bytes per pixel.
 pub(super) struct PlaneMut<'a> {
@@ -15,6 +16,50 @@ pub(super) struct PlaneMut<'a> {
     pub height: usize,
     /// Bytes per pixel (1 for Y/U/V and GRAY8, 2 for interleaved chroma, 3 or 4 for RGB).
     pub pstride: usize,
+}
+
+impl<'a> PlaneMut<'a> {
+    /// The part of a plane (`width` x `height` samples of `pstride` bytes, rows `stride` apart)
+    /// under the frame box `area`. On 2x2 subsampled chroma planes the box covers every chroma
+    /// sample that touches it (an odd edge takes the neighbouring luma column's chroma too).
+    /// `None` when the box misses the plane.
+    pub(super) fn area(
+        data: &'a mut [u8],
+        stride: usize,
+        width: usize,
+        height: usize,
+        pstride: usize,
+        area: PixelBox,
+        subsampled: bool,
+    ) -> Option<Self> {
+        let (x0, y0, x1, y1) = if subsampled {
+            (
+                area.x as usize / 2,
+                area.y as usize / 2,
+                (area.right() as usize).div_ceil(2),
+                (area.bottom() as usize).div_ceil(2),
+            )
+        } else {
+            (
+                area.x as usize,
+                area.y as usize,
+                area.right() as usize,
+                area.bottom() as usize,
+            )
+        };
+        let (x1, y1) = (x1.min(width), y1.min(height));
+        if x0 >= x1 || y0 >= y1 {
+            return None;
+        }
+        let start = y0 * stride + x0 * pstride;
+        Some(PlaneMut {
+            data: data.get_mut(start..)?,
+            stride,
+            width: x1 - x0,
+            height: y1 - y0,
+            pstride,
+        })
+    }
 }
 
 /// Width, height and bytes per pixel of each plane of a `width` x `height` frame.
@@ -77,16 +122,16 @@ pub(super) fn block_size(width: usize, height: usize) -> usize {
     b + (b % 2)
 }
 
-/// Replaces each block of a plane with its mean. `block` is the block side on the luma (or
-/// packed) plane of a frame `width` pixels wide; chroma planes half as wide use half of it.
-/// `sums` is scratch space.
+/// Replaces each block of a plane with its mean, blocks starting at the plane's top left.
+/// `block` is the block side on the luma (or packed) plane; `subsampled` (2x2 chroma) planes use
+/// half of it. `sums` is scratch space.
 pub(super) fn pixelate_plane(
-    width: usize,
     p: &mut PlaneMut<'_>,
     block: usize,
+    subsampled: bool,
     sums: &mut Vec<u32>,
 ) {
-    let b = if p.width < width {
+    let b = if subsampled {
         (block / 2).max(1)
     } else {
         block.max(1)
@@ -191,7 +236,8 @@ mod tests {
         let before = bufs.clone();
         let block = 8;
         for p in planes(format, w, h, &mut bufs).iter_mut() {
-            pixelate_plane(w, p, block, &mut Vec::new());
+            let subsampled = p.width < w;
+            pixelate_plane(p, block, subsampled, &mut Vec::new());
         }
         // Luma block (0,0): 8x8 mean of the original values.
         let (orig, stride) = &before[0];
@@ -214,5 +260,60 @@ mod tests {
         assert_eq!(bufs[0].0[40], before[0].0[40]);
         assert_eq!(block_size(1920, 1080), 96);
         assert_eq!(block_size(64, 48), 4);
+    }
+
+    #[test]
+    fn an_area_paints_inside_its_box_only() {
+        for format in [PixelFormat::Rgb, PixelFormat::I420, PixelFormat::Nv12] {
+            let (w, h) = (40, 30);
+            let area = PixelBox::new(10, 6, 16, 12);
+            let mut bufs = frame(format, w, h, 3);
+            let before = bufs.clone();
+            for (i, ((data, stride), (pw, ph, ps))) in bufs
+                .iter_mut()
+                .zip(plane_geometry(format, w, h))
+                .enumerate()
+            {
+                let sub = pw < w;
+                let mut p = PlaneMut::area(data, *stride, pw, ph, ps, area, sub).unwrap();
+                if i == 0 {
+                    pixelate_plane(&mut p, 4, sub, &mut Vec::new());
+                } else {
+                    blank_plane(format, false, i, &mut p);
+                }
+            }
+            // Luma (or RGB): inside changed blockwise, outside untouched.
+            let (data, stride) = &bufs[0];
+            let ps = plane_geometry(format, w, h)[0].2;
+            for y in 0..h {
+                for x in 0..w {
+                    let inside = area.contains(x as u32, y as u32);
+                    let i = y * stride + x * ps;
+                    if !inside {
+                        assert_eq!(
+                            data[i..i + ps],
+                            before[0].0[i..i + ps],
+                            "{format:?} ({x},{y})"
+                        );
+                    }
+                }
+            }
+            // Each 4x4 block of the box is uniform.
+            let px = |x: usize, y: usize| &data[y * stride + x * ps..][..ps];
+            assert!((10..14).all(|x| (6..10).all(|y| px(x, y) == px(10, 6))));
+            assert_ne!(px(10, 6), px(14, 6));
+            if format != PixelFormat::Rgb {
+                // Chroma: the box's even edges map to chroma samples 5..13 x 3..9.
+                let (uv, stride) = &bufs[1];
+                let ps = plane_geometry(format, w, h)[1].2;
+                assert_eq!(uv[3 * stride + 5 * ps], 128);
+                assert_eq!(uv[3 * stride + 4 * ps], before[1].0[3 * stride + 4 * ps]);
+                assert_eq!(uv[9 * stride + 5 * ps], before[1].0[9 * stride + 5 * ps]);
+            }
+        }
+        let mut tiny = vec![0u8; 10];
+        assert!(
+            PlaneMut::area(&mut tiny, 10, 10, 1, 1, PixelBox::new(20, 0, 4, 1), false).is_none()
+        );
     }
 }

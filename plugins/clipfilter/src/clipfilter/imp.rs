@@ -14,23 +14,22 @@ use gst_base::prelude::*;
 use gst_base::subclass::prelude::*;
 use gst_video::prelude::*;
 
+use clipfilter::crops::CropScores;
 use clipfilter::engine::Engine;
 use clipfilter::error::{Error, Result};
-use clipfilter::gate::{GateConfig, SceneGate};
 use clipfilter::labels::{Action, LabelSet};
 use clipfilter::limits;
 use clipfilter::matcher::Matcher;
-use clipfilter::preprocess::PixelFormat;
+use clipfilter::preprocess::{PixelBox, PixelFormat};
 use clipfilter::watch::FileWatcher;
 use clipfilter::worker::StreamOptions;
-use clipfilter::zeroshot::Scores;
 
 use super::ClipFilterMode;
 use super::actions::{self, PlaneMut};
 use super::messages::{Position, Reason};
 use super::properties::{self as props, Settings};
 use super::sampler::Sampler;
-use super::state::{Post, Reload, State, Video};
+use super::state::{Crops, Post, Reload, State, Video};
 use super::stats::Counters;
 
 pub(super) static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
@@ -53,6 +52,8 @@ struct Verdict {
     action: Action,
     /// Format details, when the action paints the frame.
     paint: Option<(gst_video::VideoInfo, PixelFormat, bool)>,
+    /// What to paint: (blank or pixelate, box), in painting order.
+    areas: Vec<(Action, PixelBox)>,
 }
 
 /// Why `analyse` stopped a buffer.
@@ -118,6 +119,22 @@ impl ClipFilter {
                 Ok(()) => relabel = true,
                 Err(e) => posts.push(Post::Warning(format!(
                     "new label defaults not applied, the previous ones stay: {e}"
+                ))),
+            }
+            match settings.crop_spec_for(&state.set) {
+                Ok(spec) if spec != state.crops.spec => {
+                    let old = std::mem::replace(&mut state.crops.spec, spec);
+                    if let Err(e) = state.replan() {
+                        posts.push(Post::Warning(format!(
+                            "new crops not used, the previous ones stay: {e}"
+                        )));
+                        state.crops.spec = old;
+                        let _ = state.replan();
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => posts.push(Post::Warning(format!(
+                    "new fit, tiles or regions not used, the previous ones stay: {e}"
                 ))),
             }
         }
@@ -200,8 +217,10 @@ impl ClipFilter {
             }
         }
 
+        let mut areas = Vec::new();
         let paint = match (state.action, &state.video) {
             (Action::Blank | Action::Pixelate, Some(v)) => {
+                state.paint_areas(v.info.width(), v.info.height(), &mut areas);
                 Some((v.info.clone(), v.format, v.color.full_range))
             }
             _ => None,
@@ -209,6 +228,7 @@ impl ClipFilter {
         Ok(Verdict {
             action: state.action,
             paint,
+            areas,
         })
     }
 
@@ -305,7 +325,7 @@ impl ClipFilter {
     fn paint(
         &self,
         buf: &mut gst::BufferRef,
-        action: Action,
+        areas: &[(Action, PixelBox)],
         (info, format, full_range): (gst_video::VideoInfo, PixelFormat, bool),
     ) -> Result<(), gst::FlowError> {
         let mut frame =
@@ -319,24 +339,26 @@ impl ClipFilter {
             })?;
         let (w, h) = (frame.width() as usize, frame.height() as usize);
         let geometry = actions::plane_geometry(format, w, h);
-        let block = actions::block_size(w, h);
         let mut sums = Vec::new();
-        for (i, (pw, ph, ps)) in geometry.into_iter().enumerate() {
-            let stride = frame.plane_stride()[i] as usize;
-            let data = frame
-                .plane_data_mut(i as u32)
-                .map_err(|_| gst::FlowError::Error)?;
-            let mut plane = PlaneMut {
-                data,
-                stride,
-                width: pw,
-                height: ph,
-                pstride: ps,
-            };
-            match action {
-                Action::Blank => actions::blank_plane(format, full_range, i, &mut plane),
-                Action::Pixelate => actions::pixelate_plane(w, &mut plane, block, &mut sums),
-                Action::None | Action::Drop => {}
+        for &(action, area) in areas {
+            let block = actions::block_size(area.width as usize, area.height as usize);
+            for (i, (pw, ph, ps)) in geometry.iter().copied().enumerate() {
+                let stride = frame.plane_stride()[i] as usize;
+                let data = frame
+                    .plane_data_mut(i as u32)
+                    .map_err(|_| gst::FlowError::Error)?;
+                let subsampled = pw < w;
+                let Some(mut plane) = PlaneMut::area(data, stride, pw, ph, ps, area, subsampled)
+                else {
+                    continue;
+                };
+                match action {
+                    Action::Blank => actions::blank_plane(format, full_range, i, &mut plane),
+                    Action::Pixelate => {
+                        actions::pixelate_plane(&mut plane, block, subsampled, &mut sums)
+                    }
+                    Action::None | Action::Drop => {}
+                }
             }
         }
         Ok(())
@@ -359,6 +381,7 @@ impl ClipFilter {
         set.check_default_threshold(defaults.threshold)?;
         let engine = Engine::shared(&config)?;
         let labels = engine.compile_labels(&set, &defaults)?;
+        let spec = settings.crop_spec_for(&set)?;
         let pre = engine.preprocessor()?;
         let stream = engine.stream(StreamOptions::live());
         let (reload_tx, reloads) = crossbeam_channel::unbounded();
@@ -370,19 +393,20 @@ impl ClipFilter {
         Ok(State {
             matcher: Matcher::new(&labels),
             last: vec![(0.0, 0.0); labels.labels.len()],
+            places: vec![None; labels.labels.len()],
+            crops: Crops::new(spec),
             passthrough: !State::needs_writable(&labels),
             engine,
             stream,
             pre,
             set,
             labels,
-            scores: Scores::default(),
+            scores: CropScores::default(),
             video: None,
             segment: gst::FormattedSegment::new(),
             rules: settings.rules(),
             generation,
             sampler: Sampler::default(),
-            gate: SceneGate::new(GateConfig::default()),
             gate_live: None,
             gate_snapshot: None,
             pending: VecDeque::new(),
@@ -411,11 +435,12 @@ impl ClipFilter {
         FileWatcher::start(path, RELOAD_DEBOUNCE, move || {
             let Some(obj) = weak.upgrade() else { return };
             let imp = obj.imp();
-            let defaults = lock(&imp.settings).label_defaults();
-            let compiled = defaults.and_then(|d| {
+            let settings = lock(&imp.settings).clone();
+            let compiled = settings.label_defaults().and_then(|d| {
                 let set = LabelSet::from_file(&file)?;
+                let spec = settings.crop_spec_for(&set)?;
                 let labels = engine.compile_labels(&set, &d)?;
-                Ok(Reload { set, labels })
+                Ok(Reload { set, labels, spec })
             });
             match compiled {
                 Ok(reload) => {
@@ -578,9 +603,44 @@ impl ObjectImpl for ClipFilter {
                     .default_value(props::DEFAULT_SCENE_GATE)
                     .mutable_playing()
                     .build(),
+                glib::ParamSpecEnum::builder_with_default(props::FIT, props::DEFAULT_FIT)
+                    .nick("Fit")
+                    .blurb("How the whole frame becomes the model's square input. pad (default): letterboxed, the whole picture in one inference, at a smaller scale (a 16:9 frame fills 56% of the square); crop: the reference's centre square, exact CLIPImageProcessor parity, but a 16:9 frame's left and right 22% are never seen; crops: overlapping squares covering the frame (2 for 16:9), one inference each (twice the cost), each label scored on its best square, which messages name (left, right, top, bottom...)")
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecString::builder(props::REGIONS)
+                    .nick("Regions")
+                    .blurb("Named parts of the picture scored on their own (each letterboxed into the model's input, one more inference per sample), in fractions of the frame so that they survive a resolution change; separated by ';': name:x,y,width,height for a box, name:polygon:x1,y1,x2,y2,x3,y3,... for a polygon (its bounding box is what the model sees, the outside of the polygon set to the mean colour). E.g. \"gate:0.62,0.40,0.30,0.35;door:polygon:0.05,0.2,0.25,0.2,0.25,0.9,0.05,0.9\". Labels of a label set can be limited to regions (regions = [\"gate\"]); the set's own [[region]] tables add to these. At most 32")
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecString::builder(props::TILES)
+                    .nick("Tiles")
+                    .blurb("A grid of overlapping tiles, columns x rows (e.g. 3x3, at most 8x8), each letterboxed and scored besides the whole frame, so that small things get more of the model's pixels; a label's score is its best tile (or region, or frame) and messages name the tile (r1c1 is the top left) and its box. Costs one inference per tile per sample (a 3x3 grid: 10 with the frame), less with the scene gate, which skips unchanged tiles. none: no tiles")
+                    .default_value(Some(props::DEFAULT_TILES))
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecDouble::builder(props::TILE_OVERLAP)
+                    .nick("Tile overlap")
+                    .blurb("Overlap of neighbouring tiles, as a fraction of a tile's width (height), so that a thing on a tile border is whole in one of them")
+                    .minimum(*limits::TILE_OVERLAP.start())
+                    .maximum(*limits::TILE_OVERLAP.end())
+                    .default_value(props::DEFAULT_TILE_OVERLAP)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecBoolean::builder(props::WHOLE_FRAME)
+                    .nick("Whole frame")
+                    .blurb("Score the whole frame (as fit says) besides the tiles and regions; false: only tiles and regions")
+                    .default_value(props::DEFAULT_WHOLE_FRAME)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecEnum::builder_with_default(props::ACTION_SCOPE, props::DEFAULT_ACTION_SCOPE)
+                    .nick("Action scope")
+                    .blurb("What blank and pixelate cover: frame (the whole frame) or region (only the box of the crop, region or tile, that made each painting label match, following it from sample to sample; the rest of the picture stays); drop always drops the frame")
+                    .mutable_playing()
+                    .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>(props::STATS)
                     .nick("Statistics")
-                    .blurb("clipfilter-stats: frames, sampled, inferred, dropped (newest frame won while inference was busy), skipped (scene unchanged, see scene-gate), errors, latency-last-ms, latency-mean-ms (submission to verdict), execution-provider, text-execution-provider")
+                    .blurb("clipfilter-stats: frames, sampled, inferred (samples), crops-inferred (model inputs: one per inferred crop), dropped (newest frame won while inference was busy), skipped (scene unchanged, see scene-gate), errors, latency-last-ms, latency-mean-ms (submission to verdict), execution-provider, text-execution-provider")
                     .read_only()
                     .build(),
             ]
@@ -642,6 +702,18 @@ impl ObjectImpl for ClipFilter {
                 )
             }
             props::SCENE_GATE => s.scene_gate = value.get().unwrap_or(props::DEFAULT_SCENE_GATE),
+            props::FIT => s.fit = value.get().unwrap_or(props::DEFAULT_FIT),
+            props::REGIONS => s.regions = string(value).filter(|r| !r.trim().is_empty()),
+            props::TILES => {
+                s.tiles = string(value).unwrap_or_else(|| props::DEFAULT_TILES.to_string())
+            }
+            props::TILE_OVERLAP => {
+                s.tile_overlap = value.get().unwrap_or(props::DEFAULT_TILE_OVERLAP)
+            }
+            props::WHOLE_FRAME => s.whole_frame = value.get().unwrap_or(props::DEFAULT_WHOLE_FRAME),
+            props::ACTION_SCOPE => {
+                s.action_scope = value.get().unwrap_or(props::DEFAULT_ACTION_SCOPE)
+            }
             props::TENSORRT_CACHE => {
                 s.tensorrt_cache = value
                     .get::<Option<String>>()
@@ -692,6 +764,12 @@ impl ObjectImpl for ClipFilter {
             props::THREADS => s.threads.to_value(),
             props::SYNC_TIMEOUT => s.sync_timeout.nseconds().to_value(),
             props::SCENE_GATE => s.scene_gate.to_value(),
+            props::FIT => s.fit.to_value(),
+            props::REGIONS => s.regions.to_value(),
+            props::TILES => s.tiles.to_value(),
+            props::TILE_OVERLAP => s.tile_overlap.to_value(),
+            props::WHOLE_FRAME => s.whole_frame.to_value(),
+            props::ACTION_SCOPE => s.action_scope.to_value(),
             props::TENSORRT_CACHE => s
                 .tensorrt_cache
                 .as_ref()
@@ -825,13 +903,20 @@ impl BaseTransformImpl for ClipFilter {
         let state = guard
             .as_mut()
             .ok_or_else(|| gst::loggable_error!(CAT, "caps before start"))?;
+        let resized = state.size() != Some((info.width(), info.height()));
         state.video = Some(Video {
             info,
             format,
             color,
             caps: incaps.clone(),
         });
-        state.gate.reset();
+        if resized {
+            // Regions and tiles are relative: the same parts of the picture at the new size.
+            state
+                .replan()
+                .map_err(|e| gst::loggable_error!(CAT, "cannot plan the crops: {e}"))?;
+        }
+        state.crops.reset_gates();
         Ok(())
     }
 
@@ -870,8 +955,8 @@ impl BaseTransformImpl for ClipFilter {
         let verdict = self.analyse(buf).map_err(Self::flow)?;
         match (verdict.action, verdict.paint) {
             (Action::Drop, _) => Ok(gst_base::BASE_TRANSFORM_FLOW_DROPPED),
-            (action @ (Action::Blank | Action::Pixelate), Some(paint)) => {
-                self.paint(buf, action, paint)?;
+            (Action::Blank | Action::Pixelate, Some(paint)) => {
+                self.paint(buf, &verdict.areas, paint)?;
                 Ok(gst::FlowSuccess::Ok)
             }
             _ => Ok(gst::FlowSuccess::Ok),

@@ -6,7 +6,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clipfilter::crops::{CropId, CropKind, Placement, Rect};
 use clipfilter::matcher::Transition;
+use clipfilter::preprocess::PixelBox;
 use gst::glib;
 
 /// Structure name of match start/end messages.
@@ -86,6 +88,49 @@ impl Position {
     }
 }
 
+/// A crop's placement as structure values: its box (4 unsigned ints) and rect (4 doubles).
+fn box_value(p: &Placement) -> gst::Array {
+    gst::Array::new(p.pixels.to_array())
+}
+
+fn rect_value(p: &Placement) -> gst::Array {
+    gst::Array::new(p.rect.to_array())
+}
+
+/// Reads a placement from its parts; `field` names the field in errors.
+fn placement(
+    name: &'static str,
+    field: &'static str,
+    crop: String,
+    kind: &str,
+    pixels: &gst::Array,
+    rect: &gst::Array,
+) -> Result<Placement, MessageError> {
+    let bad = |message: String| MessageError {
+        structure: name,
+        field,
+        message,
+    };
+    let kind =
+        CropKind::from_name(kind).ok_or_else(|| bad(format!("unknown crop kind {kind:?}")))?;
+    let ints: Vec<u32> = pixels
+        .iter()
+        .map(|v| v.get::<u32>().map_err(|e| bad(e.to_string())))
+        .collect::<Result<_, _>>()?;
+    let floats: Vec<f64> = rect
+        .iter()
+        .map(|v| v.get::<f64>().map_err(|e| bad(e.to_string())))
+        .collect::<Result<_, _>>()?;
+    let (Ok(b), Ok(r)) = (<[u32; 4]>::try_from(ints), <[f64; 4]>::try_from(floats)) else {
+        return Err(bad("a box and a rect have 4 values each".into()));
+    };
+    Ok(Placement {
+        id: CropId { kind, name: crop },
+        pixels: PixelBox::from(b),
+        rect: Rect::from(r),
+    })
+}
+
 /// Why an episode ended (or `Sample` for transitions decided by a verdict).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
@@ -133,17 +178,26 @@ pub struct MatchMessage {
     pub probability: f64,
     pub position: Position,
     pub reason: Reason,
+    /// The crop whose score decided (`crop`, `crop-kind`, `box`, `rect`), when known.
+    pub place: Option<Placement>,
     /// The frame that started the match (starts only, with `snapshot=true`).
     pub snapshot: Option<gst::Sample>,
 }
 
 impl MatchMessage {
     pub fn to_structure(&self) -> gst::Structure {
-        let b = gst::Structure::builder(MATCH)
+        let mut b = gst::Structure::builder(MATCH)
             .field("state", self.transition.name())
             .field("label", &self.label)
             .field("score", self.score)
             .field("probability", self.probability);
+        if let Some(p) = &self.place {
+            b = b
+                .field("crop", &p.id.name)
+                .field("crop-kind", p.id.kind.name())
+                .field("box", box_value(p))
+                .field("rect", rect_value(p));
+        }
         self.position
             .add_to(b)
             .field("reason", self.reason.name())
@@ -170,6 +224,17 @@ impl MatchMessage {
             field: "reason",
             message: format!("unknown reason {reason:?}"),
         })?;
+        let place = match s.get_optional::<String>("crop").ok().flatten() {
+            Some(crop) => Some(placement(
+                MATCH,
+                "crop",
+                crop,
+                get(s, MATCH, "crop-kind")?,
+                &get::<gst::Array>(s, MATCH, "box")?,
+                &get::<gst::Array>(s, MATCH, "rect")?,
+            )?),
+            None => None,
+        };
         Ok(MatchMessage {
             transition,
             label: get(s, MATCH, "label")?,
@@ -177,6 +242,7 @@ impl MatchMessage {
             probability: get(s, MATCH, "probability")?,
             position: Position::read(s, MATCH)?,
             reason,
+            place,
             snapshot: s.get_optional::<gst::Sample>("snapshot").ok().flatten(),
         })
     }
@@ -190,6 +256,11 @@ pub struct ScoresMessage {
     /// Cosine similarities.
     pub scores: Vec<f64>,
     pub probabilities: Vec<f64>,
+    /// Each label's winning crop (`crops`, `crop-kinds`, `boxes`, `rects`; an empty name, kind,
+    /// box and rect for a label that may use none of the sample's crops).
+    pub places: Vec<Option<Placement>>,
+    /// Crops inferred for this sample (the others were unchanged, see `scene-gate`).
+    pub inferred: u32,
     /// From submission to verdict.
     pub latency: Duration,
 }
@@ -197,11 +268,32 @@ pub struct ScoresMessage {
 impl ScoresMessage {
     pub fn to_structure(&self) -> gst::Structure {
         let b = gst::Structure::builder(SCORES);
+        let names = self
+            .places
+            .iter()
+            .map(|p| p.as_ref().map_or(String::new(), |p| p.id.name.clone()));
+        let kinds = self
+            .places
+            .iter()
+            .map(|p| p.as_ref().map_or("", |p| p.id.kind.name()));
+        let boxes = self.places.iter().map(|p| {
+            p.as_ref()
+                .map_or_else(|| gst::Array::new(Vec::<u32>::new()), box_value)
+        });
+        let rects = self.places.iter().map(|p| {
+            p.as_ref()
+                .map_or_else(|| gst::Array::new(Vec::<f64>::new()), rect_value)
+        });
         self.position
             .add_to(b)
             .field("labels", gst::Array::new(&self.labels))
             .field("scores", gst::Array::new(&self.scores))
             .field("probabilities", gst::Array::new(&self.probabilities))
+            .field("crops", gst::Array::new(names))
+            .field("crop-kinds", gst::Array::new(kinds))
+            .field("boxes", gst::Array::new(boxes))
+            .field("rects", gst::Array::new(rects))
+            .field("inferred", self.inferred)
             .field(
                 "latency",
                 u64::try_from(self.latency.as_nanos()).unwrap_or(u64::MAX),
@@ -210,11 +302,32 @@ impl ScoresMessage {
     }
 
     pub fn from_structure(s: &gst::StructureRef) -> Result<ScoresMessage, MessageError> {
+        let names: Vec<String> = get_array(s, SCORES, "crops")?;
+        let kinds: Vec<String> = get_array(s, SCORES, "crop-kinds")?;
+        let boxes: Vec<gst::Array> = get_array(s, SCORES, "boxes")?;
+        let rects: Vec<gst::Array> = get_array(s, SCORES, "rects")?;
+        if [kinds.len(), boxes.len(), rects.len()] != [names.len(); 3] {
+            return Err(MessageError {
+                structure: SCORES,
+                field: "crops",
+                message: "crops, crop-kinds, boxes and rects differ in length".into(),
+            });
+        }
+        let mut places = Vec::with_capacity(names.len());
+        for (((name, kind), b), r) in names.into_iter().zip(&kinds).zip(&boxes).zip(&rects) {
+            places.push(if kind.is_empty() {
+                None
+            } else {
+                Some(placement(SCORES, "crops", name, kind, b, r)?)
+            });
+        }
         Ok(ScoresMessage {
             position: Position::read(s, SCORES)?,
             labels: get_array(s, SCORES, "labels")?,
             scores: get_array(s, SCORES, "scores")?,
             probabilities: get_array(s, SCORES, "probabilities")?,
+            places,
+            inferred: get(s, SCORES, "inferred")?,
             latency: Duration::from_nanos(get(s, SCORES, "latency")?),
         })
     }
@@ -279,6 +392,9 @@ pub struct Stats {
     pub frames: u64,
     pub sampled: u64,
     pub inferred: u64,
+    /// Model inputs inferred: one per crop inferred (several per sample with tiles, regions or
+    /// the `crops` fit; fewer when the scene-change gate finds crops unchanged).
+    pub crops_inferred: u64,
     /// Samples replaced by a newer one while inference was busy.
     pub dropped: u64,
     /// Samples the scene-change gate found unchanged.
@@ -298,6 +414,7 @@ impl Stats {
             .field("frames", self.frames)
             .field("sampled", self.sampled)
             .field("inferred", self.inferred)
+            .field("crops-inferred", self.crops_inferred)
             .field("dropped", self.dropped)
             .field("skipped", self.skipped)
             .field("errors", self.errors)
@@ -313,6 +430,7 @@ impl Stats {
             frames: get(s, STATS, "frames")?,
             sampled: get(s, STATS, "sampled")?,
             inferred: get(s, STATS, "inferred")?,
+            crops_inferred: get(s, STATS, "crops-inferred")?,
             dropped: get(s, STATS, "dropped")?,
             skipped: get(s, STATS, "skipped")?,
             errors: get(s, STATS, "errors")?,
@@ -344,9 +462,25 @@ mod tests {
             probability: 0.75,
             position: position.clone(),
             reason: Reason::Reload,
+            place: None,
             snapshot: None,
         };
         let back = MatchMessage::from_structure(&m.to_structure()).unwrap();
+        assert_eq!(back.place, None);
+        let tile = Placement {
+            id: CropId {
+                kind: CropKind::Tile,
+                name: "r1c3".into(),
+            },
+            pixels: PixelBox::new(1234, 0, 686, 386),
+            rect: Rect::new(0.64, 0.0, 0.36, 0.36).unwrap(),
+        };
+        let placed = MatchMessage {
+            place: Some(tile.clone()),
+            ..m.clone()
+        };
+        let back = MatchMessage::from_structure(&placed.to_structure()).unwrap();
+        assert_eq!(back.place.as_ref(), Some(&tile));
         assert_eq!(
             (back.transition, back.label, back.score, back.probability),
             (Transition::End, "red".to_string(), 0.25, 0.75)
@@ -361,6 +495,8 @@ mod tests {
             labels: vec!["red".into(), "green".into()],
             scores: vec![0.5, -0.25],
             probabilities: vec![0.9, 0.1],
+            places: vec![Some(tile), None],
+            inferred: 3,
             latency: Duration::from_millis(12),
         };
         let Some(Ok(Message::Scores(back))) = Message::from_structure(&s.to_structure()) else {

@@ -26,6 +26,14 @@
 //!   buffer after they arrive. `mode=sync`: each sampled buffer is held until its verdict (at
 //!   most `sync-timeout`, then the element posts an error), so a matching frame is never let
 //!   through.
+//! - What the model sees (`fit`, `tiles`, `regions`, `whole-frame`): by default the whole frame,
+//!   letterboxed (`fit=pad`); `fit=crop` is the reference's centre square (a 16:9 frame loses its
+//!   sides), `fit=crops` covers the frame with overlapping squares. Tiles and regions add crops,
+//!   each letterboxed; all crops of a sample are cut straight from the mapped planes and inferred
+//!   together as one job of the shared worker, which serves streams one image at a time in turn,
+//!   so a tiled camera does not hold the others up. A label's score is its best crop (labels of
+//!   a label set can be limited to regions); messages say which crop won and where it is.
+//!   Regions are relative (0..1), so a new resolution keeps them in place.
 //! - Hysteresis: a label starts matching after `enter-samples` consecutive samples pass its
 //!   threshold and stops after `leave-samples` consecutive samples fail it.
 //! - Flushes discard verdicts still in flight and end open episodes; EOS waits (at most
@@ -55,13 +63,24 @@
 //!   started
 //! - `reason` (string): `sample` (a verdict), `eos`, `flush`, `reload` (the label was removed),
 //!   `stop`
+//! - `crop` (string), `crop-kind` (string: `frame`, `crop`, `tile` or `region`), `box` (array of
+//!   4 guint: x, y, width, height in pixels of the current frame size), `rect` (array of 4
+//!   doubles: the same box in fractions of the frame): the crop whose score decided (for ends
+//!   that no sample decides, the label's last winning crop); absent before any verdict. With
+//!   `fit=crop` the frame crop's box is the centre square the model sees, with `fit=pad` the
+//!   whole frame; `fit=crops` names `left`/`right` (`top`/`bottom` for portrait frames)
 //! - `snapshot` (GstSample, only on `start` when `snapshot=true`): the frame that started the
 //!   match, with its caps
 //!
 //! `clipfilter-scores` (one per sampled frame when `post-scores=true`):
 //! - `pts`, `running-time`, `stream-time`, `frame`: as above
 //! - `labels` (array of strings), `scores` (array of doubles, cosine), `probabilities` (array of
-//!   doubles), in label-set order
+//!   doubles), in label-set order: each label's best crop
+//! - `crops`, `crop-kinds` (arrays of strings), `boxes` (array of arrays of 4 guint), `rects`
+//!   (array of arrays of 4 doubles): each label's winning crop, in label-set order (empty for a
+//!   label that may use none of the crops)
+//! - `inferred` (guint): crops inferred for this sample (0 when the scene gate found every crop
+//!   unchanged and the last verdict stands)
 //! - `latency` (guint64 nanoseconds): from submission to verdict
 //!
 //! `clipfilter-labels-reloaded`: a changed labels file is in use.
@@ -81,6 +100,7 @@ mod stats;
 use gst::glib;
 use gst::prelude::*;
 
+use clipfilter::crops::Fit;
 use clipfilter::labels::{Action, Threshold};
 use clipfilter::model::Variant;
 
@@ -133,6 +153,69 @@ impl From<Action> for ClipFilterAction {
             Action::Pixelate => ClipFilterAction::Pixelate,
         }
     }
+}
+
+/// How the whole frame becomes the model's square input.
+#[derive(Debug, Default, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstClipFilterFit")]
+pub enum ClipFilterFit {
+    /// The reference's centre crop.
+    #[enum_value(
+        name = "Crop: CLIP's own centre square (exact CLIPImageProcessor parity); a 16:9 frame loses its left and right 22%",
+        nick = "crop"
+    )]
+    Crop = 0,
+    /// Letterbox.
+    #[default]
+    #[enum_value(
+        name = "Pad: the whole frame letterboxed into the square (borders at the model's mean colour), one inference, smaller scale",
+        nick = "pad"
+    )]
+    Pad = 1,
+    /// Overlapping squares covering the frame.
+    #[enum_value(
+        name = "Crops: overlapping squares covering the whole frame (2 for 16:9), one inference each, best score over them, the winning square reported",
+        nick = "crops"
+    )]
+    Crops = 2,
+}
+
+impl From<ClipFilterFit> for Fit {
+    fn from(f: ClipFilterFit) -> Fit {
+        match f {
+            ClipFilterFit::Crop => Fit::Crop,
+            ClipFilterFit::Pad => Fit::Pad,
+            ClipFilterFit::Crops => Fit::Crops,
+        }
+    }
+}
+
+impl From<Fit> for ClipFilterFit {
+    fn from(f: Fit) -> ClipFilterFit {
+        match f {
+            Fit::Crop => ClipFilterFit::Crop,
+            Fit::Pad => ClipFilterFit::Pad,
+            Fit::Crops => ClipFilterFit::Crops,
+        }
+    }
+}
+
+/// What `blank` and `pixelate` cover.
+#[derive(Debug, Default, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstClipFilterActionScope")]
+pub enum ClipFilterActionScope {
+    /// The whole frame.
+    #[default]
+    #[enum_value(name = "Frame: the whole frame", nick = "frame")]
+    Frame = 0,
+    /// The crop that matched.
+    #[enum_value(
+        name = "Region: only the box of the crop (region, tile or frame square) that made each label match",
+        nick = "region"
+    )]
+    Region = 1,
 }
 
 /// Whether the streaming thread waits for verdicts.
@@ -261,6 +344,8 @@ pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     ClipFilterMode::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     ClipFilterThresholdKind::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     ClipFilterVariant::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
+    ClipFilterFit::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
+    ClipFilterActionScope::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     gst::Element::register(
         Some(plugin),
         "clipfilter",

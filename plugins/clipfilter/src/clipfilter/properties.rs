@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clipfilter::crops::{CropSpec, Tiles, parse_regions};
 use clipfilter::encoder::{Provider, SessionConfig};
 use clipfilter::engine::EngineConfig;
 use clipfilter::error::{Error, Result};
@@ -12,7 +13,10 @@ use clipfilter::limits;
 use clipfilter::worker::BatchConfig;
 use clipfilter::zeroshot::Templates;
 
-use super::{ClipFilterAction, ClipFilterMode, ClipFilterThresholdKind, ClipFilterVariant};
+use super::{
+    ClipFilterAction, ClipFilterActionScope, ClipFilterFit, ClipFilterMode,
+    ClipFilterThresholdKind, ClipFilterVariant,
+};
 
 pub const MODEL: &str = "model";
 pub const VARIANT: &str = "variant";
@@ -35,6 +39,12 @@ pub const THREADS: &str = "threads";
 pub const SYNC_TIMEOUT: &str = "sync-timeout";
 pub const TENSORRT_CACHE: &str = "tensorrt-cache";
 pub const SCENE_GATE: &str = "scene-gate";
+pub const FIT: &str = "fit";
+pub const REGIONS: &str = "regions";
+pub const TILES: &str = "tiles";
+pub const TILE_OVERLAP: &str = "tile-overlap";
+pub const WHOLE_FRAME: &str = "whole-frame";
+pub const ACTION_SCOPE: &str = "action-scope";
 pub const STATS: &str = "stats";
 
 pub const DEFAULT_VARIANT: ClipFilterVariant = ClipFilterVariant::Fp32;
@@ -57,6 +67,12 @@ pub const DEFAULT_SYNC_TIMEOUT: gst::ClockTime = gst::ClockTime::from_seconds(10
 pub const DEFAULT_SCENE_GATE: f64 = -1.0;
 /// Threshold the automatic gate uses on live sources (mean 8-bit level difference).
 pub const AUTO_SCENE_GATE: f64 = 3.0;
+/// Video covers the whole frame: letterboxed, one inference per sample.
+pub const DEFAULT_FIT: ClipFilterFit = ClipFilterFit::Pad;
+pub const DEFAULT_TILES: &str = "none";
+pub const DEFAULT_TILE_OVERLAP: f64 = 0.1;
+pub const DEFAULT_WHOLE_FRAME: bool = true;
+pub const DEFAULT_ACTION_SCOPE: ClipFilterActionScope = ClipFilterActionScope::Frame;
 
 /// The settings the streaming thread works with (copied when they change).
 #[derive(Debug, Clone, Copy)]
@@ -68,6 +84,7 @@ pub(super) struct Rules {
     pub(super) sync_timeout: Duration,
     /// Scene-change gate threshold: < 0 automatic (on for live sources), 0 off.
     pub(super) scene_gate: f64,
+    pub(super) action_scope: ClipFilterActionScope,
 }
 
 /// The element's settings, as its properties set them.
@@ -94,6 +111,12 @@ pub(super) struct Settings {
     pub(super) sync_timeout: gst::ClockTime,
     pub(super) scene_gate: f64,
     pub(super) tensorrt_cache: Option<PathBuf>,
+    pub(super) fit: ClipFilterFit,
+    pub(super) regions: Option<String>,
+    pub(super) tiles: String,
+    pub(super) tile_overlap: f64,
+    pub(super) whole_frame: bool,
+    pub(super) action_scope: ClipFilterActionScope,
 }
 
 impl Default for Settings {
@@ -120,6 +143,12 @@ impl Default for Settings {
             sync_timeout: DEFAULT_SYNC_TIMEOUT,
             scene_gate: DEFAULT_SCENE_GATE,
             tensorrt_cache: None,
+            fit: DEFAULT_FIT,
+            regions: None,
+            tiles: DEFAULT_TILES.to_string(),
+            tile_overlap: DEFAULT_TILE_OVERLAP,
+            whole_frame: DEFAULT_WHOLE_FRAME,
+            action_scope: DEFAULT_ACTION_SCOPE,
         }
     }
 }
@@ -203,7 +232,34 @@ impl Settings {
             snapshot: self.snapshot,
             sync_timeout: Duration::from_nanos(self.sync_timeout.nseconds()),
             scene_gate: self.scene_gate,
+            action_scope: self.action_scope,
         }
+    }
+
+    /// What to look at, as the properties say (the label set may add regions).
+    pub(super) fn crop_spec(&self) -> Result<CropSpec> {
+        let regions = match &self.regions {
+            Some(text) => parse_regions(text).map_err(|m| Error::invalid(REGIONS, m))?,
+            None => Vec::new(),
+        };
+        let tiles =
+            Tiles::parse(&self.tiles, self.tile_overlap).map_err(|m| Error::invalid(TILES, m))?;
+        Ok(CropSpec {
+            fit: self.fit.into(),
+            whole_frame: self.whole_frame,
+            tiles,
+            regions,
+        })
+    }
+
+    /// What to look at with label set `set`: the properties' regions and the set's together,
+    /// every region a label is limited to defined.
+    pub(super) fn crop_spec_for(&self, set: &LabelSet) -> Result<CropSpec> {
+        let mut spec = self.crop_spec()?;
+        spec.regions = set.all_regions(&spec.regions)?;
+        set.check_regions(&spec.regions)?;
+        spec.check().map_err(|m| Error::invalid(REGIONS, m))?;
+        Ok(spec)
     }
 }
 
@@ -248,5 +304,39 @@ mod tests {
             ..Settings::default()
         };
         assert!(p.threshold().is_err());
+    }
+
+    #[test]
+    fn crop_settings_parse_with_clear_errors() {
+        let s = Settings {
+            regions: Some("gate:0.62,0.40,0.30,0.35".into()),
+            tiles: "3x2".into(),
+            ..Settings::default()
+        };
+        let spec = s.crop_spec().unwrap();
+        assert_eq!(spec.regions.len(), 1);
+        assert_eq!(spec.tiles.map(|t| (t.columns, t.rows)), Some((3, 2)));
+        let bad = |s: Settings| s.crop_spec().unwrap_err().to_string();
+        let e = bad(Settings {
+            regions: Some("gate:0.9,0.4,0.3,0.35".into()),
+            ..Settings::default()
+        });
+        assert!(
+            e.starts_with("invalid regions: region 1") && e.contains("outside"),
+            "{e}"
+        );
+        let e = bad(Settings {
+            tiles: "0x3".into(),
+            ..Settings::default()
+        });
+        assert!(
+            e.starts_with("invalid tiles:") && e.contains("between 1 and 8"),
+            "{e}"
+        );
+        let e = bad(Settings {
+            tiles: "12x12".into(),
+            ..Settings::default()
+        });
+        assert!(e.contains("12 columns"), "{e}");
     }
 }

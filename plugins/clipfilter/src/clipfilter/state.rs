@@ -8,19 +8,20 @@ use std::time::Duration;
 
 use crossbeam_channel::Receiver;
 
+use super::ClipFilterActionScope;
 use super::messages::{LabelsReloaded, MatchMessage, Position, Reason, ScoresMessage};
 use super::properties::{AUTO_SCENE_GATE, Rules};
 use super::sampler::Sampler;
 use super::stats::Counters;
+use clipfilter::crops::{CropPlan, CropScores, CropSpec, Placement, score_crops};
 use clipfilter::engine::Engine;
 use clipfilter::error::{Error, Result};
 use clipfilter::gate::{GateConfig, SceneGate, Verdict as GateVerdict};
 use clipfilter::labels::{Action, CompiledLabels, LabelSet};
 use clipfilter::matcher::{Change, Matcher, Transition};
-use clipfilter::preprocess::{PixelFormat, Preprocessor, YuvColor};
+use clipfilter::preprocess::{PixelBox, PixelFormat, Preprocessor, YuvColor};
 use clipfilter::watch::FileWatcher;
 use clipfilter::worker::{Output, Stream};
-use clipfilter::zeroshot::Scores;
 
 /// The negotiated video format.
 pub(super) struct Video {
@@ -35,12 +36,73 @@ pub(super) struct Pending {
     pub(super) seq: u64,
     pub(super) position: Position,
     pub(super) snapshot: Option<gst::Sample>,
+    /// The crops (indices into the plan) inferred for it.
+    pub(super) crops: Vec<usize>,
+    /// The plan they belong to.
+    pub(super) plan: u64,
 }
 
-/// A reloaded labels file, compiled on the watcher's thread.
+/// A reloaded labels file, compiled on the watcher's thread, with the crops it makes.
 pub(super) struct Reload {
     pub(super) set: LabelSet,
     pub(super) labels: CompiledLabels,
+    pub(super) spec: CropSpec,
+}
+
+/// The crops of the current frame size and what is known of each.
+pub(super) struct Crops {
+    /// What to look at: the properties' and the label set's regions together.
+    pub(super) spec: CropSpec,
+    /// Built for the negotiated size (`None` before caps).
+    pub(super) plan: Option<CropPlan>,
+    /// Bumped with every new plan: verdicts for an older one are dropped.
+    pub(super) generation: u64,
+    /// One scene-change gate per crop.
+    pub(super) gates: Vec<SceneGate>,
+    /// The last embedding of each crop (`plan.len()` x dim) and whether it is there.
+    pub(super) embeddings: Vec<f32>,
+    pub(super) known: Vec<bool>,
+    /// Indices of the crops inferred for the sample being submitted (reused).
+    pub(super) chosen: Vec<usize>,
+}
+
+impl Crops {
+    pub(super) fn new(spec: CropSpec) -> Self {
+        Crops {
+            spec,
+            plan: None,
+            generation: 0,
+            gates: Vec::new(),
+            embeddings: Vec::new(),
+            known: Vec::new(),
+            chosen: Vec::new(),
+        }
+    }
+
+    /// Plans the crops of `width` x `height` frames afresh (new size or new spec).
+    pub(super) fn replan(
+        &mut self,
+        pre: &Preprocessor,
+        dim: usize,
+        size: Option<(u32, u32)>,
+    ) -> Result<()> {
+        let plan = match size {
+            Some((w, h)) => Some(CropPlan::new(&self.spec, pre, w, h)?),
+            None => None,
+        };
+        let n = plan.as_ref().map_or(0, CropPlan::len);
+        self.plan = plan;
+        self.generation += 1;
+        self.gates = vec![SceneGate::new(GateConfig::default()); n];
+        self.embeddings = vec![0.0; n * dim];
+        self.known = vec![false; n];
+        Ok(())
+    }
+
+    /// Forgets every gate's reference frame (flush, reload, caps).
+    pub(super) fn reset_gates(&mut self) {
+        self.gates.iter_mut().for_each(SceneGate::reset);
+    }
 }
 
 /// Something to post once the state lock is released.
@@ -58,15 +120,18 @@ pub(super) struct State {
     pub(super) set: LabelSet,
     pub(super) labels: CompiledLabels,
     pub(super) matcher: Matcher,
-    pub(super) scores: Scores,
+    pub(super) crops: Crops,
+    /// The last sample's scores over its crops.
+    pub(super) scores: CropScores,
     /// Last (cosine, probability) of each label, for the ends that no sample decides.
     pub(super) last: Vec<(f32, f32)>,
+    /// Last winning crop of each label (messages, and what `action-scope=region` paints).
+    pub(super) places: Vec<Option<Placement>>,
     pub(super) video: Option<Video>,
     pub(super) segment: gst::FormattedSegment<gst::ClockTime>,
     pub(super) rules: Rules,
     pub(super) generation: u64,
     pub(super) sampler: Sampler,
-    pub(super) gate: SceneGate,
     /// Whether upstream is live, asked on the first sample when the gate is automatic.
     pub(super) gate_live: Option<bool>,
     /// The frame a gate-skipped sample would start a match with.
@@ -139,6 +204,7 @@ impl State {
                 .index
                 .and_then(|i| self.last.get(i).copied())
                 .unwrap_or((0.0, 0.0));
+            let place = c.index.and_then(|i| self.places.get(i).cloned().flatten());
             posts.push(Post::Element(
                 MatchMessage {
                     transition: Transition::End,
@@ -147,6 +213,7 @@ impl State {
                     probability: f64::from(probability),
                     position: position.clone(),
                     reason,
+                    place,
                     snapshot: None,
                 }
                 .to_structure(),
@@ -155,12 +222,56 @@ impl State {
         self.action = self.matcher.action(&self.labels);
     }
 
+    /// The negotiated frame size.
+    pub(super) fn size(&self) -> Option<(u32, u32)> {
+        self.video
+            .as_ref()
+            .map(|v| (v.info.width(), v.info.height()))
+    }
+
+    /// Plans the crops afresh for the negotiated size and `self.crops.spec`.
+    pub(super) fn replan(&mut self) -> Result<()> {
+        let size = self.size();
+        self.crops.replan(&self.pre, self.engine.dim(), size)
+    }
+
+    /// What blank or pixelate paint on a `width` x `height` frame now: the whole frame, or with
+    /// `action-scope=region` the box of each painting label's winning crop (strongest last).
+    pub(super) fn paint_areas(&self, width: u32, height: u32, out: &mut Vec<(Action, PixelBox)>) {
+        out.clear();
+        let whole = PixelBox::new(0, 0, width, height);
+        match self.rules.action_scope {
+            ClipFilterActionScope::Frame => {
+                if matches!(self.action, Action::Blank | Action::Pixelate) {
+                    out.push((self.action, whole));
+                }
+            }
+            ClipFilterActionScope::Region => {
+                for (i, label) in self.labels.labels.iter().enumerate() {
+                    if !self.matcher.is_active(i)
+                        || !matches!(label.action, Action::Blank | Action::Pixelate)
+                    {
+                        continue;
+                    }
+                    let area = self
+                        .places
+                        .get(i)
+                        .and_then(Option::as_ref)
+                        .map_or(whole, |p| p.rect.to_pixels(width, height));
+                    out.push((label.action, area));
+                }
+                // Pixelate first, so that a blank box over it stays blank.
+                out.sort_by_key(|(a, _)| matches!(a, Action::Blank));
+            }
+        }
+    }
+
     /// Forgets verdicts in flight and ends open episodes.
     pub(super) fn reset_stream(&mut self, reason: Reason, posts: &mut Vec<Post>) {
         self.discard_below = self.next_seq;
         self.pending.clear();
         self.sampler.reset();
-        self.gate.reset();
+        self.crops.reset_gates();
         let ended = self.matcher.end_all();
         self.end_messages(ended, reason, posts);
     }
@@ -175,6 +286,13 @@ impl State {
             .map(|l| l.name.clone())
             .zip(self.last.iter().copied())
             .collect();
+        let old_places: Vec<(String, Option<Placement>)> = self
+            .labels
+            .labels
+            .iter()
+            .map(|l| l.name.clone())
+            .zip(self.places.iter().cloned())
+            .collect();
         let ended = self.matcher.rebind(&reload.labels);
         let position = self.last_position.clone();
         for c in ended {
@@ -182,6 +300,10 @@ impl State {
                 .iter()
                 .find(|(n, _)| *n == c.label)
                 .map_or((0.0, 0.0), |(_, s)| *s);
+            let place = old_places
+                .iter()
+                .find(|(n, _)| *n == c.label)
+                .and_then(|(_, p)| p.clone());
             posts.push(Post::Element(
                 MatchMessage {
                     transition: Transition::End,
@@ -190,6 +312,7 @@ impl State {
                     probability: f64::from(probability),
                     position: position.clone(),
                     reason: Reason::Reload,
+                    place,
                     snapshot: None,
                 }
                 .to_structure(),
@@ -205,11 +328,30 @@ impl State {
                     .map_or((0.0, 0.0), |(_, s)| *s)
             })
             .collect();
+        self.places = reload
+            .labels
+            .labels
+            .iter()
+            .map(|l| {
+                old_places
+                    .iter()
+                    .find(|(n, _)| *n == l.name)
+                    .and_then(|(_, p)| p.clone())
+            })
+            .collect();
         self.set = reload.set;
         self.labels = reload.labels;
         // The next sample is inferred and scored against the new labels, whatever the gate says.
-        self.scores = Scores::default();
-        self.gate.reset();
+        self.scores = CropScores::default();
+        if reload.spec != self.crops.spec {
+            self.crops.spec = reload.spec;
+            if let Err(e) = self.replan() {
+                posts.push(Post::Warning(format!(
+                    "the reloaded regions cannot be used: {e}"
+                )));
+            }
+        }
+        self.crops.reset_gates();
         self.action = self.matcher.action(&self.labels);
         if let Some(path) = &self.labels_path {
             let labels = self.labels.labels.iter().map(|l| l.name.clone()).collect();
@@ -233,7 +375,8 @@ impl State {
     ) -> Option<String> {
         let Output {
             seq,
-            embedding,
+            embeddings,
+            images,
             latency,
             pixels,
             ..
@@ -251,7 +394,7 @@ impl State {
             .is_some_and(|p| p.seq == seq)
             .then(|| self.pending.pop_front())
             .flatten()?;
-        let embedding = match embedding {
+        let embeddings = match embeddings {
             Ok(e) => e,
             Err(message) => {
                 counters.errors.fetch_add(1, Ordering::Relaxed);
@@ -259,14 +402,57 @@ impl State {
             }
         };
         counters.inferred.fetch_add(1, Ordering::Relaxed);
+        counters
+            .crops_inferred
+            .fetch_add(images as u64, Ordering::Relaxed);
         let us = latency.as_micros() as u64;
         counters.latency_last_us.store(us, Ordering::Relaxed);
         counters.latency_sum_us.fetch_add(us, Ordering::Relaxed);
-        if let Err(e) = self.labels.score_into(&embedding, &mut self.scores) {
+        if pending.plan != self.crops.generation {
+            // Crops of a plan that a new frame size or new regions replaced.
+            return None;
+        }
+        let dim = self.engine.dim();
+        if embeddings.len() != pending.crops.len() * dim {
+            counters.errors.fetch_add(1, Ordering::Relaxed);
+            return Some(format!(
+                "{} floats of embeddings for {} crops",
+                embeddings.len(),
+                pending.crops.len()
+            ));
+        }
+        for (&i, e) in pending.crops.iter().zip(embeddings.chunks_exact(dim)) {
+            self.crops.embeddings[i * dim..(i + 1) * dim].copy_from_slice(e);
+            self.crops.known[i] = true;
+        }
+        let plan = self.crops.plan.as_ref()?;
+        if !self.crops.known.iter().all(|k| *k) {
+            return None;
+        }
+        if let Err(e) = score_crops(
+            &self.labels,
+            &plan.crops,
+            &self.crops.embeddings,
+            &mut self.scores,
+        ) {
             counters.errors.fetch_add(1, Ordering::Relaxed);
             return Some(e.to_string());
         }
-        self.apply_scores(&pending.position, pending.snapshot.as_ref(), latency, posts);
+        let places: Vec<Option<Placement>> = self
+            .scores
+            .winner
+            .iter()
+            .map(|w| w.and_then(|k| plan.crops.get(k)).map(|c| c.placement()))
+            .collect();
+        let inferred = pending.crops.len() as u32;
+        self.apply_scores(
+            &pending.position,
+            pending.snapshot.as_ref(),
+            latency,
+            inferred,
+            Some(places),
+            posts,
+        );
         None
     }
 
@@ -277,21 +463,29 @@ impl State {
         position: &Position,
         snapshot: Option<&gst::Sample>,
         latency: Duration,
+        inferred: u32,
+        places: Option<Vec<Option<Placement>>>,
         posts: &mut Vec<Post>,
     ) {
+        let scores = &self.scores.scores;
         self.last.clear();
         self.last.extend(
-            self.scores
+            scores
                 .cosine
                 .iter()
                 .copied()
-                .zip(self.scores.probability.iter().copied()),
+                .zip(scores.probability.iter().copied()),
         );
-        for c in self.matcher.update(&self.labels, &self.scores) {
+        for c in self.matcher.update(&self.labels, scores) {
             let (cosine, probability) = c
                 .index
                 .and_then(|i| self.last.get(i).copied())
                 .unwrap_or((0.0, 0.0));
+            // A start names the crop that made it; an end, where the label was matching.
+            let place = c.index.and_then(|i| match (c.transition, &places) {
+                (Transition::Start, Some(new)) => new.get(i).cloned().flatten(),
+                _ => self.places.get(i).cloned().flatten(),
+            });
             posts.push(Post::Element(
                 MatchMessage {
                     transition: c.transition,
@@ -300,10 +494,14 @@ impl State {
                     probability: f64::from(probability),
                     position: position.clone(),
                     reason: Reason::Sample,
+                    place,
                     snapshot: snapshot.cloned(),
                 }
                 .to_structure(),
             ));
+        }
+        if let Some(new) = places {
+            self.places = new;
         }
         if self.rules.post_scores {
             let doubles = |v: &[f32]| v.iter().map(|x| f64::from(*x)).collect();
@@ -311,8 +509,10 @@ impl State {
                 ScoresMessage {
                     position: position.clone(),
                     labels: self.labels.labels.iter().map(|l| l.name.clone()).collect(),
-                    scores: doubles(&self.scores.cosine),
-                    probabilities: doubles(&self.scores.probability),
+                    scores: doubles(&scores.cosine),
+                    probabilities: doubles(&scores.probability),
+                    places: self.places.clone(),
+                    inferred,
                     latency,
                 }
                 .to_structure(),
@@ -324,15 +524,15 @@ impl State {
     /// A sample the scene-change gate skipped: the last verdict stands for it (so hysteresis
     /// counts it like a repeated frame), unless a verdict is still on its way.
     pub(super) fn repeat_last(&mut self, position: Position, posts: &mut Vec<Post>) {
-        if !self.pending.is_empty() || self.scores.cosine.len() != self.labels.labels.len() {
+        if !self.pending.is_empty() || self.scores.scores.cosine.len() != self.labels.labels.len() {
             return;
         }
         let snapshot = self.gate_snapshot.take();
-        self.apply_scores(&position, snapshot.as_ref(), Duration::ZERO, posts);
+        self.apply_scores(&position, snapshot.as_ref(), Duration::ZERO, 0, None, posts);
     }
 
-    /// Converts the sampled frame to the model's input and queues it for inference; `None`
-    /// when the scene-change gate found it unchanged.
+    /// Converts the sampled frame's crops to the model's input and queues them for inference
+    /// as one job; `None` when the scene-change gates found every crop unchanged.
     pub(super) fn submit(
         &mut self,
         buf: &gst::BufferRef,
@@ -343,6 +543,11 @@ impl State {
             .video
             .as_ref()
             .ok_or_else(|| Error::invalid("caps", "a buffer arrived before the caps"))?;
+        let plan = self
+            .crops
+            .plan
+            .as_ref()
+            .ok_or_else(|| Error::invalid("caps", "no crops planned for the caps"))?;
         let frame = gst_video::VideoFrameRef::from_buffer_ref_readable(buf, &video.info)
             .map_err(|e| Error::invalid("frame", format!("cannot map the buffer: {e}")))?;
         let frame_ref = crate::video_frame::frame_ref(&frame, video.format, video.color)?;
@@ -358,26 +563,45 @@ impl State {
             (_, Some(true)) => AUTO_SCENE_GATE,
             _ => 0.0,
         };
+        let chosen = &mut self.crops.chosen;
+        chosen.clear();
         if threshold > 0.0 {
-            self.gate.set_config(GateConfig {
-                threshold: threshold as f32,
-                ..GateConfig::default()
-            });
             let time = Duration::from_nanos(
                 position
                     .stream_time
                     .or(position.running_time)
                     .map_or(0, |t| t.nseconds()),
             );
-            if let GateVerdict::Skip(_) = self.gate.check(&frame_ref, time) {
+            let config = GateConfig {
+                threshold: threshold as f32,
+                ..GateConfig::default()
+            };
+            for (i, (crop, gate)) in plan.crops.iter().zip(&mut self.crops.gates).enumerate() {
+                gate.set_config(config);
+                if let GateVerdict::Infer(_) = gate.check_area(&frame_ref, crop.pixels, time) {
+                    chosen.push(i);
+                }
+            }
+            if chosen.is_empty() {
                 counters.sampled.fetch_add(1, Ordering::Relaxed);
                 counters.skipped.fetch_add(1, Ordering::Relaxed);
                 self.gate_snapshot = self.rules.snapshot.then(snapshot);
                 return Ok(None);
             }
+            // Crops with no embedding yet go along with any that changed.
+            let known = &self.crops.known;
+            let before = chosen.len();
+            for i in (0..plan.len()).filter(|i| !known[*i]) {
+                if !chosen[..before].contains(&i) {
+                    chosen.push(i);
+                }
+            }
+            chosen.sort_unstable();
+        } else {
+            chosen.extend(0..plan.len());
         }
-        let mut pixels = self.stream.buffer();
-        if let Err(e) = self.pre.run(&frame_ref, &mut pixels) {
+        let mut pixels = self.stream.buffer_for(chosen.len());
+        if let Err(e) = plan.preprocess(&mut self.pre, &frame_ref, chosen, &mut pixels) {
             self.stream.recycle(pixels);
             return Err(e);
         }
@@ -387,13 +611,26 @@ impl State {
         counters.sampled.fetch_add(1, Ordering::Relaxed);
         if let Some(old) = submitted.replaced {
             counters.dropped.fetch_add(1, Ordering::Relaxed);
-            self.pending.retain(|p| p.seq != old);
+            if let Some(k) = self.pending.iter().position(|p| p.seq == old) {
+                let dropped = self.pending.remove(k).map(|p| p.crops).unwrap_or_default();
+                // Their gates took the dropped frame as reference: look again next time.
+                for i in dropped
+                    .into_iter()
+                    .filter(|i| !self.crops.chosen.contains(i))
+                {
+                    if let Some(g) = self.crops.gates.get_mut(i) {
+                        g.reset();
+                    }
+                }
+            }
         }
         self.next_seq = submitted.seq + 1;
         self.pending.push_back(Pending {
             seq: submitted.seq,
             position,
             snapshot,
+            crops: self.crops.chosen.clone(),
+            plan: self.crops.generation,
         });
         Ok(Some(submitted.seq))
     }
