@@ -39,6 +39,9 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
             clipfilterd::cli::model_fetch::run(args).map(|()| Outcome::Ok)
         }
         Command::Model(ModelCommand::Prepare(args)) => clipfilterd::cli::model_prepare::run(args),
+        Command::Model(ModelCommand::ExportTriton(args)) => {
+            clipfilterd::cli::model_export_triton::run(args)
+        }
     }
 }
 

@@ -782,6 +782,7 @@ fn every_example_config_and_label_set_passes_check() {
     for folder in [
         crate::util::daemon::examples(),
         crate::util::daemon::examples().join("labels"),
+        crate::util::daemon::examples().join("fleet"),
     ] {
         for entry in std::fs::read_dir(folder).unwrap() {
             let path = entry.unwrap().path();
@@ -790,7 +791,7 @@ fn every_example_config_and_label_set_passes_check() {
             }
         }
     }
-    assert!(files.len() >= 8, "{files:?}");
+    assert!(files.len() >= 9, "{files:?}");
     let out = crate::util::clipfilterd()
         .arg("check")
         .args(&files)
@@ -799,7 +800,7 @@ fn every_example_config_and_label_set_passes_check() {
         .unwrap();
     let (stdout, stderr) = crate::util::text(&out);
     assert!(out.status.success(), "{stdout}{stderr}");
-    assert_eq!(stdout.matches(": ok: daemon config").count(), 5, "{stdout}");
+    assert_eq!(stdout.matches(": ok: daemon config").count(), 6, "{stdout}");
     assert!(
         stdout.contains("models--Xenova--clip-vit-base-patch32/snapshots/"),
         "{stdout}"

@@ -28,7 +28,8 @@ fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
-fn outputs(toml_text: &str) -> Outputs {
+/// The outputs of a TOML text of `[[output]]` tables (also used by the NATS tests).
+pub(crate) fn outputs(toml_text: &str) -> Outputs {
     #[derive(serde::Deserialize)]
     struct File {
         output: Vec<OutputConfig>,
@@ -37,7 +38,8 @@ fn outputs(toml_text: &str) -> Outputs {
     Outputs::new(Path::new("test.toml"), file.output).unwrap()
 }
 
-fn events(pipeline: &str, n: u64) -> Vec<Event> {
+/// `n` events of `pipeline`, start and end in turn over three labels (also used by the NATS tests).
+pub(crate) fn events(pipeline: &str, n: u64) -> Vec<Event> {
     (0..n)
         .map(|i| {
             let state = if i % 2 == 0 {
@@ -53,7 +55,7 @@ fn events(pipeline: &str, n: u64) -> Vec<Event> {
 }
 
 /// Value of one series in the exposition, 0 when absent.
-fn metric(metrics: &Metrics, series: &str) -> f64 {
+pub(crate) fn metric(metrics: &Metrics, series: &str) -> f64 {
     metrics
         .encode()
         .lines()

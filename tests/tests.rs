@@ -11,5 +11,7 @@ mod delivery;
 mod element;
 mod engine;
 mod model_fetch;
+mod nats;
+mod remote;
 mod sd_notify;
 mod worker;

@@ -4,7 +4,7 @@
 #   bash tools/setup.sh [--build] [--gpu] [--no-apt] [--help]
 #
 # Steps (each skipped when already done):
-#   1. apt packages (GStreamer dev + plugins, mosquitto, opencv-doc, ...)
+#   1. apt packages (GStreamer dev + plugins, mosquitto, nats-server, opencv-doc, ...)
 #   2. ONNX Runtime shared library into .local/onnxruntime/lib/ (+ .local/env.sh)
 #   3. sample media into .local/media/ (photos from scikit-image's wheel and opencv-doc, vtest.avi)
 #   4. committed fixtures in tests/fixtures/ present? (regenerated with the torch venv only if missing)
@@ -23,7 +23,7 @@ Usage: bash tools/setup.sh [--build] [--gpu] [--no-apt] [--help]
 
 Sets up everything clipfilter needs on a Debian 12 machine, idempotently:
   1. apt packages: GStreamer (dev, tools, base/good/bad/ugly/libav plugins, rtsp-server), mosquitto,
-     opencv-doc, pkg-config, unzip, python3-venv (sudo is used when not root)
+     nats-server (the NATS output's tests start it with -js), opencv-doc, pkg-config, unzip, python3-venv (sudo is used when not root)
   2. ONNX Runtime 1.31.1 libonnxruntime.so from PyPI's wheel -> .local/onnxruntime/lib/
      (.local/env.sh exports ORT_DYLIB_PATH)
   3. sample media -> .local/media/photos/ and .local/media/video/vtest.avi
@@ -85,7 +85,7 @@ step 1 "apt packages"
 APT_PACKAGES=(
     libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev libgstreamer-plugins-bad1.0-dev
     libgstrtspserver-1.0-dev gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
-    gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav mosquitto opencv-doc
+    gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav mosquitto nats-server opencv-doc
     pkg-config unzip python3-venv ca-certificates systemd
 )
 if [[ $DO_APT -eq 0 ]]; then

@@ -14,6 +14,9 @@ if [ "${free_kib:-0}" -lt $((2 * 1024 * 1024)) ]; then
     echo "warning: only $((free_kib / 1024)) MiB free on $(df -P . | awk 'NR==2 {print $6}');" \
         "the test build needs about 1.5 GiB" >&2
 fi
+# No file imports another that imports it back (issue 9); fails the run with the circle.
+echo "==> tools/check-imports"
+python3 tools/check-imports
 # --all-targets builds the library once, with the features the tests unify, instead of a
 # second copy for the plugin's cdylib and the daemon binary.
 echo "==> cargo build --workspace --all-targets (the plugin's cdylib too)"

@@ -15,6 +15,8 @@
 //!   and input shape (via `tools/clip-tools bench-baselines`), with our ratio to each, and the
 //!   fp32 ceiling of this machine: ONNX Runtime's MatMul GFLOP/s on the tower's largest product
 //!   divided by the tower's FLOPs per image;
+//! - `triton`, `nats`: through servers (`--triton`, `--nats`), see [`super::bench_remote`];
+//!   not in the default set;
 //! - peak RSS is always reported.
 //!
 //! Benchmarks are commands, not tests: these machines are shared and noisy, so compare ratios
@@ -30,13 +32,16 @@ use clap::{Args, ValueEnum};
 use serde_json::{Value, json};
 
 use super::ModelArgs;
-use clipfilter::encoder::ImageEncoder;
-use clipfilter::engine::{Engine, EngineConfig, decode_image};
+use super::bench_session::{
+    ROUNDS, Rate, SessionBench, engine_config, frame_1080p, frame_ref, threads,
+};
+use clipfilter::engine::{Engine, decode_image};
 use clipfilter::labels::{CompiledLabels, LabelDefaults, LabelSet, Threshold};
 use clipfilter::matcher::Matcher;
 use clipfilter::model::{ModelDir, Variant};
-use clipfilter::preprocess::{FrameRef, PixelFormat, Preprocessor, YuvColor};
-use clipfilter::worker::{BatchConfig, StreamOptions};
+use clipfilter::preprocess::{PixelFormat, Preprocessor};
+use clipfilter::remote::WireFormat;
+use clipfilter::worker::StreamOptions;
 use clipfilter::zeroshot::{Scores, Templates};
 
 /// Parts of the benchmark.
@@ -51,6 +56,8 @@ pub enum Section {
     Baselines,
     Fit,
     Crops,
+    Triton,
+    Nats,
 }
 
 /// Arguments of `bench`.
@@ -95,159 +102,27 @@ pub struct BenchArgs {
     /// Photos for the int8-vs-fp32 comparison (default: .local/media/photos of the set-up).
     #[arg(long, value_name = "DIR")]
     pub photos: Option<PathBuf>,
+
+    /// Triton endpoint of the `triton` section (its models named as `model export-triton`
+    /// writes them: clip_image, clip_image_fp16, clip_image_uint8, clip_text).
+    #[arg(long, value_name = "URL")]
+    pub triton: Option<String>,
+
+    /// Wire formats of the `triton` section.
+    #[arg(long, value_delimiter = ',', default_value = "fp32,fp16,uint8", value_parser = parse_wire)]
+    pub wires: Vec<WireFormat>,
+
+    /// NATS server with JetStream for the `nats` section.
+    #[arg(long, value_name = "URL")]
+    pub nats: Option<String>,
+
+    /// Events published in the `nats` section.
+    #[arg(long, default_value_t = 6000)]
+    pub nats_events: usize,
 }
 
-pub(super) fn threads(args: &ModelArgs) -> usize {
-    if args.threads > 0 {
-        args.threads
-    } else {
-        std::thread::available_parallelism().map_or(2, usize::from)
-    }
-}
-
-/// A synthetic 1080p frame in `format` (a gradient with some texture, so resampling does work).
-pub(super) fn frame_1080p(format: PixelFormat) -> (Vec<u8>, [usize; 3], [usize; 3]) {
-    let (w, h) = (1920usize, 1080usize);
-    let px = |x: usize, y: usize, c: usize| ((x * (c + 1) + y * 3 + (x ^ y) % 17) % 256) as u8;
-    match format {
-        PixelFormat::Nv12 => {
-            let mut d = vec![0u8; w * h * 3 / 2];
-            for y in 0..h {
-                for x in 0..w {
-                    d[y * w + x] = px(x, y, 0);
-                }
-            }
-            for (i, v) in d[w * h..].iter_mut().enumerate() {
-                *v = 64 + (i % 128) as u8;
-            }
-            (d, [0, w * h, 0], [w, w, 0])
-        }
-        PixelFormat::I420 => {
-            let mut d = vec![0u8; w * h * 3 / 2];
-            for (i, v) in d.iter_mut().enumerate() {
-                *v = px(i % w, i / w, 1);
-            }
-            (d, [0, w * h, w * h + w * h / 4], [w, w / 2, w / 2])
-        }
-        f => {
-            let bpp = f.packed_bytes().unwrap_or(3);
-            let mut d = vec![0u8; w * h * bpp];
-            for (i, v) in d.iter_mut().enumerate() {
-                *v = px((i / bpp) % w, i / bpp / w, i % bpp);
-            }
-            (d, [0, 0, 0], [w * bpp, 0, 0])
-        }
-    }
-}
-
-pub(super) fn frame_ref<'a>(
-    format: PixelFormat,
-    data: &'a [u8],
-    offsets: [usize; 3],
-    strides: [usize; 3],
-) -> FrameRef<'a> {
-    let n = format.planes();
-    let plane = |i: usize| -> &'a [u8] {
-        if i < n {
-            let end = if i + 1 < n {
-                offsets[i + 1]
-            } else {
-                data.len()
-            };
-            &data[offsets[i]..end]
-        } else {
-            &[]
-        }
-    };
-    FrameRef {
-        format,
-        width: 1920,
-        height: 1080,
-        planes: [plane(0), plane(1), plane(2)],
-        strides,
-        color: YuvColor::default(),
-    }
-}
-
-pub(super) fn engine_config(args: &ModelArgs, max_batch: usize, variant: Variant) -> EngineConfig {
-    let mut cfg = args.engine_config();
-    cfg.variant = variant;
-    cfg.session.intra_threads = threads(args);
-    cfg.batch = BatchConfig {
-        max_batch,
-        ..cfg.batch
-    };
-    cfg
-}
-
-/// Images counted over seconds measured; rounds of several measurements add up.
-#[derive(Debug, Default, Clone, Copy)]
-pub(super) struct Rate {
-    pub(super) images: usize,
-    pub(super) seconds: f64,
-}
-
-impl Rate {
-    pub(super) fn add(&mut self, other: Rate) {
-        self.images += other.images;
-        self.seconds += other.seconds;
-    }
-
-    pub(super) fn per_s(self) -> f64 {
-        self.images as f64 / self.seconds
-    }
-}
-
-/// Rounds per figure: the measurements being compared take turns, so drift in the machine's
-/// load hits all of them alike instead of whichever happened to run last.
-pub(super) const ROUNDS: usize = 3;
-
-/// The bare image-tower session at one batch size, with a random input.
-struct SessionBench {
-    enc: ImageEncoder,
-    input: Vec<f32>,
-    out: Vec<f32>,
-    batch: usize,
-}
-
-impl SessionBench {
-    fn load(model: &ModelDir, args: &ModelArgs, batch: usize) -> anyhow::Result<Self> {
-        let size = model
-            .preprocess
-            .output_size()
-            .context("model has no fixed input size")?;
-        let mut cfg = args.engine_config().session;
-        cfg.intra_threads = threads(args);
-        let mut enc = ImageEncoder::load(&model.vision_onnx, size, &cfg)?;
-        let mut rng = fastrand::Rng::with_seed(7);
-        let input: Vec<f32> = (0..batch * enc.image_len())
-            .map(|_| rng.f32() * 4.0 - 2.0)
-            .collect();
-        let mut out = Vec::new();
-        for _ in 0..2 {
-            enc.encode(&input, batch, &mut out)?;
-        }
-        Ok(Self {
-            enc,
-            input,
-            out,
-            batch,
-        })
-    }
-
-    /// Runs for at least `seconds` (and at least three batches).
-    fn measure(&mut self, seconds: f64) -> anyhow::Result<Rate> {
-        let start = Instant::now();
-        let mut runs = 0;
-        while runs < 3 || start.elapsed().as_secs_f64() < seconds {
-            self.enc.encode(&self.input, self.batch, &mut self.out)?;
-            runs += 1;
-        }
-        Ok(Rate {
-            images: runs * self.batch,
-            seconds: start.elapsed().as_secs_f64(),
-        })
-    }
+fn parse_wire(s: &str) -> Result<WireFormat, String> {
+    clipfilter::remote::parse_wire(s).map_err(|e| e.to_string())
 }
 
 /// Images/s of the bare session at `batch`, measured on its own.
@@ -757,7 +632,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<super::Outcome> {
         );
     }
     if has(Section::Crops) {
-        report.insert("crops", super::bench_crops::crops_section(&args)?);
+        report.insert(
+            "crops",
+            super::bench_crops::crops_section(&args.model, args.seconds)?,
+        );
     }
 
     if has(Section::Latency) {
@@ -906,6 +784,26 @@ pub fn run(args: BenchArgs) -> anyhow::Result<super::Outcome> {
             }
         }
         report.insert("baselines", Value::Array(rows));
+    }
+
+    if has(Section::Triton) {
+        report.insert(
+            "triton",
+            super::bench_remote::triton_section(
+                args.triton.as_deref(),
+                &args.wires,
+                &args.batches,
+                args.seconds,
+                &args.model,
+                &model,
+            )?,
+        );
+    }
+    if has(Section::Nats) {
+        report.insert(
+            "nats",
+            super::bench_remote::nats_section(args.nats.as_deref(), args.nats_events)?,
+        );
     }
 
     let rss = peak_rss_mib();

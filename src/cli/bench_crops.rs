@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde_json::{Value, json};
 
-use super::bench::{BenchArgs, ROUNDS, Rate, engine_config, frame_1080p, frame_ref};
+use super::ModelArgs;
+use super::bench_session::{ROUNDS, Rate, engine_config, frame_1080p, frame_ref};
 use clipfilter::crops::{CropPlan, CropSpec, Fit, Tiles};
 use clipfilter::engine::Engine;
 use clipfilter::gate::{GateConfig, SceneGate, Verdict};
@@ -187,12 +188,8 @@ fn static_gate_ms(plan: &CropPlan, frame: &FrameRef<'_>, n: u32) -> f64 {
 }
 
 /// The `crops` section.
-pub(super) fn crops_section(args: &BenchArgs) -> anyhow::Result<Value> {
-    let engine = Engine::load(&engine_config(
-        &args.model,
-        args.model.batch.max(1),
-        args.model.variant,
-    ))?;
+pub(super) fn crops_section(args: &ModelArgs, seconds: f64) -> anyhow::Result<Value> {
+    let engine = Engine::load(&engine_config(args, args.batch.max(1), args.variant))?;
     let mut pre = engine.preprocessor()?;
     let (data, offsets, strides) = frame_1080p(PixelFormat::Nv12);
     let frame = frame_ref(PixelFormat::Nv12, &data, offsets, strides);
@@ -206,7 +203,7 @@ pub(super) fn crops_section(args: &BenchArgs) -> anyhow::Result<Value> {
     let mut rates = [Rate::default(); 3];
     let mut samples = [0usize; 3];
     let mut gate_ms = [0.0f64; 3];
-    let slice = args.seconds / ROUNDS as f64;
+    let slice = seconds / ROUNDS as f64;
     for p in &plans {
         plan_ms(&mut pre, p, &frame, &mut out, 3)?;
         samples_through(&engine, p, &frame, 0.0)?;
@@ -222,7 +219,7 @@ pub(super) fn crops_section(args: &BenchArgs) -> anyhow::Result<Value> {
     }
     println!(
         "\ncrops: one sampled 1920x1080 NV12 frame as 1 (whole frame, pad), 4 (2x2 tiles) or 9 (3x3 tiles) crops, batch {} (ratios to 1 crop):",
-        args.model.batch.max(1)
+        args.batch.max(1)
     );
     println!(
         "  {:<6} {:>14} {:>8} {:>14} {:>10} {:>14} {:>16}",

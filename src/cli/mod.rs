@@ -3,9 +3,12 @@
 pub mod bench;
 mod bench_crops;
 pub mod bench_element;
+mod bench_remote;
+mod bench_session;
 pub mod calibrate;
 pub mod check;
 pub mod classify;
+pub mod model_export_triton;
 pub mod model_fetch;
 pub mod model_prepare;
 pub mod run;
@@ -16,7 +19,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use clipfilter::encoder::{Provider, SessionConfig};
-use clipfilter::engine::EngineConfig;
+use clipfilter::engine::{Backend, EngineConfig};
 use clipfilter::model::Variant;
 use clipfilter::worker::BatchConfig;
 
@@ -77,6 +80,9 @@ pub enum ModelCommand {
     /// Load a model on the GPU providers ahead of time: TensorRT builds its engines into the
     /// engine cache now instead of when the daemon starts.
     Prepare(model_prepare::PrepareArgs),
+    /// Write a Triton Inference Server model repository for a model folder (onnxruntime
+    /// backend, dynamic batching, TensorRT fp16, and the uint8 / fp16 input variants).
+    ExportTriton(model_export_triton::ExportTritonArgs),
 }
 
 /// Model and inference options shared by the commands that load a model.
@@ -143,6 +149,7 @@ impl ModelArgs {
                 max_batch: self.batch.max(1),
                 ..BatchConfig::default()
             },
+            backend: Backend::Local,
         }
     }
 }

@@ -36,6 +36,7 @@ use crate::daemon::event::Event;
 use crate::daemon::metrics::{Metrics, OutputMetrics};
 use crate::daemon::outbox::Outbox;
 use crate::daemon::output::jsonl::JsonlOutput;
+use crate::daemon::output::nats::{self, NatsOutput};
 use crate::daemon::output::webhook::WebhookOutput;
 use crate::daemon::output::worker::{WorkerCtx, run_sync};
 use crate::daemon::output::{OutputConfig, Outputs, mqtt};
@@ -123,6 +124,13 @@ impl Delivery {
                     let c = c.clone();
                     grace = grace.max(mqtt::SHUTDOWN_WAIT);
                     Box::new(move |ctx| mqtt::run(ctx, c, tls))
+                }
+                OutputConfig::Nats(c) => {
+                    let output = NatsOutput::new(c.clone()).map_err(|e| {
+                        Error::worker(format!("output {name:?}: cannot start its runtime: {e}"))
+                    })?;
+                    grace = grace.max(nats::DEFAULT_ACK_TIMEOUT);
+                    Box::new(move |ctx| run_sync(ctx, output))
                 }
             };
             let kind = config.kind();

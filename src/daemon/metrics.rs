@@ -16,6 +16,10 @@
 //! | `clipfilter_inference_latency_seconds` | histogram | model |
 //! | `clipfilter_inference_batch_size` | histogram | model |
 //! | `clipfilter_inference_queue_depth` | gauge (read at scrape) | model |
+//! | `clipfilter_inference_unavailable_total` | counter (read at scrape): samples dropped, no Triton endpoint ready | model |
+//! | `clipfilter_triton_endpoint_up` | gauge (read at scrape), 1 ready, 0 down | model, endpoint |
+//! | `clipfilter_triton_requests_total` | counter (read at scrape) | model, endpoint |
+//! | `clipfilter_triton_request_errors_total` | counter (read at scrape) | model, endpoint |
 //! | `clipfilter_execution_provider` | gauge, always 1 (info) | model, provider |
 //! | `clipfilter_label_score` | histogram, buckets 0 to 0.5 by 0.025 | pipeline, label |
 //! | `clipfilter_label_matches_total` | counter | pipeline, label |
@@ -25,8 +29,8 @@
 //! | `clipfilter_output_events_dropped_total` | counter (outbox full) | output |
 //!
 //! "Read at scrape" values live elsewhere (the element's frame counters, the inference queue):
-//! register a closure with [`Metrics::set_frame_source`] or [`Metrics::set_queue_depth_source`]
-//! and it is called on each scrape; nothing is copied in between.
+//! register a closure with [`Metrics::set_frame_source`], [`Metrics::set_queue_depth_source`] or
+//! [`Metrics::set_backend_source`] and it is called on each scrape; nothing is copied in between.
 //!
 //! The exposition is OpenMetrics text ([`CONTENT_TYPE`]), which Prometheus scrapes natively.
 
@@ -141,6 +145,26 @@ struct OutputLabels {
 }
 
 type FrameSource = Arc<dyn Fn() -> FrameCounts + Send + Sync>;
+type BackendSource = Arc<dyn Fn() -> BackendCounts + Send + Sync>;
+
+/// What the inference backend of one model reports at scrape time (see
+/// [`Metrics::set_backend_source`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BackendCounts {
+    /// Samples dropped because no endpoint could serve them.
+    pub unavailable: u64,
+    /// Remote endpoints (none for the local backend).
+    pub endpoints: Vec<EndpointCounts>,
+}
+
+/// One Triton endpoint.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EndpointCounts {
+    pub endpoint: String,
+    pub up: bool,
+    pub requests: u64,
+    pub errors: u64,
+}
 type GaugeSource = Arc<dyn Fn() -> i64 + Send + Sync>;
 
 /// Values read at scrape time, encoded by a [`Collector`].
@@ -148,6 +172,7 @@ type GaugeSource = Arc<dyn Fn() -> i64 + Send + Sync>;
 struct ScrapeSources {
     frames: RwLock<BTreeMap<String, FrameSource>>,
     queue_depth: RwLock<BTreeMap<String, GaugeSource>>,
+    backend: RwLock<BTreeMap<String, BackendSource>>,
 }
 
 impl std::fmt::Debug for ScrapeSources {
@@ -216,6 +241,64 @@ impl Collector for ScrapeSources {
         for (model, depth) in &depths {
             let labels = [("model", model.as_str())];
             ConstGauge::new(*depth).encode(family.encode_family(&labels)?)?;
+        }
+        self.encode_backend(&mut encoder)
+    }
+}
+
+impl ScrapeSources {
+    fn encode_backend(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let backends: Vec<(String, BackendCounts)> = self
+            .backend
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(model, read)| (model.clone(), read()))
+            .collect();
+        let mut family = encoder.encode_descriptor(
+            "clipfilter_inference_unavailable",
+            "Samples dropped because no inference endpoint could serve them",
+            None,
+            MetricType::Counter,
+        )?;
+        for (model, counts) in &backends {
+            let labels = [("model", model.as_str())];
+            ConstCounter::new(counts.unavailable).encode(family.encode_family(&labels)?)?;
+        }
+        type Read = fn(&EndpointCounts) -> u64;
+        let families: [(&str, &str, MetricType, Read); 3] = [
+            (
+                "clipfilter_triton_endpoint_up",
+                "Whether the Triton endpoint is ready (1) or taken out (0)",
+                MetricType::Gauge,
+                |e| u64::from(e.up),
+            ),
+            (
+                "clipfilter_triton_requests",
+                "Requests sent to the Triton endpoint",
+                MetricType::Counter,
+                |e| e.requests,
+            ),
+            (
+                "clipfilter_triton_request_errors",
+                "Requests to the Triton endpoint that failed",
+                MetricType::Counter,
+                |e| e.errors,
+            ),
+        ];
+        for (name, help, kind, get) in families {
+            let mut family = encoder.encode_descriptor(name, help, None, kind)?;
+            for (model, counts) in &backends {
+                for e in &counts.endpoints {
+                    let labels = [("model", model.as_str()), ("endpoint", e.endpoint.as_str())];
+                    let value = get(e);
+                    if matches!(kind, MetricType::Gauge) {
+                        ConstGauge::new(value as i64).encode(family.encode_family(&labels)?)?;
+                    } else {
+                        ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -524,6 +607,20 @@ impl Metrics {
             .insert(model.to_owned(), Arc::new(read));
     }
 
+    /// Reads the inference backend of `model` from `read` at each scrape (replacing an earlier
+    /// source): dropped samples and, for Triton, each endpoint's state and requests.
+    pub fn set_backend_source(
+        &self,
+        model: &str,
+        read: impl Fn() -> BackendCounts + Send + Sync + 'static,
+    ) {
+        self.scrape
+            .backend
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(model.to_owned(), Arc::new(read));
+    }
+
     /// Removes every series of `pipeline` (when it is removed from the configuration). Handles
     /// still held keep working but are no longer exported.
     pub fn remove_pipeline(&self, pipeline: &str) {
@@ -635,6 +732,15 @@ mod tests {
             ..Default::default()
         });
         m.set_queue_depth_source("clip-b32", || 7);
+        m.set_backend_source("clip-b32", || BackendCounts {
+            unavailable: 12,
+            endpoints: vec![EndpointCounts {
+                endpoint: "grpc://gpu1:8001".into(),
+                up: false,
+                requests: 40,
+                errors: 3,
+            }],
+        });
 
         let text = m.encode();
         assert!(text.ends_with("# EOF\n"));
@@ -675,6 +781,13 @@ mod tests {
         assert!(text.contains("clipfilter_frames_seen_total{pipeline=\"cam1\"} 10\n"));
         assert!(text.contains("clipfilter_frames_sampled_total{pipeline=\"cam1\"} 5\n"));
         assert!(text.contains("clipfilter_inference_queue_depth{model=\"clip-b32\"} 7\n"));
+        assert!(
+            text.contains("clipfilter_inference_unavailable_total{model=\"clip-b32\"} 12\n"),
+            "{text}"
+        );
+        assert!(text.contains("clipfilter_triton_endpoint_up{model=\"clip-b32\",endpoint=\"grpc://gpu1:8001\"} 0\n"), "{text}");
+        assert!(text.contains("clipfilter_triton_requests_total{model=\"clip-b32\",endpoint=\"grpc://gpu1:8001\"} 40\n"), "{text}");
+        assert!(text.contains("clipfilter_triton_request_errors_total{model=\"clip-b32\",endpoint=\"grpc://gpu1:8001\"} 3\n"), "{text}");
 
         seen.store(11, Ordering::Relaxed);
         assert!(

@@ -113,6 +113,7 @@ pub fn engine_config(model: &ElementModel) -> EngineConfig {
             max_batch: model.config.max_batch.max(1) as usize,
             ..BatchConfig::default()
         },
+        backend: model.config.backend.clone(),
     }
 }
 

@@ -10,8 +10,15 @@
 
 use gst::prelude::*;
 
+use std::path::PathBuf;
+
+use clipfilter::engine::Backend;
+use clipfilter::remote::RemoteConfig;
 use gstclipfilter::clipfilter::properties as props;
-use gstclipfilter::clipfilter::{ClipFilterAction, ClipFilterThresholdKind, ClipFilterVariant};
+use gstclipfilter::clipfilter::{
+    ClipFilterAction, ClipFilterBackend, ClipFilterFallback, ClipFilterThresholdKind,
+    ClipFilterVariant, ClipFilterWireFormat,
+};
 
 use crate::daemon::config::source::SourceKind;
 use crate::daemon::config::{LabelSource, PipelineConfig};
@@ -50,6 +57,9 @@ pub fn configure_filter(filter: &gst::Element, cfg: &PipelineConfig, model: &Ele
     if let Some(cache) = &model.config.tensorrt_cache {
         filter.set_property(props::TENSORRT_CACHE, cache.display().to_string());
     }
+    if let Backend::Triton(remote) = &model.config.backend {
+        configure_remote(filter, remote);
+    }
     match &cfg.labels {
         LabelSource::File(path) => filter.set_property(props::LABELS, path.display().to_string()),
         LabelSource::Prompts(prompts) => filter.set_property(props::PROMPTS, prompts.join(";")),
@@ -84,6 +94,31 @@ pub fn configure_filter(filter: &gst::Element, cfg: &PipelineConfig, model: &Ele
     filter.set_property(props::POST_SCORES, true);
     filter.set_property(props::SNAPSHOT, cfg.snapshots);
     cfg.view.configure(filter);
+}
+
+/// Sets the properties of `backend=triton`: the element builds the same [`RemoteConfig`] from
+/// them, so that every element shares the daemon's engine.
+fn configure_remote(filter: &gst::Element, remote: &RemoteConfig) {
+    // Nanoseconds, within the properties' range (the configuration refuses less than 1 ms).
+    let clock = |d: std::time::Duration| {
+        u64::try_from(d.as_nanos()).map_or(u64::MAX - 1, |n| n.min(u64::MAX - 1))
+    };
+    filter.set_property(props::BACKEND, ClipFilterBackend::Triton);
+    filter.set_property(props::ENDPOINTS, remote.endpoints.join(","));
+    filter.set_property(props::WIRE_FORMAT, ClipFilterWireFormat::from(remote.wire));
+    filter.set_property(props::IMAGE_MODEL_NAME, &remote.image_model);
+    filter.set_property(props::TEXT_MODEL_NAME, &remote.text_model);
+    filter.set_property(props::REMOTE_TIMEOUT, clock(remote.timeout));
+    filter.set_property(props::CONNECT_TIMEOUT, clock(remote.connect_timeout));
+    filter.set_property(props::START_TIMEOUT, clock(remote.start_timeout));
+    filter.set_property(props::FALLBACK, ClipFilterFallback::from(remote.fallback));
+    if let Some(tls) = &remote.tls {
+        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+        filter.set_property(props::TLS_CA, path(&tls.ca_certificate));
+        filter.set_property(props::TLS_CERTIFICATE, path(&tls.client_certificate));
+        filter.set_property(props::TLS_KEY, path(&tls.client_key));
+        filter.set_property(props::TLS_DOMAIN, tls.domain.clone());
+    }
 }
 
 /// Builds the pipeline for `cfg`. Failures name the pipeline and what is missing or wrong.

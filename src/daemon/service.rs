@@ -20,7 +20,7 @@ use crossbeam_channel::select;
 use crate::daemon::config::{Config, ModelSource};
 use crate::daemon::delivery::{Delivery, EventOutputs};
 use crate::daemon::http::{self, HttpServer};
-use crate::daemon::metrics::Metrics;
+use crate::daemon::metrics::{BackendCounts, EndpointCounts, Metrics};
 use crate::daemon::model::{ElementModel, load_engine};
 use crate::daemon::notify::{Heartbeat, Notifier};
 use crate::daemon::reload::{Trigger, Triggers};
@@ -86,12 +86,16 @@ impl View {
                 "image_provider": image.name(),
                 "text_provider": text.name(),
                 "max_batch": model.config.max_batch,
+                "backend": engine.config().backend.name(),
+                "remote": remote_status(&engine),
             },
             "inference": {
                 "images": load(&stats.images),
                 "batches": load(&stats.batches),
                 "dropped": load(&stats.dropped),
                 "errors": load(&stats.errors),
+                "unavailable": load(&stats.unavailable),
+                "unavailable_reason": stats.unavailable_reason(),
                 "queue_depth": load(&stats.queue_depth),
                 "seconds_since_last_beat": stats.since_last_beat().as_secs_f64(),
             },
@@ -200,6 +204,55 @@ fn register_model_metrics(metrics: &Metrics, model: &ElementModel, engine: &Arc<
     metrics.set_queue_depth_source(&label, move || {
         stats.queue_depth.load(std::sync::atomic::Ordering::Relaxed) as i64
     });
+    let stats = engine.stats().clone();
+    let remote = engine.remote().cloned();
+    metrics.set_backend_source(&label, move || BackendCounts {
+        unavailable: stats.unavailable.load(std::sync::atomic::Ordering::Relaxed),
+        endpoints: remote
+            .iter()
+            .flat_map(|r| r.status())
+            .map(|e| EndpointCounts {
+                up: e.health == clipfilter_triton::Health::Ready,
+                endpoint: e.endpoint,
+                requests: e.requests,
+                errors: e.errors,
+            })
+            .collect(),
+    });
+}
+
+/// The remote backend's state for `/status` (`null` for the local one).
+fn remote_status(engine: &Engine) -> serde_json::Value {
+    let Some(remote) = engine.remote() else {
+        return serde_json::Value::Null;
+    };
+    let endpoints: Vec<serde_json::Value> = remote
+        .status()
+        .into_iter()
+        .map(|e| {
+            serde_json::json!({
+                "endpoint": e.endpoint,
+                "state": match e.health {
+                    clipfilter_triton::Health::Ready => "ready",
+                    clipfilter_triton::Health::Down => "down",
+                },
+                "seconds_in_state": e.since.as_secs_f64(),
+                "failures": e.failures,
+                "last_error": e.last_error,
+                "next_probe_seconds": e.next_probe.as_secs_f64(),
+                "requests": e.requests,
+                "errors": e.errors,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "image_model": remote.config.image_model,
+        "text_model": remote.config.text_model,
+        "wire_format": remote.config.wire.as_str(),
+        "fallback": remote.config.fallback.name(),
+        "fallback_batches": remote.fallback_batches(),
+        "endpoints": endpoints,
+    })
 }
 
 fn start_http(addr: &str, metrics: &Arc<Metrics>, view: &Arc<View>) -> Result<HttpServer> {

@@ -15,7 +15,31 @@ use crate::error::{Error, Result};
 use crate::labels::{CompiledLabels, LabelDefaults, LabelSet};
 use crate::model::{ModelDir, Variant};
 use crate::preprocess::Preprocessor;
+use crate::remote::{Remote, RemoteConfig, WireFormat};
+use crate::tower::ImageTower;
 use crate::worker::{BatchConfig, Stream, StreamOptions, Worker, WorkerStats};
+
+/// Where the towers run.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub enum Backend {
+    /// ONNX Runtime sessions in this process (`session` of [`EngineConfig`]).
+    #[default]
+    Local,
+    /// A Triton Inference Server pool; the local folder gives the tokenizer, preprocessing and
+    /// the interface the server's models are checked against. (Boxed: it is much larger than
+    /// `Local`.)
+    Triton(Box<RemoteConfig>),
+}
+
+impl Backend {
+    /// `local` or `triton`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Backend::Local => "local",
+            Backend::Triton(_) => "triton",
+        }
+    }
+}
 
 /// Everything that identifies a loaded model.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -24,6 +48,7 @@ pub struct EngineConfig {
     pub variant: Variant,
     pub session: SessionConfig,
     pub batch: BatchConfig,
+    pub backend: Backend,
 }
 
 impl EngineConfig {
@@ -34,6 +59,7 @@ impl EngineConfig {
             variant: Variant::Fp32,
             session: SessionConfig::default(),
             batch: BatchConfig::default(),
+            backend: Backend::Local,
         }
     }
 }
@@ -47,6 +73,7 @@ pub struct Engine {
     image_provider: Provider,
     text_provider: Provider,
     dim: usize,
+    remote: Option<Remote>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -86,7 +113,7 @@ impl Engine {
 
     /// Loads a model (not shared).
     pub fn load(config: &EngineConfig) -> Result<Engine> {
-        let _span = tracing::info_span!("load_model", model = %config.model_dir.display(), variant = %config.variant).entered();
+        let _span = tracing::info_span!("load_model", model = %config.model_dir.display(), variant = %config.variant, backend = config.backend.name()).entered();
         let model = ModelDir::open(&config.model_dir, config.variant)?;
         let size = model.preprocess.output_size().ok_or_else(|| {
             Error::model(
@@ -94,22 +121,24 @@ impl Engine {
                 "preprocessor_config.json does not fix the image size (no crop_size)",
             )
         })?;
-        let mut image = ImageEncoder::load(&model.vision_onnx, size, &config.session)?;
-        // The text tower runs once per label change, with prompts of every length: on TensorRT
-        // each new shape would build an engine, so it runs on the next provider in the list.
-        let mut text_session = config.session.clone();
-        // Label changes wait for the text tower: it keeps the loader's priority.
-        text_session.nice = 0;
-        text_session.providers.retain(|p| *p != Provider::TensorRt);
-        if text_session.providers.is_empty() {
-            text_session.providers.push(Provider::Cpu);
-        }
-        if text_session.require_provider
-            && config.session.providers.first() == Some(&Provider::TensorRt)
-        {
-            text_session.require_provider = false;
-        }
-        let mut text = TextEncoder::load(&model, &text_session)?;
+        let (mut image, mut text, remote): (Box<dyn ImageTower>, TextEncoder, Option<Remote>) =
+            match &config.backend {
+                Backend::Local => {
+                    let image = ImageEncoder::load(&model.vision_onnx, size, &config.session)?;
+                    let text = TextEncoder::load(&model, &text_session(&config.session))?;
+                    (Box::new(image), text, None)
+                }
+                Backend::Triton(remote) => {
+                    let towers = crate::remote::connect(
+                        remote,
+                        &model,
+                        &config.session,
+                        &text_session(&config.session),
+                    )?;
+                    let text = TextEncoder::new(&model, Box::new(towers.text))?;
+                    (Box::new(towers.image), text, Some(towers.remote))
+                }
+            };
 
         // One image and one text through the towers: catches towers that don't belong together
         // before any frame arrives, and warms the providers up. On a GPU the largest batch runs
@@ -118,7 +147,7 @@ impl Engine {
         let mut out = Vec::new();
         image.encode(&vec![0.0; image.image_len()], 1, &mut out)?;
         let max_batch = config.batch.max_batch.max(1);
-        if image.provider() != Provider::Cpu && max_batch > 1 {
+        if matches!(image.provider(), Provider::Cuda | Provider::TensorRt) && max_batch > 1 {
             let started = std::time::Instant::now();
             let mut big = Vec::new();
             image.encode(
@@ -168,7 +197,13 @@ impl Engine {
             image_provider,
             text_provider,
             dim: text_dim,
+            remote,
         })
+    }
+
+    /// The remote backend's pool and counters, when the towers run on Triton.
+    pub fn remote(&self) -> Option<&Remote> {
+        self.remote.as_ref()
     }
 
     /// The model folder and its settings.
@@ -191,9 +226,16 @@ impl Engine {
         (self.image_provider, self.text_provider)
     }
 
-    /// A preprocessor for this model (one per producing thread).
+    /// A preprocessor for this model (one per producing thread). With the uint8 wire format
+    /// it leaves the values unnormalised (the 8-bit RGB values, which the server's model
+    /// normalises).
     pub fn preprocessor(&self) -> Result<Preprocessor> {
-        Preprocessor::new(self.model.preprocess.clone())
+        match &self.config.backend {
+            Backend::Triton(r) if r.wire == WireFormat::Uint8 => {
+                Preprocessor::new(self.model.preprocess.unnormalised())
+            }
+            _ => Preprocessor::new(self.model.preprocess.clone()),
+        }
     }
 
     /// A stream into the shared image worker.
@@ -266,7 +308,10 @@ impl Engine {
                     message: "no result from the inference worker".into(),
                 })?;
             pending -= 1;
-            out.push(o.embeddings.map_err(|message| Error::Worker { message })?);
+            out.push(
+                o.embeddings
+                    .map_err(|f| Error::Worker { message: f.message })?,
+            );
             stream.recycle(o.pixels);
         }
         Ok(out)
@@ -289,6 +334,23 @@ impl Engine {
         pre.run_rgb8(rgb.as_raw(), rgb.width(), rgb.height(), &mut out)?;
         Ok(out)
     }
+}
+
+/// The session config of the text tower (and of the local fallback): the text tower runs once
+/// per label change, with prompts of every length: on TensorRT each new shape would build an
+/// engine, so it runs on the next provider in the list, at the loader's priority (label changes
+/// wait for it).
+fn text_session(session: &SessionConfig) -> SessionConfig {
+    let mut text = session.clone();
+    text.nice = 0;
+    text.providers.retain(|p| *p != Provider::TensorRt);
+    if text.providers.is_empty() {
+        text.providers.push(Provider::Cpu);
+    }
+    if text.require_provider && session.providers.first() == Some(&Provider::TensorRt) {
+        text.require_provider = false;
+    }
+    text
 }
 
 fn stream_window(engine: &Engine) -> usize {

@@ -118,6 +118,13 @@ pub enum Error {
     #[error("inference worker: {message}")]
     Worker { message: String },
 
+    /// Remote inference (Triton Inference Server) failed, or cannot be set up.
+    #[error("{context}: {cause}")]
+    Remote {
+        context: String,
+        cause: clipfilter_triton::Error,
+    },
+
     /// Several problems in what the user gave, found in one pass (each names its file, line and
     /// field); shown one per line.
     #[error("{}", problem_lines(.0))]
@@ -228,6 +235,27 @@ impl Error {
         }
     }
 
+    /// An [`Error::Remote`] with `context`.
+    pub fn remote(context: impl Into<String>, cause: clipfilter_triton::Error) -> Self {
+        Error::Remote {
+            context: context.into(),
+            cause,
+        }
+    }
+
+    /// True when remote inference could not run because no endpoint can serve it now (all
+    /// down, unreachable, timing out, not ready): the sample is dropped and counted, not an
+    /// inference error, and it passes when an endpoint is back.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Error::Remote { cause, .. } => {
+                matches!(cause, clipfilter_triton::Error::NoReadyEndpoint { .. })
+                    || cause.is_endpoint_failure()
+            }
+            _ => false,
+        }
+    }
+
     /// An [`Error::Onnx`] with `context`.
     pub fn onnx(context: impl Into<String>, source: ort::Error) -> Self {
         Error::Onnx {
@@ -253,6 +281,12 @@ impl Error {
                     | std::io::ErrorKind::InvalidData
                     | std::io::ErrorKind::IsADirectory
                     | std::io::ErrorKind::NotADirectory
+            ),
+            Error::Remote { cause, .. } => matches!(
+                cause,
+                clipfilter_triton::Error::Config { .. }
+                    | clipfilter_triton::Error::MetadataMismatch { .. }
+                    | clipfilter_triton::Error::TlsUnsupported { .. }
             ),
             Error::RuntimeLibrary { .. }
             | Error::Onnx { .. }

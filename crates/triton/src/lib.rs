@@ -7,6 +7,7 @@
 //!   batches as float32, float16 or uint8 RGB (normalisation folded into the server's model).
 //! - [`ModelMetadata`], [`ImageModelSpec`], [`TextModelSpec`]: the server's model checked against the
 //!   local model folder (input shape and type, embedding size).
+//! - [`onnx_io`]: an ONNX model's inputs and outputs, read without its weights.
 //! - [`fold`]: rewrites an image-tower ONNX model to take uint8 RGB (or float16) input.
 //! - [`bench`]: loopback round-trip per wire format and batch size.
 //!
@@ -20,18 +21,22 @@
 //! # Ok::<(), clipfilter_triton::Error>(())
 //! ```
 
+mod address;
 pub mod bench;
 mod client;
+pub mod config;
 pub mod error;
 pub mod fold;
 pub mod metadata;
+pub mod onnx_io;
 pub mod pool;
 pub mod proto;
 pub mod tensor;
 
-pub use client::DEFAULT_PORT;
+pub use address::{DEFAULT_PORT, check_endpoint};
 pub use error::{Error, Result};
 pub use metadata::{ImageModelSpec, ModelMetadata, ModelSpec, TensorSpec, TextModelSpec};
+pub use onnx_io::{GraphIo, TensorInfo, read_graph_io};
 pub use pool::{Backoff, EndpointStatus, Health, ModelCheck, Pool, PoolConfig, TlsConfig};
 pub use tensor::{DataType, Tensor, WireFormat};
 /// The gRPC status code in [`Error::Status`] (tonic's).

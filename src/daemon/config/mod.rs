@@ -20,6 +20,22 @@
 //! # onnxruntime = "/opt/onnxruntime/lib/libonnxruntime.so"   # the ONNX Runtime library to load
 //! #                               # (default: see `clipfilter::runtime`); loaded once per process:
 //! #                               # a change takes effect at the next start
+//! # backend = "triton"            # local (default) | triton: the towers run on Triton
+//! #                               # Inference Server; the folder above still gives the tokenizer
+//! #                               # and preprocessing, and the servers' models are checked against it
+//! # endpoints = ["grpc://gpu1:8001", "grpcs://gpu2:8001"]   # round-robin over ready ones
+//! # wire_format = "uint8"         # fp32 (default) | fp16 | uint8 (8-bit RGB, normalised by the server)
+//! # image_model = "clip_image_uint8"   # default: clip_image[_fp16|_uint8] after wire_format
+//! # text_model = "clip_text"
+//! # timeout = "5s"                # one call, failing over to another endpoint included
+//! # connect_timeout = "2s"        # connect and health check
+//! # start_timeout = "30s"         # wait at start for one endpoint to be ready
+//! # fallback = "none"             # none: no endpoint ready -> samples dropped and counted;
+//! #                               # local: run them on this machine's ONNX Runtime
+//! # tls_ca = "ca.pem"             # grpcs://: CA, client certificate + key, name to verify
+//! # tls_certificate = "client.pem"
+//! # tls_key = "client.key"
+//! # tls_domain = "triton.internal"
 //!
 //! [snapshots]                     # JPEGs of the frames that start matches
 //! # draw_box = true               # outline the crop that matched (what the model saw)
@@ -404,8 +420,10 @@ mod tests {
     use super::*;
     use crate::daemon::config::source::{SourceKind, Transport};
     use clipfilter::encoder::Provider;
+    use clipfilter::engine::Backend;
     use clipfilter::labels::Threshold;
     use clipfilter::model::Variant;
+    use clipfilter::remote::{Fallback, WireFormat};
     use gstclipfilter::clipfilter::ClipFilterMode;
 
     fn parse(text: &str) -> Result<Config> {
@@ -890,5 +908,87 @@ interval = "soon"
             }
         }
         assert!(failures.is_empty(), "{failures:#?}");
+    }
+
+    #[test]
+    fn the_triton_backend_and_its_keys() {
+        let c = parse(
+            "[model]\npath = \"m\"\nbackend = \"triton\"\nendpoints = [\"grpc://gpu1:8001\", \"gpu2:8001\"]\nwire_format = \"uint8\"\ntimeout = \"2s\"\nstart_timeout = \"1m\"\nfallback = \"local\"\ntls_ca = \"ca.pem\"\n",
+        )
+        .unwrap();
+        let Backend::Triton(r) = &c.model.backend else {
+            panic!("{:?}", c.model.backend);
+        };
+        assert_eq!(r.endpoints, ["grpc://gpu1:8001", "gpu2:8001"]);
+        assert_eq!(r.wire, WireFormat::Uint8);
+        assert_eq!(r.image_model, "clip_image_uint8");
+        assert_eq!(r.text_model, "clip_text");
+        assert_eq!(r.timeout, Duration::from_secs(2));
+        assert_eq!(r.start_timeout, Duration::from_secs(60));
+        assert_eq!(r.fallback, Fallback::Local);
+        let tls = r.tls.as_ref().unwrap();
+        assert_eq!(
+            tls.ca_certificate.as_deref(),
+            Some(Path::new("/etc/clipfilter/ca.pem"))
+        );
+        assert_eq!(parse(MINIMAL).unwrap().model.backend, Backend::Local);
+
+        let cases = [
+            (
+                "endpoints = [\"grpc://a:1\"]",
+                "model.endpoints",
+                "goes with backend",
+            ),
+            (
+                "backend = \"remote\"",
+                "model.backend",
+                "expected local or triton",
+            ),
+            ("backend = \"triton\"", "model.endpoints", "needs endpoints"),
+            (
+                "backend = \"triton\"\nendpoints = []",
+                "model.endpoints",
+                "empty",
+            ),
+            (
+                "backend = \"triton\"\nendpoints = [\"http2://a:1\"]",
+                "model.endpoints",
+                "unknown scheme",
+            ),
+            (
+                "backend = \"triton\"\nendpoints = [\"a:1\"]\nwire_format = \"int4\"",
+                "model.wire_format",
+                "expected fp32",
+            ),
+            (
+                "backend = \"triton\"\nendpoints = [\"a:1\"]\ntimeout = \"0s\"",
+                "model.timeout",
+                "at least 1ms",
+            ),
+            (
+                "backend = \"triton\"\nendpoints = [\"a:1\"]\nstart_timeout = \"1000h\"",
+                "model.start_timeout",
+                "at most 24h",
+            ),
+            (
+                "backend = \"triton\"\nendpoints = [\"a:1\"]\nfallback = \"cloud\"",
+                "model.fallback",
+                "none or local",
+            ),
+            (
+                "backend = \"triton\"\nendpoints = [\"a:1\"]\ntls_key = \"k.pem\"",
+                "model.tls_certificate",
+                "go together",
+            ),
+            (
+                "backend = \"triton\"\nendpoints = [\"a:1\"]\nimage_model = \"a/b\"",
+                "model.image_model",
+                "not a Triton model name",
+            ),
+        ];
+        for (extra, field, message) in cases {
+            let e = err(&format!("[model]\npath = \"m\"\n{extra}\n"));
+            assert!(e.contains(field) && e.contains(message), "{extra}: {e}");
+        }
     }
 }

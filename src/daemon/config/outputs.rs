@@ -50,6 +50,7 @@ fn output(cx: &Ctx<'_>, raw: &OutputConfig, default_pending: Option<u64>) -> Out
             OutputConfig::Jsonl(c) => &mut c.max_pending,
             OutputConfig::Webhook(c) => &mut c.max_pending,
             OutputConfig::Mqtt(c) => &mut c.max_pending,
+            OutputConfig::Nats(c) => &mut c.max_pending,
         };
         slot.get_or_insert(n);
     }

@@ -55,6 +55,19 @@ pub(super) struct RawModel {
     pub max_batch: Option<Spanned<u32>>,
     pub tensorrt_cache: Option<Spanned<PathBuf>>,
     pub onnxruntime: Option<Spanned<PathBuf>>,
+    pub backend: Option<Spanned<String>>,
+    pub endpoints: Option<Spanned<Vec<String>>>,
+    pub wire_format: Option<Spanned<String>>,
+    pub image_model: Option<Spanned<String>>,
+    pub text_model: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
+    pub connect_timeout: Option<Spanned<String>>,
+    pub start_timeout: Option<Spanned<String>>,
+    pub fallback: Option<Spanned<String>>,
+    pub tls_ca: Option<Spanned<PathBuf>>,
+    pub tls_certificate: Option<Spanned<PathBuf>>,
+    pub tls_key: Option<Spanned<PathBuf>>,
+    pub tls_domain: Option<Spanned<String>>,
 }
 
 /// A size: bytes, or a string such as `"256MiB"`.

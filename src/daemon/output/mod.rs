@@ -25,6 +25,12 @@
 //! retain = false
 //! tls = false                    # true: MQTT over TLS (rustls); ca_file = "ca.pem" to trust
 //! keep_alive = "30s"
+//!
+//! [[output]]
+//! name = "fleet"
+//! type = "nats"                  # NATS JetStream, see [`nats`]
+//! servers = ["nats://127.0.0.1:4222"]
+//! subject = "clipfilter.{pipeline}.{label}"
 //! ```
 //!
 //! Every output also takes `retry_initial` (default `"1s"`), `retry_max` (default `"60s"`) and
@@ -39,6 +45,7 @@
 
 pub mod jsonl;
 pub mod mqtt;
+pub mod nats;
 pub mod webhook;
 pub(crate) mod worker;
 
@@ -87,6 +94,8 @@ pub enum OutputConfig {
     Webhook(WebhookConfig),
     /// `type = "mqtt"`: MQTT publish (QoS 1) of the event JSON.
     Mqtt(MqttConfig),
+    /// `type = "nats"`: NATS JetStream publish (acknowledged, the event id as `Nats-Msg-Id`).
+    Nats(nats::NatsConfig),
 }
 
 /// `type = "jsonl"`.
@@ -202,15 +211,17 @@ impl OutputConfig {
             OutputConfig::Jsonl(c) => &c.name,
             OutputConfig::Webhook(c) => &c.name,
             OutputConfig::Mqtt(c) => &c.name,
+            OutputConfig::Nats(c) => &c.name,
         }
     }
 
-    /// `"jsonl"`, `"webhook"` or `"mqtt"`.
+    /// `"jsonl"`, `"webhook"`, `"mqtt"` or `"nats"`.
     pub fn kind(&self) -> &'static str {
         match self {
             OutputConfig::Jsonl(_) => "jsonl",
             OutputConfig::Webhook(_) => "webhook",
             OutputConfig::Mqtt(_) => "mqtt",
+            OutputConfig::Nats(_) => "nats",
         }
     }
 
@@ -220,6 +231,7 @@ impl OutputConfig {
             OutputConfig::Jsonl(c) => (c.retry_initial, c.retry_max),
             OutputConfig::Webhook(c) => (c.retry_initial, c.retry_max),
             OutputConfig::Mqtt(c) => (c.retry_initial, c.retry_max),
+            OutputConfig::Nats(c) => (c.retry_initial, c.retry_max),
         };
         RetryPolicy {
             initial: initial.unwrap_or(DEFAULT_RETRY_INITIAL),
@@ -233,6 +245,7 @@ impl OutputConfig {
             OutputConfig::Jsonl(c) => c.max_pending,
             OutputConfig::Webhook(c) => c.max_pending,
             OutputConfig::Mqtt(c) => c.max_pending,
+            OutputConfig::Nats(c) => c.max_pending,
         }
         .unwrap_or(DEFAULT_MAX_PENDING)
     }
@@ -324,6 +337,7 @@ impl OutputConfig {
                     ));
                 }
             }
+            OutputConfig::Nats(c) => c.check().map_err(|(sub, m)| err(sub, m))?,
         }
         Ok(())
     }

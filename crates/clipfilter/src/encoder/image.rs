@@ -8,6 +8,7 @@ use ort::value::{TensorElementType, TensorRef};
 
 use super::{Port, Provider, SessionConfig, build_session, find_output, names, port};
 use crate::error::{Error, Result};
+use crate::tower::ImageTower;
 
 /// A loaded image tower. `encode` takes `&mut self`: one owner (the inference worker) runs it.
 pub struct ImageEncoder {
@@ -124,16 +125,7 @@ impl ImageEncoder {
             out.clear();
             return Ok(());
         }
-        if pixels.len() != batch * self.image_len() {
-            return Err(Error::invalid(
-                "image batch",
-                format!(
-                    "{} floats for {batch} images of {}",
-                    pixels.len(),
-                    self.image_len()
-                ),
-            ));
-        }
+        crate::tower::check_batch(pixels, batch, self.image_len())?;
         let _span =
             tracing::debug_span!("image_encode", batch, provider = %self.provider).entered();
         let shape = [batch, 3, self.size.0 as usize, self.size.1 as usize];
@@ -182,5 +174,19 @@ impl ImageEncoder {
         }
         self.dim = Some(dims[1] as usize);
         Ok(())
+    }
+}
+
+impl ImageTower for ImageEncoder {
+    fn image_len(&self) -> usize {
+        ImageEncoder::image_len(self)
+    }
+
+    fn encode(&mut self, pixels: &[f32], batch: usize, out: &mut Vec<f32>) -> Result<()> {
+        ImageEncoder::encode(self, pixels, batch, out)
+    }
+
+    fn provider(&self) -> Provider {
+        self.provider
     }
 }

@@ -9,7 +9,7 @@ mod image;
 mod text;
 
 pub use image::ImageEncoder;
-pub use text::TextEncoder;
+pub use text::{LocalText, TextEncoder};
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -30,6 +30,9 @@ pub enum Provider {
     Cuda,
     /// ONNX Runtime's own CPU kernels; always available.
     Cpu,
+    /// A model on a Triton Inference Server (`[model] backend = "triton"`); never in a list of
+    /// execution providers, only reported.
+    Triton,
 }
 
 impl Provider {
@@ -39,6 +42,7 @@ impl Provider {
             Provider::TensorRt => "tensorrt",
             Provider::Cuda => "cuda",
             Provider::Cpu => "cpu",
+            Provider::Triton => "triton",
         }
     }
 
@@ -165,7 +169,7 @@ fn dispatch(provider: Provider, cfg: &SessionConfig) -> Option<ep::ExecutionProv
                 .build()
                 .error_on_failure(),
         ),
-        Provider::Cpu => None,
+        Provider::Cpu | Provider::Triton => None,
     }
 }
 
@@ -174,6 +178,7 @@ fn compiled_in(provider: Provider) -> bool {
         Provider::TensorRt => ep::TensorRT::is_available().unwrap_or(false),
         Provider::Cuda => ep::CUDA::is_available().unwrap_or(false),
         Provider::Cpu => true,
+        Provider::Triton => false,
     }
 }
 

@@ -12,11 +12,11 @@ use super::{Port, Provider, SessionConfig, build_session, find_output, names, po
 use crate::error::{Error, Result};
 use crate::model::ModelDir;
 use crate::text::ClipTokenizer;
+use crate::tower::TextTower;
 
-/// A loaded text tower with its tokenizer and an embedding cache.
-pub struct TextEncoder {
+/// The text tower on an ONNX Runtime session.
+pub struct LocalText {
     session: Session,
-    tokenizer: ClipTokenizer,
     ids: Port,
     mask: Option<Port>,
     output: Port,
@@ -24,12 +24,18 @@ pub struct TextEncoder {
     fixed_len: Option<usize>,
     path: PathBuf,
     provider: Provider,
+}
+
+/// A text tower (local or remote) with its tokenizer and an embedding cache.
+pub struct TextEncoder {
+    tower: Box<dyn TextTower>,
+    tokenizer: ClipTokenizer,
     /// Raw (not normalised) embeddings by prompt text.
     cache: HashMap<String, Vec<f32>>,
 }
 
-impl TextEncoder {
-    /// Loads the text tower and tokenizer of `model`.
+impl LocalText {
+    /// Loads the text tower of `model` on ONNX Runtime.
     pub fn load(model: &ModelDir, cfg: &SessionConfig) -> Result<Self> {
         let path = &model.text_onnx;
         let (session, provider) = build_session(path, cfg, "text encoder")?;
@@ -72,29 +78,48 @@ impl TextEncoder {
             .copied()
             .filter(|n| *n > 0)
             .map(|n| n as usize);
-        let context_length = fixed_len.unwrap_or(model.context_length);
-        let tokenizer = ClipTokenizer::from_file(
-            &model.tokenizer_json,
-            context_length,
-            model.pad_token.as_deref(),
-        )?;
         let output = find_output(&session, "text_embeds", path)?;
-        Ok(TextEncoder {
+        Ok(LocalText {
             session,
-            tokenizer,
             ids,
             mask,
             output,
             fixed_len,
             path: path.clone(),
             provider,
+        })
+    }
+
+    /// Whether the graph takes an attention mask.
+    pub fn takes_attention_mask(&self) -> bool {
+        self.mask.is_some()
+    }
+}
+
+impl TextEncoder {
+    /// Loads the text tower of `model` on ONNX Runtime, and its tokenizer.
+    pub fn load(model: &ModelDir, cfg: &SessionConfig) -> Result<Self> {
+        TextEncoder::new(model, Box::new(LocalText::load(model, cfg)?))
+    }
+
+    /// The tokenizer of `model` in front of `tower`.
+    pub fn new(model: &ModelDir, tower: Box<dyn TextTower>) -> Result<Self> {
+        let context_length = tower.fixed_len().unwrap_or(model.context_length);
+        let tokenizer = ClipTokenizer::from_file(
+            &model.tokenizer_json,
+            context_length,
+            model.pad_token.as_deref(),
+        )?;
+        Ok(TextEncoder {
+            tower,
+            tokenizer,
             cache: HashMap::new(),
         })
     }
 
     /// The provider running this tower.
     pub fn provider(&self) -> Provider {
-        self.provider
+        self.tower.provider()
     }
 
     /// The tokenizer in use.
@@ -102,14 +127,9 @@ impl TextEncoder {
         &self.tokenizer
     }
 
-    /// Whether the graph takes an attention mask.
-    pub fn takes_attention_mask(&self) -> bool {
-        self.mask.is_some()
-    }
-
     /// Sequence length fixed by the graph, if any.
     pub fn fixed_sequence_length(&self) -> Option<usize> {
-        self.fixed_len
+        self.tower.fixed_len()
     }
 
     /// Raw embeddings of `texts`, from the cache where possible. Texts are encoded in batches
@@ -144,12 +164,11 @@ impl TextEncoder {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let _span =
-            tracing::debug_span!("text_encode", batch = batch.len(), provider = %self.provider)
-                .entered();
+        let _span = tracing::debug_span!("text_encode", batch = batch.len(), provider = %self.tower.provider())
+            .entered();
         let (_, _, pad) = self.tokenizer.special_ids();
         let longest = batch.iter().map(Vec::len).max().unwrap_or(0);
-        let len = self.fixed_len.unwrap_or(longest);
+        let len = self.tower.fixed_len().unwrap_or(longest);
         if longest > len {
             return Err(Error::invalid(
                 "token sequence",
@@ -165,6 +184,26 @@ impl TextEncoder {
                 mask[row * len + i] = 1;
             }
         }
+        self.tower.run(ids, mask, n, len)
+    }
+}
+
+impl TextTower for LocalText {
+    fn fixed_len(&self) -> Option<usize> {
+        self.fixed_len
+    }
+
+    fn provider(&self) -> Provider {
+        self.provider
+    }
+
+    fn run(
+        &mut self,
+        ids: Vec<i64>,
+        mask: Vec<i64>,
+        n: usize,
+        len: usize,
+    ) -> Result<Vec<Vec<f32>>> {
         let ctx = |what: &str| format!("{what} {}", self.path.display());
         let tensor = |p: &Port, v: Vec<i64>| -> Result<DynValue> {
             let shape = [n, len];

@@ -100,6 +100,17 @@ struct RawConfig {
 }
 
 impl PreprocessConfig {
+    /// The same resize and crop without rescale and normalisation: the output holds the 8-bit
+    /// RGB values themselves (0..=255, exact in float32), for a server whose model normalises
+    /// (the uint8 wire format).
+    pub fn unnormalised(&self) -> Self {
+        PreprocessConfig {
+            rescale: None,
+            normalize: None,
+            ..self.clone()
+        }
+    }
+
     /// The output tensor's (height, width) for an input of any size, when the config fixes it.
     pub fn output_size(&self) -> Option<(u32, u32)> {
         match (self.crop, self.resize) {

@@ -249,6 +249,26 @@ impl Resampler {
     }
 }
 
+/// Per channel: each 8-bit value as the model's input, rescaled and normalised as `cfg` says,
+/// computed exactly as transformers does (rescale in float64, cast to float32, then
+/// `(x - mean) / std` in float32). Without rescale and normalisation the values stay 0..=255.
+pub fn value_table(cfg: &PreprocessConfig) -> [[f32; 256]; 3] {
+    let mut lut = [[0f32; 256]; 3];
+    for (c, table) in lut.iter_mut().enumerate() {
+        for (v, out) in table.iter_mut().enumerate() {
+            let x = match cfg.rescale {
+                Some(scale) => (v as f64 * scale) as f32,
+                None => v as f32,
+            };
+            *out = match cfg.normalize {
+                Some((mean, std)) => (x - mean[c]) / std[c],
+                None => x,
+            };
+        }
+    }
+    lut
+}
+
 /// Turns frames into normalised `[3, H, W]` float tensors. Keep one per thread and reuse it.
 pub struct Preprocessor {
     cfg: PreprocessConfig,
@@ -273,20 +293,7 @@ impl Preprocessor {
                 "the output size is not fixed: set do_center_crop with crop_size, or size as {height, width}",
             ));
         }
-        let mut lut = [[0f32; 256]; 3];
-        for (c, table) in lut.iter_mut().enumerate() {
-            for (v, out) in table.iter_mut().enumerate() {
-                // transformers: rescale in float64, cast to float32, then (x - mean) / std in float32.
-                let x = match cfg.rescale {
-                    Some(scale) => (v as f64 * scale) as f32,
-                    None => v as f32,
-                };
-                *out = match cfg.normalize {
-                    Some((mean, std)) => (x - mean[c]) / std[c],
-                    None => x,
-                };
-            }
-        }
+        let lut = value_table(&cfg);
         let resampler = Resampler::new(filter_alg(cfg.filter));
         Ok(Preprocessor {
             cfg,

@@ -25,8 +25,9 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Select, Sender, TryRecvError, TrySendError, bounded, unbounded};
 
-use crate::encoder::{ImageEncoder, l2_normalize};
+use crate::encoder::l2_normalize;
 use crate::error::{Error, Result};
+use crate::tower::ImageTower;
 
 /// Batching settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -96,7 +97,7 @@ pub struct Output {
     pub seq: u64,
     /// The L2-normalised embeddings, one per image of the job, one after the other; or why
     /// inference failed.
-    pub embeddings: std::result::Result<Vec<f32>, String>,
+    pub embeddings: std::result::Result<Vec<f32>, Failure>,
     /// Images in the job.
     pub images: usize,
     /// From submission to result.
@@ -115,6 +116,23 @@ impl Output {
         e.chunks_exact(dim)
     }
 }
+
+/// Why a submitted job has no embeddings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub message: String,
+    /// The backend could not serve it at all (remote inference with no ready endpoint): the
+    /// sample is dropped and counted in [`WorkerStats::unavailable`], not an inference error.
+    pub unavailable: bool,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Failure {}
 
 enum Control {
     Add(u64, Receiver<Job>),
@@ -141,7 +159,12 @@ pub struct Worker {
 impl Worker {
     /// Starts the worker thread around `encoder`, at nice value `nice` (see
     /// [`SessionConfig::nice`](crate::encoder::SessionConfig::nice)).
-    pub fn start(encoder: ImageEncoder, cfg: BatchConfig, nice: i32, label: &str) -> Result<Self> {
+    pub fn start(
+        encoder: Box<dyn ImageTower>,
+        cfg: BatchConfig,
+        nice: i32,
+        label: &str,
+    ) -> Result<Self> {
         let (control_tx, control_rx) = unbounded();
         let (doorbell_tx, doorbell_rx) = bounded(1);
         let (shutdown_tx, shutdown_rx) = bounded(1);
@@ -374,7 +397,7 @@ struct Running {
     /// Images whose embeddings are in.
     done: usize,
     embeddings: Vec<f32>,
-    error: Option<String>,
+    error: Option<Failure>,
     batch: usize,
 }
 
@@ -409,7 +432,7 @@ impl Slot {
 
 /// The worker loop.
 fn run(
-    mut encoder: ImageEncoder,
+    mut encoder: Box<dyn ImageTower>,
     cfg: BatchConfig,
     control: Receiver<Control>,
     doorbell: Receiver<()>,
@@ -499,7 +522,18 @@ fn run(
             encoder.encode(&input, n, &mut output)
         };
         let took = started.elapsed();
-        stats.record_batch(n, took);
+        let unavailable = result.as_ref().is_err_and(Error::is_unavailable);
+        if !unavailable {
+            stats.record_batch(n, took);
+        }
+        match &result {
+            Ok(()) => stats.set_available(),
+            Err(e) if unavailable => stats.record_unavailable(n, &e.to_string()),
+            Err(e) => {
+                stats.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, batch = n, "inference failed");
+            }
+        }
         let dim = output.len().checked_div(n).unwrap_or(0);
         for (i, &(slot, job, _)) in batch.iter().enumerate() {
             let r = &mut slots[slot].running[job];
@@ -512,7 +546,12 @@ fn run(
                         .extend_from_slice(&output[i * dim..(i + 1) * dim]);
                     l2_normalize(&mut r.embeddings[start..]);
                 }
-                Err(e) => r.error = Some(e.to_string()),
+                Err(e) => {
+                    r.error = Some(Failure {
+                        message: e.to_string(),
+                        unavailable,
+                    })
+                }
             }
         }
         batch.clear();
@@ -533,10 +572,6 @@ fn run(
                     pixels: r.job.pixels,
                 });
             }
-        }
-        if let Err(e) = result {
-            stats.errors.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(error = %e, batch = n, "inference failed");
         }
     }
 }

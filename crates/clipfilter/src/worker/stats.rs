@@ -16,6 +16,11 @@ pub struct WorkerStats {
     /// Images replaced in a queue before inference (newest-frame-wins).
     pub dropped: AtomicU64,
     pub errors: AtomicU64,
+    /// Images dropped because the backend could not serve them (remote inference with no
+    /// ready endpoint); not counted in `images` or `errors`.
+    pub unavailable: AtomicU64,
+    /// Why the backend is unavailable now (`None` while it serves).
+    unavailable_reason: Mutex<Option<String>>,
     /// Images waiting in stream queues when the last batch started.
     pub queue_depth: AtomicU64,
     /// Total time spent in the model, in microseconds.
@@ -52,6 +57,8 @@ impl WorkerStats {
             batches: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            unavailable: AtomicU64::new(0),
+            unavailable_reason: Mutex::new(None),
             queue_depth: AtomicU64::new(0),
             busy_us: AtomicU64::new(0),
             observers: Mutex::new(Vec::new()),
@@ -77,6 +84,47 @@ impl WorkerStats {
             observe(took, n);
         }
         self.beat();
+    }
+
+    /// Counts `n` images dropped because the backend is unavailable; logs the start of an
+    /// outage once.
+    pub(super) fn record_unavailable(&self, n: usize, reason: &str) {
+        self.unavailable.fetch_add(n as u64, Ordering::Relaxed);
+        let mut current = self
+            .unavailable_reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if current.is_none() {
+            tracing::error!(
+                reason,
+                "inference backend unavailable: samples are dropped (and counted) until it is back"
+            );
+        }
+        *current = Some(reason.to_string());
+        drop(current);
+        self.beat();
+    }
+
+    /// The backend served a batch: ends an outage (logged once).
+    pub(super) fn set_available(&self) {
+        let mut current = self
+            .unavailable_reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if current.take().is_some() {
+            tracing::warn!(
+                dropped_so_far = self.unavailable.load(Ordering::Relaxed),
+                "inference backend available again"
+            );
+        }
+    }
+
+    /// Why the backend cannot serve now, or `None` while it does.
+    pub fn unavailable_reason(&self) -> Option<String> {
+        self.unavailable_reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Calls `observe` after every batch from now on.

@@ -14,8 +14,14 @@ use clipfilter_triton::{DataType, Tensor};
 /// machines are shared and often busy).
 pub const READY_TIMEOUT: Duration = Duration::from_secs(180);
 
+/// The workspace root (this file is also compiled into the workspace's own test binary, whose
+/// manifest is there).
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    here.ancestors()
+        .find(|dir| dir.join("tools/triton_repo.py").is_file())
+        .unwrap_or(here)
+        .to_path_buf()
 }
 
 pub fn fixture(name: &str) -> PathBuf {
@@ -61,6 +67,15 @@ fn run_checked(cmd: &mut Command, what: &str) -> String {
 
 /// A model repository for a fixture model folder, written by tools/triton_repo.py.
 pub fn model_repository(fixture_name: &str, variants: &str) -> tempfile::TempDir {
+    named_model_repository(fixture_name, variants, None)
+}
+
+/// The same with the models named `<name>_image`, ... instead of after the folder.
+pub fn named_model_repository(
+    fixture_name: &str,
+    variants: &str,
+    name: Option<&str>,
+) -> tempfile::TempDir {
     let dir = tempfile::Builder::new()
         .prefix("clipfilter-triton-repo")
         .tempdir()
@@ -73,7 +88,8 @@ pub fn model_repository(fixture_name: &str, variants: &str) -> tempfile::TempDir
             .arg("--variants")
             .arg(variants)
             .arg("--max-batch-size")
-            .arg("16"),
+            .arg("16")
+            .args(name.map(|n| ["--name", n]).into_iter().flatten()),
         "tools/triton_repo.py",
     );
     dir
@@ -322,7 +338,7 @@ pub fn onnxruntime(model: &Path, inputs: &[&Tensor]) -> Vec<(String, Vec<usize>,
     let spec_path = dir.path().join("spec.json");
     let spec = serde_json::json!({ "model": model, "outdir": dir.path(), "inputs": specs });
     std::fs::write(&spec_path, spec.to_string()).expect("write spec");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/triton/ort_run.py");
+    let script = repo_root().join("crates/triton/tests/triton/ort_run.py");
     let stdout = run_checked(
         Command::new(python()).arg(script).arg(&spec_path),
         "onnxruntime reference (tests/triton/ort_run.py)",

@@ -638,9 +638,84 @@ impl ObjectImpl for ClipFilter {
                     .blurb("What blank and pixelate cover: frame (the whole frame) or region (only the box of the crop, region or tile, that made each painting label match, following it from sample to sample; the rest of the picture stays); drop always drops the frame")
                     .mutable_playing()
                     .build(),
+                glib::ParamSpecEnum::builder_with_default(props::BACKEND, props::DEFAULT_BACKEND)
+                    .nick("Backend")
+                    .blurb("Where the CLIP towers run: local (ONNX Runtime in this process) or triton (Triton Inference Server endpoints, see endpoints; the model folder still gives the tokenizer and preprocessing, and the server's models are checked against it)")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder(props::ENDPOINTS)
+                    .nick("Endpoints")
+                    .blurb("backend=triton: Triton gRPC endpoints, comma-separated (grpc://host:8001, grpcs://host:8001 for TLS); requests go round-robin over the ready ones")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecEnum::builder_with_default(props::WIRE_FORMAT, props::DEFAULT_WIRE_FORMAT)
+                    .nick("Wire format")
+                    .blurb("backend=triton: how images travel: fp32, fp16, or uint8 (8-bit RGB, normalised by the server's model as `clipfilterd model export-triton` writes it)")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder(props::IMAGE_MODEL_NAME)
+                    .nick("Image model name")
+                    .blurb("backend=triton: the server's image model (default: clip_image, clip_image_fp16 or clip_image_uint8 after wire-format)")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder(props::TEXT_MODEL_NAME)
+                    .nick("Text model name")
+                    .blurb("backend=triton: the server's text model")
+                    .default_value(Some(props::DEFAULT_TEXT_MODEL_NAME))
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt64::builder(props::REMOTE_TIMEOUT)
+                    .nick("Remote timeout")
+                    .blurb("backend=triton: longest time of one request, failing over included, in nanoseconds")
+                    .minimum(gst::ClockTime::MSECOND.nseconds())
+                    .maximum(u64::MAX - 1)
+                    .default_value(props::DEFAULT_REMOTE_TIMEOUT.nseconds())
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt64::builder(props::CONNECT_TIMEOUT)
+                    .nick("Connect timeout")
+                    .blurb("backend=triton: longest connect and health check of an endpoint, in nanoseconds")
+                    .minimum(gst::ClockTime::MSECOND.nseconds())
+                    .maximum(u64::MAX - 1)
+                    .default_value(props::DEFAULT_CONNECT_TIMEOUT.nseconds())
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt64::builder(props::START_TIMEOUT)
+                    .nick("Start timeout")
+                    .blurb("backend=triton: how long starting waits for a ready endpoint before it fails (or falls back), in nanoseconds")
+                    .minimum(gst::ClockTime::MSECOND.nseconds())
+                    .maximum(u64::MAX - 1)
+                    .default_value(props::DEFAULT_START_TIMEOUT.nseconds())
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecEnum::builder_with_default(props::FALLBACK, props::DEFAULT_FALLBACK)
+                    .nick("Fallback")
+                    .blurb("backend=triton, no endpoint ready: none (drop the samples, counted in stats as unavailable) or local (run them on the model folder here)")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder(props::TLS_CA)
+                    .nick("TLS certificate authority")
+                    .blurb("backend=triton, grpcs:// endpoints: PEM file of the authority that signed the servers' certificates (default: the system's roots; needs the plugin's tls feature)")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder(props::TLS_CERTIFICATE)
+                    .nick("TLS client certificate")
+                    .blurb("backend=triton, grpcs:// endpoints: PEM client certificate for mutual TLS (with tls-key)")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder(props::TLS_KEY)
+                    .nick("TLS client key")
+                    .blurb("backend=triton, grpcs:// endpoints: PEM key of tls-certificate")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder(props::TLS_DOMAIN)
+                    .nick("TLS domain")
+                    .blurb("backend=triton, grpcs:// endpoints: the name to verify in the servers' certificates, when not the endpoints' host")
+                    .mutable_ready()
+                    .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>(props::STATS)
                     .nick("Statistics")
-                    .blurb("clipfilter-stats: frames, sampled, inferred (samples), crops-inferred (model inputs: one per inferred crop), dropped (newest frame won while inference was busy), skipped (scene unchanged, see scene-gate), errors, latency-last-ms, latency-mean-ms (submission to verdict), execution-provider, text-execution-provider")
+                    .blurb("clipfilter-stats: frames, sampled, inferred (samples), crops-inferred (model inputs: one per inferred crop), dropped (newest frame won while inference was busy), skipped (scene unchanged, see scene-gate), errors, unavailable (dropped because no Triton endpoint was ready), latency-last-ms, latency-mean-ms (submission to verdict), execution-provider, text-execution-provider")
                     .read_only()
                     .build(),
             ]
@@ -650,6 +725,9 @@ impl ObjectImpl for ClipFilter {
 
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
         let mut s = lock(&self.settings);
+        let clock = |v: &glib::Value, default: gst::ClockTime| {
+            gst::ClockTime::from_nseconds(v.get().unwrap_or(default.nseconds()))
+        };
         let path = |v: &glib::Value| {
             v.get::<Option<String>>()
                 .ok()
@@ -722,6 +800,31 @@ impl ObjectImpl for ClipFilter {
                     .filter(|p| !p.is_empty())
                     .map(PathBuf::from)
             }
+            props::BACKEND => s.remote.backend = value.get().unwrap_or(props::DEFAULT_BACKEND),
+            props::ENDPOINTS => s.remote.endpoints = string(value).filter(|e| !e.trim().is_empty()),
+            props::WIRE_FORMAT => {
+                s.remote.wire_format = value.get().unwrap_or(props::DEFAULT_WIRE_FORMAT)
+            }
+            props::IMAGE_MODEL_NAME => {
+                s.remote.image_model = string(value).filter(|n| !n.trim().is_empty())
+            }
+            props::TEXT_MODEL_NAME => {
+                s.remote.text_model = string(value)
+                    .filter(|n| !n.trim().is_empty())
+                    .unwrap_or_else(|| props::DEFAULT_TEXT_MODEL_NAME.to_string())
+            }
+            props::REMOTE_TIMEOUT => s.remote.timeout = clock(value, props::DEFAULT_REMOTE_TIMEOUT),
+            props::CONNECT_TIMEOUT => {
+                s.remote.connect_timeout = clock(value, props::DEFAULT_CONNECT_TIMEOUT)
+            }
+            props::START_TIMEOUT => {
+                s.remote.start_timeout = clock(value, props::DEFAULT_START_TIMEOUT)
+            }
+            props::FALLBACK => s.remote.fallback = value.get().unwrap_or(props::DEFAULT_FALLBACK),
+            props::TLS_CA => s.remote.tls_ca = path(value),
+            props::TLS_CERTIFICATE => s.remote.tls_certificate = path(value),
+            props::TLS_KEY => s.remote.tls_key = path(value),
+            props::TLS_DOMAIN => s.remote.tls_domain = string(value).filter(|d| !d.is_empty()),
             other => {
                 gst::warning!(CAT, imp = self, "unknown property {other}");
                 return;
@@ -775,6 +878,19 @@ impl ObjectImpl for ClipFilter {
                 .as_ref()
                 .map(|p| p.display().to_string())
                 .to_value(),
+            props::BACKEND => s.remote.backend.to_value(),
+            props::ENDPOINTS => s.remote.endpoints.to_value(),
+            props::WIRE_FORMAT => s.remote.wire_format.to_value(),
+            props::IMAGE_MODEL_NAME => s.remote.image_model.to_value(),
+            props::TEXT_MODEL_NAME => s.remote.text_model.to_value(),
+            props::REMOTE_TIMEOUT => s.remote.timeout.nseconds().to_value(),
+            props::CONNECT_TIMEOUT => s.remote.connect_timeout.nseconds().to_value(),
+            props::START_TIMEOUT => s.remote.start_timeout.nseconds().to_value(),
+            props::FALLBACK => s.remote.fallback.to_value(),
+            props::TLS_CA => path(&s.remote.tls_ca).to_value(),
+            props::TLS_CERTIFICATE => path(&s.remote.tls_certificate).to_value(),
+            props::TLS_KEY => path(&s.remote.tls_key).to_value(),
+            props::TLS_DOMAIN => s.remote.tls_domain.to_value(),
             props::STATS => {
                 drop(s);
                 self.counters.structure().to_value()

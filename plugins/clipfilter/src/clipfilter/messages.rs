@@ -400,6 +400,9 @@ pub struct Stats {
     /// Samples the scene-change gate found unchanged.
     pub skipped: u64,
     pub errors: u64,
+    /// Samples dropped because the backend could not serve them (backend=triton, no endpoint
+    /// ready).
+    pub unavailable: u64,
     pub latency_last_ms: f64,
     /// From submission to verdict.
     pub latency_mean_ms: f64,
@@ -418,6 +421,7 @@ impl Stats {
             .field("dropped", self.dropped)
             .field("skipped", self.skipped)
             .field("errors", self.errors)
+            .field("unavailable", self.unavailable)
             .field("latency-last-ms", self.latency_last_ms)
             .field("latency-mean-ms", self.latency_mean_ms)
             .field("execution-provider", &self.execution_provider)
@@ -434,6 +438,7 @@ impl Stats {
             dropped: get(s, STATS, "dropped")?,
             skipped: get(s, STATS, "skipped")?,
             errors: get(s, STATS, "errors")?,
+            unavailable: get(s, STATS, "unavailable")?,
             latency_last_ms: get(s, STATS, "latency-last-ms")?,
             latency_mean_ms: get(s, STATS, "latency-mean-ms")?,
             execution_provider: get(s, STATS, "execution-provider")?,

@@ -86,6 +86,17 @@
 //! `clipfilter-labels-reloaded`: a changed labels file is in use.
 //! - `path` (string), `labels` (array of strings: the new set's names)
 //!
+//! # Remote inference
+//! `backend=triton` sends the towers' work to Triton Inference Server: `endpoints`
+//! (`grpc://gpu1:8001,grpc://gpu2:8001`), `wire-format` (fp32, fp16 or uint8: 8-bit RGB that the
+//! server's model normalises), `image-model-name` / `text-model-name` (default: the names
+//! `clipfilterd model export-triton` writes), `remote-timeout`, `connect-timeout`,
+//! `start-timeout`, `tls-ca` / `tls-certificate` / `tls-key` / `tls-domain` for `grpcs://`
+//! (TLS needs the plugin's `tls` feature; clipfilterd has it). `model` still names the local
+//! folder: its tokenizer and preprocessing are used here, and the server's models are checked
+//! against it at start. When no endpoint is ready, samples are dropped and counted (`stats`:
+//! `unavailable`), unless `fallback=local`.
+//!
 //! A labels file that fails to reload posts a GStreamer warning message (`GST_MESSAGE_WARNING`)
 //! naming the file, line and field; the previous set stays in use.
 
@@ -103,6 +114,7 @@ use gst::prelude::*;
 use clipfilter::crops::Fit;
 use clipfilter::labels::{Action, Threshold};
 use clipfilter::model::Variant;
+use clipfilter::remote::{Fallback, WireFormat};
 
 glib::wrapper! {
     /// The `clipfilter` element.
@@ -315,6 +327,95 @@ impl From<ClipFilterVariant> for Variant {
             ClipFilterVariant::Fp32 => Variant::Fp32,
             ClipFilterVariant::Fp16 => Variant::Fp16,
             ClipFilterVariant::Quantized => Variant::Quantized,
+        }
+    }
+}
+
+/// Where the CLIP towers run.
+#[derive(Debug, Default, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstClipFilterBackend")]
+pub enum ClipFilterBackend {
+    /// ONNX Runtime in this process.
+    #[default]
+    #[enum_value(name = "local: ONNX Runtime in this process", nick = "local")]
+    Local = 0,
+    /// Triton Inference Server endpoints (KServe v2 gRPC).
+    #[enum_value(
+        name = "triton: models on Triton Inference Server endpoints (see endpoints)",
+        nick = "triton"
+    )]
+    Triton = 1,
+}
+
+/// How image batches travel to a Triton server.
+#[derive(Debug, Default, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstClipFilterWireFormat")]
+pub enum ClipFilterWireFormat {
+    /// Normalised float32 (602 KB per 224x224 sample).
+    #[default]
+    #[enum_value(name = "fp32: normalised float32, 4 bytes a value", nick = "fp32")]
+    Fp32 = 0,
+    /// Normalised float16.
+    #[enum_value(name = "fp16: normalised float16, 2 bytes a value", nick = "fp16")]
+    Fp16 = 1,
+    /// 8-bit RGB; the server's model normalises (`clipfilterd model export-triton`).
+    #[enum_value(
+        name = "uint8: 8-bit RGB, normalised by the server's model, 1 byte a value",
+        nick = "uint8"
+    )]
+    Uint8 = 2,
+}
+
+impl From<WireFormat> for ClipFilterWireFormat {
+    fn from(w: WireFormat) -> Self {
+        match w {
+            WireFormat::Fp32 => ClipFilterWireFormat::Fp32,
+            WireFormat::Fp16 => ClipFilterWireFormat::Fp16,
+            WireFormat::Uint8 => ClipFilterWireFormat::Uint8,
+        }
+    }
+}
+
+impl From<ClipFilterWireFormat> for WireFormat {
+    fn from(w: ClipFilterWireFormat) -> Self {
+        match w {
+            ClipFilterWireFormat::Fp32 => WireFormat::Fp32,
+            ClipFilterWireFormat::Fp16 => WireFormat::Fp16,
+            ClipFilterWireFormat::Uint8 => WireFormat::Uint8,
+        }
+    }
+}
+
+/// What a Triton backend does when no endpoint is ready.
+#[derive(Debug, Default, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstClipFilterFallback")]
+pub enum ClipFilterFallback {
+    /// Drop the samples (counted in stats as unavailable).
+    #[default]
+    #[enum_value(name = "none: drop the samples and count them", nick = "none")]
+    None = 0,
+    /// Run them on the local model folder.
+    #[enum_value(name = "local: run them on the local model folder", nick = "local")]
+    Local = 1,
+}
+
+impl From<ClipFilterFallback> for Fallback {
+    fn from(f: ClipFilterFallback) -> Self {
+        match f {
+            ClipFilterFallback::None => Fallback::None,
+            ClipFilterFallback::Local => Fallback::Local,
+        }
+    }
+}
+
+impl From<Fallback> for ClipFilterFallback {
+    fn from(f: Fallback) -> Self {
+        match f {
+            Fallback::None => ClipFilterFallback::None,
+            Fallback::Local => ClipFilterFallback::Local,
         }
     }
 }

@@ -6,16 +6,17 @@ use std::time::Duration;
 
 use clipfilter::crops::{CropSpec, Tiles, parse_regions};
 use clipfilter::encoder::{Provider, SessionConfig};
-use clipfilter::engine::EngineConfig;
+use clipfilter::engine::{Backend, EngineConfig};
 use clipfilter::error::{Error, Result};
 use clipfilter::labels::{LabelDefaults, LabelSet, Threshold};
 use clipfilter::limits;
+use clipfilter::remote::{self, RemoteConfig, RemoteTls};
 use clipfilter::worker::BatchConfig;
 use clipfilter::zeroshot::Templates;
 
 use super::{
-    ClipFilterAction, ClipFilterActionScope, ClipFilterFit, ClipFilterMode,
-    ClipFilterThresholdKind, ClipFilterVariant,
+    ClipFilterAction, ClipFilterActionScope, ClipFilterBackend, ClipFilterFallback, ClipFilterFit,
+    ClipFilterMode, ClipFilterThresholdKind, ClipFilterVariant, ClipFilterWireFormat,
 };
 
 pub const MODEL: &str = "model";
@@ -46,6 +47,19 @@ pub const TILE_OVERLAP: &str = "tile-overlap";
 pub const WHOLE_FRAME: &str = "whole-frame";
 pub const ACTION_SCOPE: &str = "action-scope";
 pub const STATS: &str = "stats";
+pub const BACKEND: &str = "backend";
+pub const ENDPOINTS: &str = "endpoints";
+pub const WIRE_FORMAT: &str = "wire-format";
+pub const IMAGE_MODEL_NAME: &str = "image-model-name";
+pub const TEXT_MODEL_NAME: &str = "text-model-name";
+pub const REMOTE_TIMEOUT: &str = "remote-timeout";
+pub const CONNECT_TIMEOUT: &str = "connect-timeout";
+pub const START_TIMEOUT: &str = "start-timeout";
+pub const FALLBACK: &str = "fallback";
+pub const TLS_CA: &str = "tls-ca";
+pub const TLS_CERTIFICATE: &str = "tls-certificate";
+pub const TLS_KEY: &str = "tls-key";
+pub const TLS_DOMAIN: &str = "tls-domain";
 
 pub const DEFAULT_VARIANT: ClipFilterVariant = ClipFilterVariant::Fp32;
 pub const DEFAULT_TEMPLATES: &str = "none";
@@ -65,6 +79,16 @@ pub const DEFAULT_THREADS: u32 = 0;
 pub const DEFAULT_SYNC_TIMEOUT: gst::ClockTime = gst::ClockTime::from_seconds(10);
 /// `scene-gate` default: automatic (on for live sources, off otherwise).
 pub const DEFAULT_SCENE_GATE: f64 = -1.0;
+pub const DEFAULT_BACKEND: ClipFilterBackend = ClipFilterBackend::Local;
+pub const DEFAULT_WIRE_FORMAT: ClipFilterWireFormat = ClipFilterWireFormat::Fp32;
+pub const DEFAULT_TEXT_MODEL_NAME: &str = remote::DEFAULT_TEXT_MODEL;
+pub const DEFAULT_REMOTE_TIMEOUT: gst::ClockTime =
+    gst::ClockTime::from_mseconds(remote::DEFAULT_TIMEOUT.as_millis() as u64);
+pub const DEFAULT_CONNECT_TIMEOUT: gst::ClockTime =
+    gst::ClockTime::from_mseconds(remote::DEFAULT_CONNECT_TIMEOUT.as_millis() as u64);
+pub const DEFAULT_START_TIMEOUT: gst::ClockTime =
+    gst::ClockTime::from_mseconds(remote::DEFAULT_START_TIMEOUT.as_millis() as u64);
+pub const DEFAULT_FALLBACK: ClipFilterFallback = ClipFilterFallback::None;
 /// Threshold the automatic gate uses on live sources (mean 8-bit level difference).
 pub const AUTO_SCENE_GATE: f64 = 3.0;
 /// Video covers the whole frame: letterboxed, one inference per sample.
@@ -117,6 +141,93 @@ pub(super) struct Settings {
     pub(super) tile_overlap: f64,
     pub(super) whole_frame: bool,
     pub(super) action_scope: ClipFilterActionScope,
+    pub(super) remote: RemoteSettings,
+}
+
+/// The properties of `backend=triton`.
+#[derive(Debug, Clone)]
+pub(super) struct RemoteSettings {
+    pub(super) backend: ClipFilterBackend,
+    pub(super) endpoints: Option<String>,
+    pub(super) wire_format: ClipFilterWireFormat,
+    /// `None`: the default for the wire format.
+    pub(super) image_model: Option<String>,
+    pub(super) text_model: String,
+    pub(super) timeout: gst::ClockTime,
+    pub(super) connect_timeout: gst::ClockTime,
+    pub(super) start_timeout: gst::ClockTime,
+    pub(super) fallback: ClipFilterFallback,
+    pub(super) tls_ca: Option<PathBuf>,
+    pub(super) tls_certificate: Option<PathBuf>,
+    pub(super) tls_key: Option<PathBuf>,
+    pub(super) tls_domain: Option<String>,
+}
+
+impl Default for RemoteSettings {
+    fn default() -> Self {
+        RemoteSettings {
+            backend: DEFAULT_BACKEND,
+            endpoints: None,
+            wire_format: DEFAULT_WIRE_FORMAT,
+            image_model: None,
+            text_model: DEFAULT_TEXT_MODEL_NAME.to_string(),
+            timeout: DEFAULT_REMOTE_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            start_timeout: DEFAULT_START_TIMEOUT,
+            fallback: DEFAULT_FALLBACK,
+            tls_ca: None,
+            tls_certificate: None,
+            tls_key: None,
+            tls_domain: None,
+        }
+    }
+}
+
+impl RemoteSettings {
+    /// The engine backend these properties describe.
+    pub(super) fn backend(&self) -> Result<Backend> {
+        if self.backend == ClipFilterBackend::Local {
+            return Ok(Backend::Local);
+        }
+        let endpoints = split_endpoints(self.endpoints.as_deref().unwrap_or(""));
+        if endpoints.is_empty() {
+            return Err(Error::invalid(
+                ENDPOINTS,
+                "backend=triton needs at least one endpoint (e.g. endpoints=grpc://gpu1:8001)",
+            ));
+        }
+        let wire = self.wire_format.into();
+        let mut config = RemoteConfig::new(endpoints).with_wire(wire);
+        if let Some(name) = &self.image_model {
+            config.image_model = name.clone();
+        }
+        config.text_model = self.text_model.clone();
+        config.timeout = duration(self.timeout);
+        config.connect_timeout = duration(self.connect_timeout);
+        config.start_timeout = duration(self.start_timeout);
+        config.fallback = self.fallback.into();
+        let tls = RemoteTls {
+            ca_certificate: self.tls_ca.clone(),
+            client_certificate: self.tls_certificate.clone(),
+            client_key: self.tls_key.clone(),
+            domain: self.tls_domain.clone(),
+        };
+        config.tls = (tls != RemoteTls::default()).then_some(tls);
+        Ok(Backend::Triton(Box::new(config)))
+    }
+}
+
+fn duration(t: gst::ClockTime) -> Duration {
+    Duration::from_nanos(t.nseconds())
+}
+
+/// `a,b` or `a;b` or one per line, blanks dropped.
+pub fn split_endpoints(s: &str) -> Vec<String> {
+    s.split([',', ';', '\n', ' '])
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 impl Default for Settings {
@@ -149,6 +260,7 @@ impl Default for Settings {
             tile_overlap: DEFAULT_TILE_OVERLAP,
             whole_frame: DEFAULT_WHOLE_FRAME,
             action_scope: DEFAULT_ACTION_SCOPE,
+            remote: RemoteSettings::default(),
         }
     }
 }
@@ -175,6 +287,7 @@ impl Settings {
                 max_batch: self.max_batch.max(1) as usize,
                 ..BatchConfig::default()
             },
+            backend: self.remote.backend()?,
         })
     }
 
@@ -338,5 +451,37 @@ mod tests {
             ..Settings::default()
         });
         assert!(e.contains("12 columns"), "{e}");
+    }
+
+    #[test]
+    fn remote_properties_make_the_triton_backend() {
+        assert_eq!(RemoteSettings::default().backend().unwrap(), Backend::Local);
+        let mut r = RemoteSettings {
+            backend: ClipFilterBackend::Triton,
+            ..RemoteSettings::default()
+        };
+        let e = r.backend().unwrap_err().to_string();
+        assert!(e.contains("endpoints"), "{e}");
+        r.endpoints = Some("grpc://a:8001, grpcs://b:8001".into());
+        r.wire_format = ClipFilterWireFormat::Uint8;
+        r.timeout = gst::ClockTime::from_mseconds(1500);
+        r.tls_ca = Some(PathBuf::from("/etc/ca.pem"));
+        let Backend::Triton(c) = r.backend().unwrap() else {
+            panic!("not triton")
+        };
+        assert_eq!(c.endpoints, ["grpc://a:8001", "grpcs://b:8001"]);
+        assert_eq!(c.image_model, "clip_image_uint8");
+        assert_eq!(c.text_model, "clip_text");
+        assert_eq!(c.timeout, Duration::from_millis(1500));
+        assert_eq!(
+            c.tls.unwrap().ca_certificate,
+            Some(PathBuf::from("/etc/ca.pem"))
+        );
+        r.image_model = Some("mine".into());
+        let Backend::Triton(c) = r.backend().unwrap() else {
+            panic!("not triton")
+        };
+        assert_eq!(c.image_model, "mine");
+        assert!(c.tls.is_some());
     }
 }

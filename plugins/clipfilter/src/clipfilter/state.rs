@@ -23,6 +23,9 @@ use clipfilter::preprocess::{PixelBox, PixelFormat, Preprocessor, YuvColor};
 use clipfilter::watch::FileWatcher;
 use clipfilter::worker::{Output, Stream};
 
+/// An outage posts a warning on its first dropped sample and every this many after.
+const UNAVAILABLE_WARN_EVERY: u64 = 100;
+
 /// The negotiated video format.
 pub(super) struct Video {
     pub(super) info: gst_video::VideoInfo,
@@ -396,9 +399,20 @@ impl State {
             .flatten()?;
         let embeddings = match embeddings {
             Ok(e) => e,
-            Err(message) => {
+            Err(f) if f.unavailable => {
+                // Dropped, not failed: the worker logs the outage once, and the last verdict
+                // (and action) stands until an endpoint is back.
+                let n = counters.unavailable.fetch_add(1, Ordering::Relaxed) + 1;
+                if n == 1 || n.is_multiple_of(UNAVAILABLE_WARN_EVERY) {
+                    posts.push(Post::Warning(format!(
+                        "inference unavailable, samples dropped ({n} so far): {f}"
+                    )));
+                }
+                return None;
+            }
+            Err(f) => {
                 counters.errors.fetch_add(1, Ordering::Relaxed);
-                return Some(message);
+                return Some(f.message);
             }
         };
         counters.inferred.fetch_add(1, Ordering::Relaxed);

@@ -17,6 +17,7 @@ pub(super) struct Counters {
     pub(super) dropped: AtomicU64,
     pub(super) skipped: AtomicU64,
     pub(super) errors: AtomicU64,
+    pub(super) unavailable: AtomicU64,
     pub(super) latency_last_us: AtomicU64,
     pub(super) latency_sum_us: AtomicU64,
     pub(super) providers: Mutex<Option<(Provider, Provider)>>,
@@ -32,6 +33,7 @@ impl Counters {
             &self.dropped,
             &self.skipped,
             &self.errors,
+            &self.unavailable,
             &self.latency_last_us,
             &self.latency_sum_us,
         ] {
@@ -57,6 +59,7 @@ impl Counters {
             dropped: get(&self.dropped),
             skipped: get(&self.skipped),
             errors: get(&self.errors),
+            unavailable: get(&self.unavailable),
             latency_last_ms: get(&self.latency_last_us) as f64 / 1000.0,
             latency_mean_ms,
             execution_provider: name(providers.map(|(image, _)| image)),
