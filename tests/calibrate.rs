@@ -455,7 +455,7 @@ fn train_probe_beats_zero_shot_on_heldout() {
         if probe.classes[clipfilter::probe::argmax(&p)] == ex.label {
             probe_right += 1;
         }
-        let s = compiled.classes.score(e).unwrap();
+        let s = compiled.score(e).unwrap();
         let top = clipfilter::probe::argmax(
             &s.probability
                 .iter()
@@ -505,4 +505,494 @@ fn train_probe_beats_zero_shot_on_heldout() {
         diff < 1e-2,
         "probabilities differ from scikit-learn's by {diff}"
     );
+}
+
+/// `train-probe` on the train split into `out`.
+fn train_probe(out: &Path) {
+    let o = util::run(&[
+        "train-probe",
+        "--model",
+        digits().to_str().unwrap(),
+        "--examples",
+        split("train").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stdout}\n{stderr}");
+}
+
+/// The sample label set with `seven` scored by the probe `probe.json` next to it.
+fn labels_with_probe(dir: &Path) -> PathBuf {
+    let sample = std::fs::read_to_string(digits().join("labels.toml")).unwrap();
+    let edited = sample.replace(
+        "name = \"seven\"\nmin_probability = 0.4",
+        "name = \"seven\"\nprobe = \"probe.json\"\nmin_probability = 0.5",
+    );
+    assert_ne!(edited, sample);
+    let p = dir.join("labels.toml");
+    std::fs::write(&p, edited).unwrap();
+    p
+}
+
+/// `classify --json` of `images` with `args`; (exit code, one JSON object per image, stderr).
+fn classify(args: &[&str], images: &[PathBuf]) -> (i32, Vec<serde_json::Value>, String) {
+    let mut all: Vec<String> = ["classify", "--json", "--top", "0"]
+        .iter()
+        .chain(args)
+        .map(|s| s.to_string())
+        .collect();
+    all.extend(images.iter().map(|p| p.display().to_string()));
+    let out = util::run(&all);
+    let (stdout, stderr) = text(&out);
+    let rows = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    (out.status.code().unwrap_or(-1), rows, stderr)
+}
+
+fn row<'a>(result: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    result["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["label"] == name)
+        .unwrap_or_else(|| panic!("no label {name} in {result}"))
+}
+
+#[test]
+fn a_probe_label_is_scored_by_its_probe_in_the_library_and_the_cli() {
+    use clipfilter::engine::{Engine, EngineConfig};
+    use clipfilter::labels::{LabelDefaults, LabelSet};
+    let tmp = tempfile::tempdir().unwrap();
+    train_probe(&tmp.path().join("probe.json"));
+    let labels = labels_with_probe(tmp.path());
+    let probe = clipfilter::probe::Probe::from_file(&tmp.path().join("probe.json")).unwrap();
+    let class = probe.classes.iter().position(|c| c == "seven").unwrap();
+
+    // The library: the label's score is the probe's probability; the other labels keep their
+    // zero-shot softmax among themselves.
+    let engine = Engine::load(&EngineConfig::new(digits())).unwrap();
+    let set = LabelSet::from_file(&labels).unwrap();
+    let compiled = engine
+        .compile_labels(&set, &LabelDefaults::default())
+        .unwrap();
+    let seven = compiled.index_of("seven").unwrap();
+    assert!(compiled.is_probe(seven) && !compiled.is_probe(0));
+    let held = clipfilter::calibrate::Examples::scan(&split("heldout")).unwrap();
+    let emb = clipfilter::calibrate::embed_examples(&engine, &held.examples, |_| {}).unwrap();
+    let (mut hits, mut sevens, mut false_hits) = (0, 0, 0);
+    for (ex, e) in held.examples.iter().zip(&emb) {
+        let s = compiled.score(e).unwrap();
+        let want = probe.predict(e)[class] as f32;
+        assert!((s.probability[seven] - want).abs() < 1e-5, "{ex:?}");
+        assert_eq!(s.cosine[seven], s.probability[seven]);
+        let others: f32 = (0..s.probability.len())
+            .filter(|i| *i != seven)
+            .map(|i| s.probability[i])
+            .sum();
+        assert!((others - 1.0).abs() < 1e-4, "{others}");
+        let hit = compiled.labels[seven].passes(s.cosine[seven], s.probability[seven]);
+        if ex.label == "seven" {
+            sevens += 1;
+            hits += usize::from(hit);
+        } else {
+            false_hits += usize::from(hit);
+        }
+    }
+    println!("probe label `seven` on held-out: {hits}/{sevens} hits, {false_hits} false");
+    assert!(
+        hits * 10 >= sevens * 8 && false_hits <= 3,
+        "{hits}/{sevens}, {false_hits}"
+    );
+
+    // The CLI scores it the same way (the same library path).
+    let pictures: Vec<PathBuf> = held
+        .examples
+        .iter()
+        .filter(|e| e.label == "seven")
+        .take(3)
+        .map(|e| e.path.clone())
+        .collect();
+    let m = digits();
+    let (code, rows, stderr) = classify(
+        &[
+            "--model",
+            m.to_str().unwrap(),
+            "--labels",
+            labels.to_str().unwrap(),
+        ],
+        &pictures,
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(rows.len(), 3);
+    for (r, p) in rows.iter().zip(&pictures) {
+        let i = held.examples.iter().position(|e| e.path == *p).unwrap();
+        let want = probe.predict(&emb[i])[class];
+        let got = row(r, "seven")["probability"].as_f64().unwrap();
+        assert!((got - want).abs() < 1e-4, "{got} vs {want}");
+    }
+
+    // The probe belongs to the digits model: with another model, `classify` and `check` of a
+    // daemon config say so and exit 2.
+    let (code, _, stderr) = classify(
+        &[
+            "--model",
+            util::oracle().to_str().unwrap(),
+            "--labels",
+            labels.to_str().unwrap(),
+        ],
+        &pictures[..1],
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("this probe was trained on model `digits`")
+            && stderr.contains("train it again"),
+        "{stderr}"
+    );
+    let config = tmp.path().join("daemon.toml");
+    let mut text = crate::util::daemon::config_head(&tmp.path().join("state"), util::free_port());
+    text.push_str(&crate::util::daemon::live_pattern("cam", "red").replace(
+        "prompts = [\"red\", \"green\", \"blue\"]",
+        &format!("labels = {:?}", labels.display().to_string()),
+    ));
+    std::fs::write(&config, text).unwrap();
+    let out = util::run(&["check", config.to_str().unwrap()]);
+    let (stdout, stderr) = util::text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("pipeline[0].labels")
+            && stderr.contains("this probe was trained on model `digits`"),
+        "{stderr}"
+    );
+    // A probe without the label's class, and a label set naming a missing probe.
+    std::fs::write(
+        &labels,
+        std::fs::read_to_string(&labels).unwrap().replace(
+            "name = \"three\"",
+            "name = \"three\"\nprobe = \"nowhere.json\"",
+        ),
+    )
+    .unwrap();
+    let out = util::run(&["check", labels.to_str().unwrap()]);
+    let (_, stderr) = util::text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("nowhere.json"), "{stderr}");
+}
+
+/// The first `n` train pictures of `digit`, sorted.
+fn train_pictures(digit: &str, n: usize) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(split("train").join(digit))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    files.truncate(n);
+    files
+}
+
+#[test]
+fn image_labels_are_the_mean_of_their_pictures_and_reembed_only_what_changed() {
+    use clipfilter::engine::{Engine, EngineConfig};
+    use clipfilter::labels::{LabelDefaults, LabelSet};
+    use clipfilter::zeroshot::ensemble;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let sevens = dir.join("examples/seven");
+    std::fs::create_dir_all(&sevens).unwrap();
+    for p in train_pictures("seven", 5) {
+        std::fs::copy(&p, sevens.join(p.file_name().unwrap())).unwrap();
+    }
+    // Not a picture (skipped with a warning naming it) and a folder that matches the glob
+    // (not a regular file: ignored).
+    std::fs::write(sevens.join("notes.png"), "not a picture").unwrap();
+    std::fs::create_dir(sevens.join("folder.png")).unwrap();
+    let labels = dir.join("labels.toml");
+    std::fs::write(
+        &labels,
+        r#"# pictures alone, pictures with prompts, prompts alone
+[defaults]
+templates = ["a photo of the digit {}"]
+
+[[label]]
+name = "seven"
+images = ["examples/seven/*.png"]
+min_cosine = 0.5
+
+[[label]]
+name = "three"
+images = ["examples/seven/000.png"]
+prompts = ["three"]
+
+[[label]]
+name = "eight"
+"#,
+    )
+    .unwrap();
+    let engine = Engine::load(&EngineConfig::new(digits())).unwrap();
+    let set = LabelSet::from_file(&labels).unwrap();
+    assert_eq!(set.labels[0].prompts, Vec::<String>::new());
+    let compiled = engine
+        .compile_labels(&set, &LabelDefaults::default())
+        .unwrap();
+    assert_eq!(engine.label_images_embedded(), 5);
+    assert_eq!(
+        compiled.skipped_images.len(),
+        1,
+        "{:?}",
+        compiled.skipped_images
+    );
+    assert!(compiled.skipped_images[0].0.ends_with("notes.png"));
+    // The label's embedding is the normalised mean of its pictures' (and texts') embeddings.
+    let mut pictures: Vec<PathBuf> = std::fs::read_dir(&sevens)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file() && !p.ends_with("notes.png"))
+        .collect();
+    pictures.sort();
+    let each: Vec<Vec<f32>> = pictures
+        .iter()
+        .map(|p| engine.embed_image_file(p).unwrap())
+        .collect();
+    let text = engine.embed_texts(&["a photo of the digit three"]).unwrap();
+    let seven_row = ensemble(&each);
+    let three_row = ensemble(&[text[0].clone(), each[0].clone()]);
+    let probe = engine
+        .embed_image_file(&train_pictures("seven", 10)[9])
+        .unwrap();
+    let s = compiled.score(&probe).unwrap();
+    assert!((s.cosine[0] - util::cosine(&probe, &seven_row)).abs() < 1e-5);
+    assert!((s.cosine[1] - util::cosine(&probe, &three_row)).abs() < 1e-5);
+    // A picture of the set scores close to its label.
+    let own = compiled.score(&each[0]).unwrap();
+    assert!(
+        own.cosine[0] > 0.8 && own.probability[0] > own.probability[2],
+        "{own:?}"
+    );
+
+    // A reload embeds only the pictures that changed.
+    engine
+        .compile_labels(&set, &LabelDefaults::default())
+        .unwrap();
+    assert_eq!(engine.label_images_embedded(), 5);
+    std::fs::copy(&train_pictures("eight", 1)[0], &pictures[1]).unwrap();
+    let again = engine
+        .compile_labels(&set, &LabelDefaults::default())
+        .unwrap();
+    assert_eq!(engine.label_images_embedded(), 6);
+    assert_ne!(again.score(&probe).unwrap().cosine[0], s.cosine[0]);
+
+    // Every picture of a label unusable, or none matching: clear errors naming them.
+    std::fs::write(
+        &labels,
+        "[[label]]\nname = \"seven\"\nimages = [\"examples/seven/notes.*\"]\nmin_cosine = 0.5\n",
+    )
+    .unwrap();
+    let set = LabelSet::from_file(&labels).unwrap();
+    let e = engine
+        .compile_labels(&set, &LabelDefaults::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("none of its pictures could be used") && e.contains("notes.png"),
+        "{e}"
+    );
+    std::fs::write(
+        &labels,
+        "[[label]]\nname = \"seven\"\nimages = [\"examples/van/*.jpg\"]\nmin_cosine = 0.5\n",
+    )
+    .unwrap();
+    let out = util::run(&["check", labels.to_str().unwrap()]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("no picture (regular file) matches") && stderr.contains("van/*.jpg"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn classify_image_ranks_pictures_by_their_likeness_to_example_pictures() {
+    let tmp = tempfile::tempdir().unwrap();
+    let seven = tmp.path().join("a seven.png");
+    let three = tmp.path().join("three.png");
+    std::fs::copy(&train_pictures("seven", 1)[0], &seven).unwrap();
+    std::fs::copy(&train_pictures("three", 1)[0], &three).unwrap();
+    let m = digits();
+    let args = [
+        "--model",
+        m.to_str().unwrap(),
+        "--image",
+        seven.to_str().unwrap(),
+        "--image",
+        three.to_str().unwrap(),
+        "--label",
+        "a photo of the digit eight",
+    ];
+    let (code, rows, stderr) = classify(&args, &[seven.clone(), three.clone()]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(rows.len(), 2);
+    // Each picture is its own label's example: cosine 1.
+    assert!(
+        (row(&rows[0], "a seven")["cosine"].as_f64().unwrap() - 1.0).abs() < 1e-4,
+        "{}",
+        rows[0]
+    );
+    assert!(
+        (row(&rows[1], "three")["cosine"].as_f64().unwrap() - 1.0).abs() < 1e-4,
+        "{}",
+        rows[1]
+    );
+    assert!(
+        row(&rows[0], "a photo of the digit eight")["cosine"]
+            .as_f64()
+            .unwrap()
+            < 0.99
+    );
+    // A file that is not a picture is a clear error.
+    let bad = tmp.path().join("bad.png");
+    std::fs::write(&bad, "text").unwrap();
+    let (code, _, stderr) = classify(
+        &[
+            "--model",
+            m.to_str().unwrap(),
+            "--image",
+            bad.to_str().unwrap(),
+            "--label",
+            "x",
+        ],
+        &[seven],
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("bad.png"), "{stderr}");
+}
+
+/// Scores of every example of both splits against the sample label set, through the library;
+/// (picture, scores per label of the kind its threshold uses).
+fn sample_scores() -> Vec<(PathBuf, Vec<f32>)> {
+    use clipfilter::engine::{Engine, EngineConfig};
+    use clipfilter::labels::{LabelDefaults, LabelSet};
+    let engine = Engine::load(&EngineConfig::new(digits())).unwrap();
+    let set = LabelSet::from_file(&digits().join("labels.toml")).unwrap();
+    let compiled = engine
+        .compile_labels(&set, &LabelDefaults::default())
+        .unwrap();
+    let mut out = Vec::new();
+    for s in ["train", "heldout"] {
+        let ex = clipfilter::calibrate::Examples::scan(&split(s)).unwrap();
+        let emb = clipfilter::calibrate::embed_examples(&engine, &ex.examples, |_| {}).unwrap();
+        for (x, e) in ex.examples.iter().zip(&emb) {
+            let s = compiled.score(e).unwrap();
+            let per = compiled
+                .labels
+                .iter()
+                .enumerate()
+                .map(|(i, l)| clipfilter::calibrate::score_of(l.threshold, &s, i))
+                .collect();
+            out.push((x.path.clone(), per));
+        }
+    }
+    out
+}
+
+#[test]
+fn a_playing_element_picks_up_calibrate_write() {
+    use crate::element::{MS, element_message, left, pipeline};
+    use gst::prelude::*;
+    use gstclipfilter::clipfilter::messages::Message;
+    let tmp = tempfile::tempdir().unwrap();
+    let labels = labels_copy(tmp.path());
+    // What --write will change: the thresholds calibrate chooses on the train split.
+    let (code, plan, stderr) = calibrate(
+        &labels,
+        &split("train"),
+        tmp.path(),
+        &["--no-plots", "--precision", "0.9"],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    // A picture whose score lies between a label's hand-set and calibrated thresholds (the
+    // farthest from both), so that the element's verdict on it flips with the new file.
+    let names = ["three", "seven", "eight"];
+    let set = clipfilter::labels::LabelSet::from_file(&labels).unwrap();
+    let mut best: Option<(f32, &str, PathBuf, bool)> = None;
+    for (path, scores) in sample_scores() {
+        for name in names {
+            let l = label(&plan, name);
+            let (b, a) = (
+                l["before"].as_f64().unwrap() as f32,
+                l["after"].as_f64().unwrap() as f32,
+            );
+            let i = set.labels.iter().position(|x| x.name == name).unwrap();
+            let s = scores[i];
+            let margin = (s - b).min(a - s).max((b - s).min(s - a));
+            if margin > 0.0 && best.as_ref().is_none_or(|x| margin > x.0) {
+                best = Some((margin, name, path.clone(), s >= b));
+            }
+        }
+    }
+    let (margin, name, picture, matched_before) = best.expect("a picture between the thresholds");
+    println!(
+        "{name}: {} (margin {margin}), matched before: {matched_before}",
+        picture.display()
+    );
+
+    let p = pipeline(&format!(
+        "filesrc location={} ! pngdec ! videoconvert ! imagefreeze is-live=true \
+         ! video/x-raw,format=RGB,framerate=10/1 \
+         ! clipfilter name=cf model={} labels={} interval={} post-scores=true ! fakesink",
+        picture.display(),
+        digits().display(),
+        labels.display(),
+        100 * MS
+    ));
+    let bus = p.bus().unwrap();
+    p.set_state(gst::State::Playing).unwrap();
+    let deadline = std::time::Instant::now() + util::PATIENCE;
+    let next = || {
+        let msg = bus
+            .timed_pop(left(deadline))
+            .expect("the expected messages in time");
+        if let gst::MessageView::Error(e) = msg.view() {
+            panic!("pipeline error: {}", e.error());
+        }
+        element_message(&msg)
+    };
+    // Follows `name`'s Start and End messages until `n` samples are scored (after the
+    // labels-reloaded message when `after_reload`).
+    let (mut matching, mut reloaded) = (false, false);
+    let run = |n: usize, after_reload: bool, matching: &mut bool, reloaded: &mut bool| {
+        let mut scored = 0;
+        while scored < n {
+            match next() {
+                Some(Message::Scores(_)) => scored += usize::from(!after_reload || *reloaded),
+                Some(Message::Match(m)) if m.label == name => {
+                    *matching = m.transition == clipfilter::matcher::Transition::Start;
+                }
+                Some(Message::LabelsReloaded(r)) => {
+                    assert_eq!(r.path, labels);
+                    *reloaded = true;
+                }
+                _ => {}
+            }
+        }
+    };
+    // Before: the hand-set threshold decides.
+    run(3, false, &mut matching, &mut reloaded);
+    assert_eq!(matching, matched_before, "before calibrate --write");
+    // calibrate --write rewrites the file; the element reloads it and the new threshold flips
+    // the verdict.
+    let (code, written, stderr) = calibrate(
+        &labels,
+        &split("train"),
+        tmp.path(),
+        &["--no-plots", "--precision", "0.9", "--write"],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(written["written"], true);
+    // After: three samples scored after the labels-reloaded message, with the new threshold.
+    run(3, true, &mut matching, &mut reloaded);
+    assert!(reloaded, "no labels-reloaded message");
+    assert_eq!(matching, !matched_before, "after calibrate --write");
+    p.set_state(gst::State::Null).unwrap();
 }

@@ -31,6 +31,8 @@ pub const PROBE_FOLDS: usize = 5;
 pub const TILES: RangeInclusive<u32> = 1..=8;
 /// Overlap of neighbouring tiles, as a fraction of a tile's width (height).
 pub const TILE_OVERLAP: RangeInclusive<f64> = 0.0..=0.5;
+/// Example pictures of one label (`images = [...]`): each is embedded when the label set loads.
+pub const MAX_LABEL_IMAGES: usize = 1000;
 /// Named regions of one stream (pipeline or element and its label set together).
 pub const MAX_REGIONS: usize = 32;
 /// Points of a region's polygon.

@@ -448,9 +448,11 @@ impl Probe {
         std::fs::write(path, text + "\n").map_err(|e| Error::io(path, e))
     }
 
-    /// Checks that the probe belongs to `model` (an error naming both otherwise).
+    /// Checks that the probe belongs to `model` (an error naming both otherwise); a `model.dim`
+    /// of 0 (not known) is not compared.
     pub fn check_model(&self, path: &Path, model: &ProbeModel) -> Result<()> {
-        if self.model.vision_sha256 != model.vision_sha256 || self.model.dim != model.dim {
+        let dim_differs = model.dim != 0 && self.model.dim != model.dim;
+        if self.model.vision_sha256 != model.vision_sha256 || dim_differs {
             return Err(Error::config(
                 path,
                 crate::error::Location::field("model"),
