@@ -6,18 +6,27 @@ use clap::Parser;
 use clipfilterd::cli::{Cli, Command, LogFormat, ModelCommand, Outcome};
 use tracing_subscriber::EnvFilter;
 
+/// Targets that dump raw wire bytes at trace level (request headers and bodies, in hex, which no
+/// redaction can read): capped at debug unless named in the log directives.
+const WIRE_DUMPS: [&str; 1] = ["ureq_proto::util"];
+
 fn init_logging(cli: &Cli) {
     // ort's own info lines (library version notes, device discovery) are noise for users.
-    let directives = if cli.log_level.contains('=') {
+    let mut directives = if cli.log_level.contains('=') {
         cli.log_level.clone()
     } else {
         format!("{},ort=warn", cli.log_level)
     };
+    for target in WIRE_DUMPS {
+        if !directives.contains(target) {
+            directives.push_str(&format!(",{target}=debug"));
+        }
+    }
     let filter =
         EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new("info,ort=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(|| clipfilterd::daemon::secret::RedactingWriter(std::io::stderr()));
     match cli.log_format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder

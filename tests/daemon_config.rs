@@ -172,3 +172,270 @@ fn the_daemon_loads_the_onnxruntime_library_its_config_names() {
     assert!(changes.contains("untouched: cam"), "{changes}");
     assert!(daemon.stop());
 }
+
+/// `clipfilterd <args>`, killed (and the test failed) if it has not ended within PATIENCE: a
+/// command that waits on a FIFO would otherwise hang the test.
+fn run_bounded(args: &[&str]) -> std::process::Output {
+    use std::process::Stdio;
+    let mut child = crate::util::clipfilterd()
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + crate::util::PATIENCE;
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "clipfilterd {args:?} still running after {:?}: {}",
+                crate::util::PATIENCE,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn mkfifo(path: &Path) {
+    let status = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(status.success(), "mkfifo {}", path.display());
+}
+
+/// A FIFO or a device given as a label set or a configuration is refused at once with a clear
+/// error (issue 15): `check` neither waits for a writer nor reads `/dev/zero` until memory runs
+/// out, and `run` reports the pipeline's error and stops on SIGTERM.
+#[test]
+fn special_files_are_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo.toml");
+    mkfifo(&fifo);
+    let http = free_port();
+    let config = dir.path().join("clipfilterd.toml");
+    let with_labels = |labels: &str| {
+        format!(
+            "{}{}",
+            config_head(&dir.path().join("state"), http),
+            live_pattern("cam", "red").replace(
+                "prompts = [\"red\", \"green\", \"blue\"]",
+                &format!("labels = \"{labels}\"")
+            )
+        )
+    };
+    for (labels, what) in [
+        ("fifo.toml", "is a FIFO (named pipe), not a regular file"),
+        ("/dev/zero", "is a character device, not a regular file"),
+    ] {
+        std::fs::write(&config, with_labels(labels)).unwrap();
+        let out = run_bounded(&["check", config.to_str().unwrap()]);
+        let (_, stderr) = crate::util::text(&out);
+        assert_eq!(out.status.code(), Some(2), "{labels}: {stderr}");
+        assert!(
+            stderr.contains("pipeline[0].labels") && stderr.contains(what),
+            "{labels}: {stderr}"
+        );
+    }
+    // The file given to `check` (a label set or a config) is held to the same rule.
+    for file in [fifo.to_str().unwrap(), "/dev/zero"] {
+        let out = run_bounded(&["check", file]);
+        let (_, stderr) = crate::util::text(&out);
+        assert_eq!(out.status.code(), Some(2), "{file}: {stderr}");
+        assert!(stderr.contains("only regular files are read"), "{stderr}");
+    }
+
+    // `run`: the element refuses the FIFO, the pipeline says why, SIGTERM ends the daemon.
+    std::fs::write(&config, with_labels("fifo.toml")).unwrap();
+    let daemon = Daemon::start(&config, Some(http));
+    let p = daemon.wait_pipeline("cam", "failed on the FIFO", |p| {
+        p["last_error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("FIFO"))
+    });
+    assert_ne!(p["state"], "running", "{p}");
+    assert!(daemon.stop());
+}
+
+/// Values the element cannot take are refused by `check` (and so by `run`), from the one limits
+/// table, instead of panicking a pipeline or restarting it forever (issue 15).
+#[test]
+fn check_refuses_values_the_element_cannot_take() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("clipfilterd.toml");
+    let pattern = live_pattern("cam", "red");
+    let text = format!(
+        "{}{}{}",
+        config_head(&dir.path().join("state"), free_port()),
+        pattern.replace(
+            "interval = \"200ms\"",
+            "interval = \"5200000h\"\nenter = 5000\nleave = 100000"
+        ),
+        live_pattern("nul", "red").replace("\"green\"", "\"gre\\u0000en\""),
+    );
+    std::fs::write(&config, &text).unwrap();
+    let line_of = |needle: &str| 1 + text.lines().position(|l| l.contains(needle)).unwrap();
+    let out = crate::util::run(&["check", config.to_str().unwrap()]);
+    let (_, stderr) = crate::util::text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("error: "))
+        .collect();
+    let expect = [
+        (
+            line_of("5200000h"),
+            "pipeline[0].interval",
+            "at most one sample a day",
+        ),
+        (
+            line_of("enter = 5000"),
+            "pipeline[0].enter",
+            "between 1 and 1000",
+        ),
+        (
+            line_of("leave = 100000"),
+            "pipeline[0].leave",
+            "between 1 and 1000",
+        ),
+        (line_of("u0000"), "pipeline[1].prompts", "NUL byte"),
+    ];
+    assert_eq!(errors.len(), expect.len(), "{stderr}");
+    for (error, (line, field, what)) in errors.iter().zip(expect) {
+        assert!(
+            error.contains(&format!("line {line},"))
+                && error.contains(field)
+                && error.contains(what),
+            "line {line}, {field}, {what}: {stderr}"
+        );
+    }
+}
+
+/// A reload that changes an output's outbox bound says so (issue 15: it logged "outputs
+/// updated: -").
+#[test]
+fn a_reload_names_the_outputs_it_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = free_port();
+    let config = dir.path().join("clipfilterd.toml");
+    let text = format!(
+        "{}{}",
+        config_head(&dir.path().join("state"), http),
+        live_pattern("cam", "red")
+    );
+    std::fs::write(&config, &text).unwrap();
+    let daemon = Daemon::start(&config, Some(http));
+    daemon.wait_event(0, "cam matches red", |e| e["state"] == "start");
+    let log_at = daemon.stderr.len();
+    write_atomically(
+        &config,
+        &text.replacen("path = \"-\"\n", "path = \"-\"\nmax_pending = 50\n", 1),
+    );
+    let (_, reloaded) = daemon.wait_log(log_at, "configuration reloaded");
+    let changes = reloaded["fields"]["changes"].as_str().unwrap_or_default();
+    assert!(
+        changes.contains("outputs changed: log (max_pending 100000 -> 50)")
+            && changes.contains("untouched: cam"),
+        "{changes}"
+    );
+    assert!(daemon.stop());
+}
+
+/// A webhook's `Authorization` header and `user:password@` in its URL both authenticate: the
+/// combination is refused rather than one silently replacing the other (issue 15).
+#[test]
+fn check_refuses_two_authentications_of_a_webhook() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("clipfilterd.toml");
+    let text = format!(
+        "{}
+[[output]]
+name = \"hook\"
+type = \"webhook\"
+url = \"https://user:pass@example.com/hook\"
+headers = {{ authorization = \"Bearer xyz\" }}
+{}",
+        config_head(&dir.path().join("state"), free_port()),
+        live_pattern("cam", "red")
+    );
+    std::fs::write(&config, &text).unwrap();
+    let out = crate::util::run(&["check", config.to_str().unwrap()]);
+    let (_, stderr) = crate::util::text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("output[1].headers") && stderr.contains("give one of them"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("pass@") && !stderr.contains("xyz"),
+        "{stderr}"
+    );
+}
+
+/// A decoded frame over the cap (`max_frame_pixels`, default 7680x4320) is a clear pipeline
+/// error instead of gigabytes of memory (issue 15: an 8000x8000 source took 4 GB in seconds);
+/// `check` holds the key to the limits table.
+#[test]
+fn frames_over_the_size_cap_are_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = free_port();
+    let config = dir.path().join("clipfilterd.toml");
+    let pipeline = |name: &str, size: u32, extra: &str| {
+        live_pattern(name, "red")
+            .replace("width=64,height=64", &format!("width={size},height={size}"))
+            .replace("framerate=10/1", "framerate=1/1")
+            .replace(
+                "interval = \"200ms\"",
+                &format!("interval = \"200ms\"{extra}"),
+            )
+    };
+    let head = config_head(&dir.path().join("state"), http);
+    std::fs::write(
+        &config,
+        format!("{head}{}", pipeline("zero", 64, "\nmax_frame_pixels = 0")),
+    )
+    .unwrap();
+    let out = crate::util::run(&["check", config.to_str().unwrap()]);
+    let (_, stderr) = crate::util::text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("pipeline[0].max_frame_pixels") && stderr.contains("between 1 and"),
+        "{stderr}"
+    );
+
+    std::fs::write(
+        &config,
+        format!(
+            "{head}{}{}{}",
+            pipeline("huge", 8000, ""),
+            pipeline("capped", 64, "\nmax_frame_pixels = 4000"),
+            live_pattern("good", "red"),
+        ),
+    )
+    .unwrap();
+    let daemon = Daemon::start(&config, Some(http));
+    for (name, words) in [
+        (
+            "huge",
+            "8000x8000 (64000000 pixels) are larger than max-frame-pixels=33177600",
+        ),
+        (
+            "capped",
+            "64x64 (4096 pixels) are larger than max-frame-pixels=4000",
+        ),
+    ] {
+        let p = daemon.wait_pipeline(name, "refused its frames", |p| {
+            p["last_error"]["message"].is_string()
+        });
+        let message = p["last_error"]["message"].as_str().unwrap();
+        assert!(message.contains(words), "{name}: {message}");
+    }
+    daemon.wait_event(0, "good matches red", |e| {
+        e["pipeline"] == "good" && e["state"] == "start"
+    });
+    assert!(daemon.stop());
+}

@@ -237,3 +237,70 @@ fn idle_connections_cost_no_thread_and_do_not_block_requests() {
         after.saturating_sub(before)
     );
 }
+
+/// Label names are any text a label set holds: on `/metrics` each stays inside its label value
+/// (escaped as the exposition format says), and a real parser reads the page back.
+#[test]
+fn hostile_label_names_stay_inside_their_label_values() {
+    use crate::util::daemon::{Daemon, Sample, config_head, parse_metrics};
+    let hostile = [
+        "red\"} 99\nclipfilter_injected 1\n#",
+        "green \\ back\\slash \"quoted\"",
+        "blue\nsecond line",
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let labels = dir.path().join("labels.toml");
+    let mut set = String::from("[defaults]\ntemplates = \"none\"\n");
+    for (name, prompt) in hostile.iter().zip(["red", "green", "blue"]) {
+        // Rust's `{:?}` of these strings is a valid TOML basic string.
+        set.push_str(&format!(
+            "\n[[label]]\nname = {name:?}\nprompts = [{prompt:?}]\n"
+        ));
+    }
+    std::fs::write(&labels, set).unwrap();
+    let http = crate::util::free_port();
+    let config = dir.path().join("clipfilterd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{}
+[[pipeline]]
+name = \"cam\"
+launch = \"videotestsrc is-live=true pattern=red ! video/x-raw,width=64,height=64,framerate=10/1\"
+interval = \"200ms\"
+labels = \"{}\"
+",
+            config_head(&dir.path().join("state"), http),
+            labels.display()
+        ),
+    )
+    .unwrap();
+    let daemon = Daemon::start(&config, Some(http));
+    daemon.wait_event(0, "a match of the red label", |e| {
+        e["label"] == hostile[0] && e["state"] == "start"
+    });
+    let page = daemon.get("/metrics");
+    let samples = parse_metrics(&page).unwrap_or_else(|e| panic!("{e}\n{page}"));
+    assert!(
+        samples.iter().all(
+            |s| s.name.starts_with("clipfilter_") && !s.name.starts_with("clipfilter_injected")
+        ),
+        "{samples:?}"
+    );
+    let scored: std::collections::BTreeSet<&str> = samples
+        .iter()
+        .filter(|s| s.name == "clipfilter_label_score_count" && s.labels["pipeline"] == "cam")
+        .map(|s| s.labels["label"].as_str())
+        .collect();
+    let expected: std::collections::BTreeSet<&str> = hostile.into_iter().collect();
+    assert_eq!(scored, expected, "{page}");
+    let matched: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| s.name == "clipfilter_label_matches_total" && s.value >= 1.0)
+        .collect();
+    assert!(
+        matched.len() == 1 && matched[0].labels["label"] == hostile[0],
+        "{matched:?}"
+    );
+    assert!(daemon.stop());
+}

@@ -8,7 +8,8 @@
 #   2. ONNX Runtime shared library into .local/onnxruntime/lib/ (+ .local/env.sh)
 #   3. sample media into .local/media/ (photos from scikit-image's wheel and opencv-doc, vtest.avi)
 #   4. committed fixtures in tests/fixtures/ present? (regenerated with the torch venv only if missing)
-#   5. light Python venv .local/venv-ref and the photo pixel references in .local/fixtures/photos/
+#   5. light Python venvs .local/venv-ref (+ the photo pixel references in .local/fixtures/photos/)
+#      and .local/venv-check (prometheus-client, for the tests)
 #   6. with --build: release build of clipfilterd and the GStreamer plugin, plugin linked into the
 #      user's GStreamer plugin folder
 set -euo pipefail
@@ -29,7 +30,8 @@ Sets up everything clipfilter needs on a Debian 12 machine, idempotently:
   3. sample media -> .local/media/photos/ and .local/media/video/vtest.avi
   4. tests/fixtures/: regenerated (with the torch venv, ~6 GB) only when files are missing
   5. .local/venv-ref (transformers, pillow, numpy, onnxruntime; no torch) and photo pixel
-     references -> .local/fixtures/photos/<model>/*.npy
+     references -> .local/fixtures/photos/<model>/*.npy; .local/venv-check (prometheus-client:
+     the tests parse /metrics with it)
   6. with --build: `cargo build --release --workspace` (clipfilterd and libgstclipfilter.so), and
      libgstclipfilter.so linked into ~/.local/share/gstreamer-1.0/plugins/ so that gst-launch-1.0
      and gst-inspect-1.0 find the clipfilter element without GST_PLUGIN_PATH
@@ -299,6 +301,9 @@ else
     clip_tools photo-refs || die "photo-refs failed"
     echo "$refs_key" > "$REFS/.stamp"
 fi
+# The parsers the tests check the daemon's output with (prometheus-client: /metrics).
+clipfilter_ensure_venv check || die "could not set up .local/venv-check"
+info "venv-check: prometheus-client $("$CLIPFILTER_VENV_PY" -c 'import importlib.metadata as m; print(m.version("prometheus-client"))' 2>/dev/null)"
 
 echo "==> steps 1-5 done in $((SECONDS - T0)) s"
 

@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # Shared by tools/setup.sh and tools/clip-tools: create or update a pinned Python venv under .local/.
-#   clipfilter_ensure_venv ref|tools   -> sets CLIPFILTER_VENV_PY to the venv's python
+#   clipfilter_ensure_venv ref|tools|check   -> sets CLIPFILTER_VENV_PY to the venv's python
 # A venv is (re)installed only when tools/requirements-<name>.txt changed (its sha256 is stamped
 # inside the venv), so a second call takes milliseconds. All messages go to stderr.
 

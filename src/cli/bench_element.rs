@@ -123,7 +123,10 @@ pub fn run(args: BenchElementArgs) -> anyhow::Result<Outcome> {
         ("identity".to_string(), "identity silent=true".to_string()),
         (
             "clipfilter unsampled".to_string(),
-            format!("{clipfilter} interval={}", u64::MAX - 1),
+            format!(
+                "{clipfilter} interval={}",
+                clipfilter::limits::INTERVAL_NS.end()
+            ),
         ),
         (
             "clipfilter sampled (interval=0)".to_string(),

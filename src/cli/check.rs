@@ -45,7 +45,7 @@ pub fn kind_of(path: &Path, text: &str) -> Result<FileKind, Error> {
 
 /// Checks one file; returns a one-line summary.
 pub fn check_file(path: &Path) -> Result<String, Error> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = clipfilter::input::read_to_string(path)?;
     match kind_of(path, &text)? {
         FileKind::LabelSet => {
             let set = LabelSet::from_toml_str(&text, path)?;

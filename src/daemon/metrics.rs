@@ -12,6 +12,7 @@
 //! | `clipfilter_frames_dropped_total` | counter (read at scrape) | pipeline |
 //! | `clipfilter_frames_skipped_by_gate_total` | counter (read at scrape) | pipeline |
 //! | `clipfilter_pipeline_restarts_total` | counter | pipeline |
+//! | `clipfilter_pipeline_panics_total` | counter: panics caught in its thread | pipeline |
 //! | `clipfilter_pipeline_state` | gauge, 1 for the current state | pipeline, state |
 //! | `clipfilter_inference_latency_seconds` | histogram | model |
 //! | `clipfilter_inference_batch_size` | histogram | model |
@@ -39,7 +40,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder,
+};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
@@ -111,37 +114,72 @@ pub struct FrameCounts {
     pub skipped_by_gate: u64,
 }
 
+/// A label value, escaped as the exposition format says when encoded (`\\`, `\"` and a new line
+/// as `\n`): `prometheus-client` writes label values as they are, and a label name is any text
+/// a label set holds.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, PartialOrd, Ord)]
+struct LabelValue(String);
+
+impl From<&str> for LabelValue {
+    fn from(s: &str) -> Self {
+        LabelValue(s.to_owned())
+    }
+}
+
+impl From<String> for LabelValue {
+    fn from(s: String) -> Self {
+        LabelValue(s)
+    }
+}
+
+impl EncodeLabelValue for LabelValue {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+        use std::fmt::Write;
+        let mut rest = self.0.as_str();
+        while let Some(i) = rest.find(['\\', '"', '\n']) {
+            encoder.write_str(&rest[..i])?;
+            encoder.write_str(match rest.as_bytes()[i] {
+                b'\\' => "\\\\",
+                b'"' => "\\\"",
+                _ => "\\n",
+            })?;
+            rest = &rest[i + 1..];
+        }
+        encoder.write_str(rest)
+    }
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PipelineLabels {
-    pipeline: String,
+    pipeline: LabelValue,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabels {
-    pipeline: String,
+    pipeline: LabelValue,
     state: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ModelLabels {
-    model: String,
+    model: LabelValue,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ProviderLabels {
-    model: String,
-    provider: String,
+    model: LabelValue,
+    provider: LabelValue,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LabelLabels {
-    pipeline: String,
-    label: String,
+    pipeline: LabelValue,
+    label: LabelValue,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutputLabels {
-    output: String,
+    output: LabelValue,
 }
 
 type FrameSource = Arc<dyn Fn() -> FrameCounts + Send + Sync>;
@@ -221,7 +259,7 @@ impl Collector for ScrapeSources {
         for (name, help, get) in families {
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
             for (pipeline, counts) in &frames {
-                let labels = [("pipeline", pipeline.as_str())];
+                let labels = [("pipeline", LabelValue::from(pipeline.as_str()))];
                 ConstCounter::new(get(counts)).encode(family.encode_family(&labels)?)?;
             }
         }
@@ -239,7 +277,7 @@ impl Collector for ScrapeSources {
             MetricType::Gauge,
         )?;
         for (model, depth) in &depths {
-            let labels = [("model", model.as_str())];
+            let labels = [("model", LabelValue::from(model.as_str()))];
             ConstGauge::new(*depth).encode(family.encode_family(&labels)?)?;
         }
         self.encode_backend(&mut encoder)
@@ -262,7 +300,7 @@ impl ScrapeSources {
             MetricType::Counter,
         )?;
         for (model, counts) in &backends {
-            let labels = [("model", model.as_str())];
+            let labels = [("model", LabelValue::from(model.as_str()))];
             ConstCounter::new(counts.unavailable).encode(family.encode_family(&labels)?)?;
         }
         type Read = fn(&EndpointCounts) -> u64;
@@ -290,7 +328,10 @@ impl ScrapeSources {
             let mut family = encoder.encode_descriptor(name, help, None, kind)?;
             for (model, counts) in &backends {
                 for e in &counts.endpoints {
-                    let labels = [("model", model.as_str()), ("endpoint", e.endpoint.as_str())];
+                    let labels = [
+                        ("model", LabelValue::from(model.as_str())),
+                        ("endpoint", LabelValue::from(e.endpoint.as_str())),
+                    ];
                     let value = get(e);
                     if matches!(kind, MetricType::Gauge) {
                         ConstGauge::new(value as i64).encode(family.encode_family(&labels)?)?;
@@ -308,6 +349,7 @@ impl ScrapeSources {
 #[derive(Debug, Clone)]
 pub struct PipelineMetrics {
     restarts: Counter,
+    panics: Counter,
     states: [Gauge; 4],
 }
 
@@ -315,6 +357,11 @@ impl PipelineMetrics {
     /// Counts one restart.
     pub fn restarted(&self) {
         self.restarts.inc();
+    }
+
+    /// Counts one panic of the pipeline's thread.
+    pub fn panicked(&self) {
+        self.panics.inc();
     }
 
     /// Sets the current state (1 for it, 0 for the others).
@@ -378,6 +425,7 @@ pub struct Metrics {
     registry: Mutex<Registry>,
     scrape: Arc<ScrapeSources>,
     restarts: Family<PipelineLabels, Counter>,
+    panics: Family<PipelineLabels, Counter>,
     state: Family<StateLabels, Gauge>,
     latency: Family<ModelLabels, Histogram>,
     batch_size: Family<ModelLabels, Histogram>,
@@ -410,6 +458,12 @@ impl Metrics {
             "clipfilter_pipeline_restarts",
             "Restarts of the pipeline after an error or end of stream",
             restarts.clone(),
+        );
+        let panics = Family::<PipelineLabels, Counter>::default();
+        registry.register(
+            "clipfilter_pipeline_panics",
+            "Panics caught in the pipeline's thread (a bug: /healthz fails until it is restarted)",
+            panics.clone(),
         );
         let state = Family::<StateLabels, Gauge>::default();
         registry.register(
@@ -482,6 +536,7 @@ impl Metrics {
             registry: Mutex::new(registry),
             scrape,
             restarts,
+            panics,
             state,
             latency,
             batch_size,
@@ -502,6 +557,9 @@ impl Metrics {
         let restarts = self.restarts.get_or_create_owned(&PipelineLabels {
             pipeline: pipeline.into(),
         });
+        let panics = self.panics.get_or_create_owned(&PipelineLabels {
+            pipeline: pipeline.into(),
+        });
         let fresh = self
             .state
             .get(&StateLabels {
@@ -515,7 +573,11 @@ impl Metrics {
                 state: s.as_str(),
             })
         });
-        let handles = PipelineMetrics { restarts, states };
+        let handles = PipelineMetrics {
+            restarts,
+            panics,
+            states,
+        };
         if fresh {
             handles.set_state(PipelineState::Starting);
         }
@@ -570,7 +632,7 @@ impl Metrics {
         if let Some(old) = current.insert(model.to_owned(), provider.to_owned()) {
             self.provider.remove(&ProviderLabels {
                 model: model.into(),
-                provider: old,
+                provider: old.into(),
             });
         }
         self.provider
@@ -632,6 +694,9 @@ impl Metrics {
         self.restarts.remove(&PipelineLabels {
             pipeline: pipeline.into(),
         });
+        self.panics.remove(&PipelineLabels {
+            pipeline: pipeline.into(),
+        });
         for s in PipelineState::ALL {
             self.state.remove(&StateLabels {
                 pipeline: pipeline.into(),
@@ -646,7 +711,7 @@ impl Metrics {
         for label in labels.into_iter().flatten() {
             let key = LabelLabels {
                 pipeline: pipeline.into(),
-                label,
+                label: label.into(),
             };
             self.score.remove(&key);
             self.matches.remove(&key);
@@ -673,7 +738,7 @@ impl Metrics {
         if let Some(provider) = old {
             self.provider.remove(&ProviderLabels {
                 model: model.into(),
-                provider,
+                provider: provider.into(),
             });
         }
     }
@@ -705,6 +770,24 @@ mod tests {
         text.lines()
             .find(|l| l.starts_with(prefix))
             .unwrap_or_else(|| panic!("no line starting with {prefix:?} in\n{text}"))
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let m = Metrics::new();
+        let hostile = "red\"} 99\nclipfilter_injected 1\n# back\\slash";
+        m.label("cam1", hostile).matched();
+        let text = m.encode();
+        assert!(
+            text.contains(
+                "clipfilter_label_matches_total{pipeline=\"cam1\",label=\"red\\\"} 99\\nclipfilter_injected 1\\n# back\\\\slash\"} 1\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            !text.lines().any(|l| l.starts_with("clipfilter_injected")),
+            "{text}"
+        );
     }
 
     #[test]

@@ -26,9 +26,6 @@ use crate::daemon::model::ElementModel;
 use crate::daemon::source::{self, make};
 use clipfilter::error::{Error, Result};
 
-/// The largest `interval` property value (the element's maximum).
-const MAX_INTERVAL_NS: u64 = u64::MAX - 1;
-
 /// A built (not yet started) pipeline.
 #[derive(Debug)]
 pub struct Built {
@@ -71,7 +68,7 @@ pub fn configure_filter(filter: &gst::Element, cfg: &PipelineConfig, model: &Ele
         props::INTERVAL,
         u64::try_from(cfg.interval.as_nanos())
             .unwrap_or(u64::MAX)
-            .min(MAX_INTERVAL_NS),
+            .min(*clipfilter::limits::INTERVAL_NS.end()),
     );
     if let Some(threshold) = cfg.threshold {
         let (kind, value) = ClipFilterThresholdKind::of(threshold);
@@ -90,6 +87,9 @@ pub fn configure_filter(filter: &gst::Element, cfg: &PipelineConfig, model: &Ele
     filter.set_property(props::MODE, cfg.mode);
     if let Some(g) = cfg.scene_gate {
         filter.set_property(props::SCENE_GATE, g);
+    }
+    if let Some(n) = cfg.max_frame_pixels {
+        filter.set_property(props::MAX_FRAME_PIXELS, n);
     }
     filter.set_property(props::POST_SCORES, true);
     filter.set_property(props::SNAPSHOT, cfg.snapshots);

@@ -26,7 +26,7 @@ use crate::daemon::notify::{Heartbeat, Notifier};
 use crate::daemon::reload::{Trigger, Triggers};
 use crate::daemon::snapshot::SnapshotStore;
 use crate::daemon::supervisor::status::PipelineStatus;
-use crate::daemon::supervisor::{Shared, Supervisor};
+use crate::daemon::supervisor::{Shared, Supervisor, diff};
 use crate::error::Result;
 use clipfilter::engine::Engine;
 
@@ -126,7 +126,8 @@ impl View {
                 "the supervisor loop has been silent for {main:.0?}"
             ));
         }
-        Ok(())
+        let pipelines = self.pipelines.read().unwrap_or_else(|p| p.into_inner());
+        crate::daemon::supervisor::status::health(pipelines.iter().map(|p| &**p))
     }
 }
 
@@ -434,9 +435,10 @@ impl Daemon {
                 return;
             }
         }
-        let changes = self.supervisor.plan(&new.pipelines, &model);
-        self.supervisor.apply(&changes);
-        tracing::info!(%changes, "configuration reloaded");
+        let plan = self.supervisor.plan(&new.pipelines, &model);
+        self.supervisor.apply(&plan);
+        let outputs = diff::outputs(&self.config.output_configs, &new.output_configs);
+        tracing::info!(changes = %format!("{plan}; {outputs}"), "configuration reloaded");
         self.config = new;
     }
 

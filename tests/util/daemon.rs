@@ -445,3 +445,47 @@ pub fn example(name: &str, state: &Path, http: u16) -> String {
     }
     out
 }
+
+/// One sample of a `/metrics` page, as a real scraper parses it.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+pub struct Sample {
+    pub name: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub value: f64,
+}
+
+/// Parses an OpenMetrics page with the Prometheus Python client's parser (`.local/venv-check`,
+/// installed by tools/setup.sh); `Err` with the parser's complaint when the page is invalid.
+pub fn parse_metrics(page: &str) -> Result<Vec<Sample>, String> {
+    use std::io::Write;
+    let python = super::local().join("venv-check/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run tools/setup.sh",
+        python.display()
+    );
+    let script = "import json, sys\n\
+        from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse\n\
+        out = [dict(name=s.name, labels=s.labels, value=s.value)\n\
+               for f in parse(sys.stdin.read()) for s in f.samples]\n\
+        print(json.dumps(out))\n";
+    let mut child = Command::new(python)
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(page.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        return Err(stderr.lines().last().unwrap_or_default().to_string());
+    }
+    Ok(serde_json::from_slice(&out.stdout).unwrap())
+}

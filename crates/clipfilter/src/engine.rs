@@ -460,7 +460,7 @@ fn stream_window(engine: &Engine) -> usize {
 
 /// Decodes an image file to 8-bit RGB (alpha dropped, as `CLIPImageProcessor`'s convert_rgb).
 pub fn decode_image(path: &Path) -> Result<image::RgbImage> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = crate::input::read(path)?;
     let img = image::ImageReader::new(std::io::Cursor::new(&bytes))
         .with_guessed_format()
         .map_err(|e| Error::Image {

@@ -11,6 +11,7 @@ pub mod encoder;
 pub mod engine;
 pub mod error;
 pub mod gate;
+pub mod input;
 pub mod labels;
 pub mod limits;
 pub mod matcher;

@@ -12,6 +12,14 @@ pub const DEFAULT_MAX_BATCH: u32 = 8;
 pub const THREADS: RangeInclusive<u32> = 0..=1024;
 /// Consecutive samples to start (`enter`) or end (`leave`) a match.
 pub const SAMPLES: RangeInclusive<u32> = 1..=1000;
+/// Stream time between sampled frames, in nanoseconds (the element's `interval`, a pipeline's
+/// `interval`): 0 (every frame) to 24 hours.
+pub const INTERVAL_NS: RangeInclusive<u64> = 0..=86_400_000_000_000;
+/// Pixels of one decoded frame the element takes (`max-frame-pixels`, a pipeline's
+/// `max_frame_pixels`): a larger frame is an error, not gigabytes of memory.
+pub const FRAME_PIXELS: RangeInclusive<u64> = 1..=16384 * 16384;
+/// Default of the frame cap: 8K UHD (7680x4320).
+pub const DEFAULT_FRAME_PIXELS: u64 = 7680 * 4320;
 /// Scene-change gate threshold: mean 8-bit level difference (0 turns the gate off).
 pub const SCENE_GATE: RangeInclusive<f64> = 0.0..=255.0;
 /// Precision a calibration may ask for (`calibrate --precision`): above 0.99 it would need more
@@ -47,3 +55,9 @@ pub const MAX_CROPS: usize = 100;
 pub fn describe<T: std::fmt::Display>(range: &RangeInclusive<T>) -> String {
     format!("between {} and {}", range.start(), range.end())
 }
+
+/// Largest file read from a path a user gives (label set, daemon configuration, model
+/// configuration, image to classify): 64 MiB. Only regular files are read (after following
+/// symbolic links), so that a FIFO, a device such as `/dev/zero` or a directory is refused at
+/// once instead of blocking or filling memory.
+pub const MAX_INPUT_FILE_BYTES: u64 = 64 * 1024 * 1024;

@@ -64,7 +64,9 @@
 //! transport = "tcp"               # rtsp: tcp | udp | auto
 //! latency = "200ms"               # rtsp: jitter buffer
 //! # username = "user"            # rtsp, http(s): credentials outside the URL
-//! # password = "secret"
+//! # password = "secret"         # or { file = "/etc/clipfilter/driveway.password" }, or
+//! #                               # { credential = "driveway" } (systemd LoadCredential=), as
+//! #                               # every secret: see `crate::daemon::secret`
 //! # loop = true                   # file: start again at the end (as if live)
 //! # realtime = true               # file, launch: play at the media's speed (default true)
 //! # launch = "v4l2src ! image/jpeg,width=1280 ! jpegdec"   # instead of `source`: a raw
@@ -78,11 +80,13 @@
 //! # fit = "pad"                   # crop | pad | crops: how the whole frame reaches the model
 //! # tiles = "3x3"                 # also tile_overlap, whole_frame, action_scope and
 //! #                               # [[pipeline.region]] tables: see `daemon/view.rs`
-//! interval = "1s"                 # time between sampled frames
+//! # max_frame_pixels = 33177600  # largest decoded frame (default 7680x4320); larger: an error
+//! interval = "1s"                 # time between sampled frames (at most 24h)
 //! labels = "labels/driveway.toml" # a label set (reloaded when it changes), or:
 //! # prompts = ["a person", "a car"]
 //! # templates = "ensemble7"       # none | single | ensemble7 | imagenet80
-//! min_probability = 0.6           # default threshold of labels without their own, or
+//! min_probability = 0.6           # default threshold of labels without their own (a label
+//! #                               # matches above it), or
 //! # min_cosine = 0.25
 //! action = "none"                 # none | drop | blank | pixelate (labels may override)
 //! enter = 2                       # consecutive samples to start a match
@@ -162,7 +166,7 @@ pub struct Config {
 impl Config {
     /// Reads and validates the configuration file.
     pub fn load(path: &Path) -> Result<Config> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = clipfilter::input::read_to_string(path)?;
         Config::parse(&text, path)
     }
 

@@ -48,6 +48,8 @@ pub struct PipelineConfig {
     /// Scene-change gate threshold (the element's `scene-gate`); `None`: automatic, on for
     /// live sources.
     pub scene_gate: Option<f64>,
+    /// Largest decoded frame, in pixels (the element's `max-frame-pixels`; `None`: its default).
+    pub max_frame_pixels: Option<u64>,
     pub snapshots: bool,
     /// What the model sees: fit, tiles, regions, and what actions cover.
     pub view: View,
@@ -100,6 +102,7 @@ fn pipeline(
     let enter = cx.keep(count(cx, &p.enter, &at("enter")));
     let leave = cx.keep(count(cx, &p.leave, &at("leave")));
     let scene_gate = cx.keep(scene_gate(cx, p, &at));
+    let max_frame_pixels = cx.keep(max_frame_pixels(cx, p, &at));
     let mode = cx.keep(mode(cx, p, &at));
     let view = cx.keep(View::parse(
         &RawView {
@@ -127,6 +130,7 @@ fn pipeline(
         leave: leave?,
         mode: mode?,
         scene_gate: scene_gate?,
+        max_frame_pixels: max_frame_pixels?,
         snapshots: p.snapshots.unwrap_or(true),
         view: view?,
         outputs: outputs?,
@@ -180,10 +184,22 @@ fn sink(cx: &Ctx<'_>, p: &RawPipeline, at: &dyn Fn(&str) -> String) -> Result<Op
 }
 
 fn interval(cx: &Ctx<'_>, p: &RawPipeline, at: &dyn Fn(&str) -> String) -> Result<Duration> {
-    match &p.interval {
-        Some(d) => cx.duration(d, &at("interval")),
-        None => Ok(DEFAULT_INTERVAL),
+    let Some(d) = &p.interval else {
+        return Ok(DEFAULT_INTERVAL);
+    };
+    let interval = cx.duration(d, &at("interval"))?;
+    if interval.as_nanos() > u128::from(*limits::INTERVAL_NS.end()) {
+        return Err(cx.err(
+            Some(d.span()),
+            at("interval"),
+            format!(
+                "{:?} is longer than {} (at most one sample a day)",
+                d.get_ref(),
+                crate::daemon::duration::format(Duration::from_nanos(*limits::INTERVAL_NS.end()))
+            ),
+        ));
     }
+    Ok(interval)
 }
 
 /// `labels` (a label-set file) or `prompts`.
@@ -333,6 +349,25 @@ fn scene_gate(cx: &Ctx<'_>, p: &RawPipeline, at: &dyn Fn(&str) -> String) -> Res
             ),
         )),
         g => Ok(g.as_ref().map(|g| *g.get_ref())),
+    }
+}
+
+/// `max_frame_pixels`: the largest decoded frame the element takes.
+fn max_frame_pixels(
+    cx: &Ctx<'_>,
+    p: &RawPipeline,
+    at: &dyn Fn(&str) -> String,
+) -> Result<Option<u64>> {
+    match &p.max_frame_pixels {
+        Some(n) if !limits::FRAME_PIXELS.contains(n.get_ref()) => Err(cx.err(
+            Some(n.span()),
+            at("max_frame_pixels"),
+            format!(
+                "must be {} (pixels of one frame, width x height)",
+                limits::describe(&limits::FRAME_PIXELS)
+            ),
+        )),
+        n => Ok(n.as_ref().map(|n| *n.get_ref())),
     }
 }
 

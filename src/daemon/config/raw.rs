@@ -111,7 +111,7 @@ pub(super) struct RawPipeline {
     pub transport: Option<Spanned<String>>,
     pub latency: Option<Spanned<String>>,
     pub username: Option<Spanned<String>>,
-    pub password: Option<Spanned<String>>,
+    pub password: Option<Spanned<crate::daemon::secret::Secret>>,
     #[serde(rename = "loop")]
     pub looping: Option<Spanned<bool>>,
     pub realtime: Option<Spanned<bool>>,
@@ -129,6 +129,7 @@ pub(super) struct RawPipeline {
     pub leave: Option<Spanned<u32>>,
     pub mode: Option<Spanned<String>>,
     pub scene_gate: Option<Spanned<f64>>,
+    pub max_frame_pixels: Option<Spanned<u64>>,
     pub snapshots: Option<bool>,
     pub outputs: Option<Spanned<Vec<String>>>,
     // What the model sees (see `daemon/view.rs`).

@@ -21,7 +21,7 @@ use std::time::Duration;
 use super::raw::RawPipeline;
 use super::{CONFIG_DIR, Ctx};
 use crate::daemon::paths;
-use crate::daemon::secret::{Secret, redact_url};
+use crate::daemon::secret::{Secret, redact_url, userinfo_end};
 use clipfilter::error::Result;
 
 /// The family of a source, which decides its options and its supervision.
@@ -117,8 +117,8 @@ impl Default for SourceOptions {
     }
 }
 
-/// A pipeline's source, validated.
-#[derive(Debug, Clone, PartialEq)]
+/// A pipeline's source, validated. `Debug` shows it as [`Source::display`] does.
+#[derive(Clone, PartialEq)]
 pub struct Source {
     kind: SourceKind,
     /// The URI without credentials, or the launch description.
@@ -134,8 +134,7 @@ fn split_userinfo(url: &str) -> (String, Option<(String, Option<String>)>) {
         return (url.to_owned(), None);
     };
     let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else {
+    let Some(at) = userinfo_end(rest) else {
         return (url.to_owned(), None);
     };
     let userinfo = &rest[..at];
@@ -263,15 +262,15 @@ impl Source {
     }
 
     /// What logs, events, metrics and `/status` show: the URI with `***@` where credentials
-    /// are, or the launch description.
+    /// are and secret query parameters hidden (`?token=***`), or the launch description.
     pub fn display(&self) -> String {
-        if self.options.username.is_some() {
-            match self.location.find("://") {
-                Some(i) => format!("{}***@{}", &self.location[..i + 3], &self.location[i + 3..]),
-                None => self.location.clone(),
-            }
-        } else {
-            redact_url(&self.location)
+        match self.location.find("://") {
+            Some(i) if self.options.username.is_some() => redact_url(&format!(
+                "{}***@{}",
+                &self.location[..i + 3],
+                &self.location[i + 3..]
+            )),
+            _ => redact_url(&self.location),
         }
     }
 
@@ -288,6 +287,16 @@ impl Source {
             SourceKind::Http => true,
             _ => false,
         }
+    }
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Source")
+            .field("kind", &self.kind)
+            .field("location", &self.display())
+            .field("options", &self.options)
+            .finish()
     }
 }
 
@@ -395,7 +404,7 @@ fn options(cx: &Ctx<'_>, p: &RawPipeline, at: &dyn Fn(&str) -> String, source: &
                 "a password needs a username",
             );
         }
-        source.options.password = Some(Secret::new(pw.get_ref().clone()));
+        source.options.password = Some(pw.get_ref().clone());
     }
     if let Some(l) = &p.looping
         && applies("loop", l.span(), &[SourceKind::File], "file")
@@ -429,6 +438,12 @@ mod tests {
         assert_eq!(s.display(), "rtsp://***@cam:554/s?x=1");
         assert!(s.has_userinfo());
         assert!(s.eos_is_failure());
+        // A raw `/` in the password; a secret query parameter stays in the URI, hidden when shown.
+        let s = Source::parse("rtsp://admin:SLASH/PASS@host/x?token=T", base).unwrap();
+        assert_eq!(s.uri(), "rtsp://host/x?token=T");
+        assert_eq!(s.options.password.as_ref().unwrap().expose(), "SLASH/PASS");
+        assert_eq!(s.display(), "rtsp://***@host/x?token=***");
+        assert!(!format!("{s:?}").contains("PASS") && !format!("{s:?}").contains("=T"));
 
         let f = Source::parse("../media/a b.mp4", base).unwrap();
         assert_eq!(f.kind(), SourceKind::File);

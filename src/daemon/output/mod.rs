@@ -285,7 +285,17 @@ impl OutputConfig {
                 }
             }
             OutputConfig::Webhook(c) => {
-                webhook::Target::parse(c.url.expose()).map_err(|m| err("url", m))?;
+                let target = webhook::Target::parse(c.url.expose()).map_err(|m| err("url", m))?;
+                if target.has_credentials()
+                    && c.headers
+                        .keys()
+                        .any(|k| k.eq_ignore_ascii_case("authorization"))
+                {
+                    return Err(err(
+                        "headers",
+                        "an `Authorization` header and `user:password@` in the url both authenticate the request (the URL's would replace the header): give one of them".into(),
+                    ));
+                }
                 if c.timeout.is_some_and(|t| t.is_zero()) {
                     return Err(err("timeout", "must be greater than zero".into()));
                 }
@@ -428,7 +438,7 @@ path = "-"
 name = "alerts"
 type = "webhook"
 url = "https://user:hunter2@example.com/hook"
-headers = { Authorization = "Bearer xyz" }
+headers = { X-Token = "Bearer xyz" }
 timeout = "5s"
 retry_initial = "500ms"
 retry_max = "30s"

@@ -69,6 +69,11 @@ impl Target {
         let url = format!("{}://{host}{path}", uri.scheme_str().unwrap_or("http"));
         Ok(Target { url, basic_auth })
     }
+
+    /// Whether the URL carried `user[:password]@` (sent as basic authentication).
+    pub(crate) fn has_credentials(&self) -> bool {
+        self.basic_auth.is_some()
+    }
 }
 
 /// POSTs events to one URL.

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use crate::daemon::config::PipelineConfig;
 use crate::daemon::model::ElementModel;
+use crate::daemon::output::OutputConfig;
 
 /// What a reload does, pipeline by pipeline. Added, restarted, updated and untouched pipelines
 /// are in the order of the new configuration; removed ones in name order.
@@ -73,7 +74,8 @@ pub fn diff<'a>(
 }
 
 impl std::fmt::Display for Plan {
-    /// "added: a; removed: -; restarted: b, c; outputs updated: -; untouched: d".
+    /// "added: a; removed: -; restarted: b, c; rerouted: -; untouched: d" (rerouted: only the
+    /// pipeline's list of outputs changed).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         fn list<'a>(names: impl Iterator<Item = &'a str>) -> String {
             let names: Vec<&str> = names.collect();
@@ -86,12 +88,92 @@ impl std::fmt::Display for Plan {
         let configs = |v: &'_ [PipelineConfig]| list(v.iter().map(|c| c.name.as_str()));
         write!(
             f,
-            "added: {}; removed: {}; restarted: {}; outputs updated: {}; untouched: {}",
+            "added: {}; removed: {}; restarted: {}; rerouted: {}; untouched: {}",
             configs(&self.added),
             list(self.removed.iter().map(String::as_str)),
             configs(&self.restarted),
             configs(&self.updated),
             list(self.untouched.iter().map(String::as_str))
+        )
+    }
+}
+
+/// What a reload changes in the `[[output]]` tables (with `[outbox]`'s default filled in).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OutputChanges {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    /// Each changed output with what changed: `hook (max_pending 100000 -> 50)`.
+    pub changed: Vec<String>,
+}
+
+/// The changes from the `old` outputs to the `new` ones, by name.
+pub fn outputs(old: &[OutputConfig], new: &[OutputConfig]) -> OutputChanges {
+    let find = |list: &[OutputConfig], name: &str| list.iter().position(|o| o.name() == name);
+    let mut changes = OutputChanges {
+        removed: old
+            .iter()
+            .filter(|o| find(new, o.name()).is_none())
+            .map(|o| o.name().to_string())
+            .collect(),
+        ..OutputChanges::default()
+    };
+    for output in new {
+        let Some(before) = find(old, output.name()).map(|i| &old[i]) else {
+            changes.added.push(output.name().to_string());
+            continue;
+        };
+        if before == output {
+            continue;
+        }
+        let mut what = Vec::new();
+        if before.kind() != output.kind() {
+            what.push(format!("type {} -> {}", before.kind(), output.kind()));
+        }
+        if before.max_pending() != output.max_pending() {
+            what.push(format!(
+                "max_pending {} -> {}",
+                before.max_pending(),
+                output.max_pending()
+            ));
+        }
+        let (a, b) = (before.retry(), output.retry());
+        let format = crate::daemon::duration::format;
+        if a != b {
+            what.push(format!(
+                "retry {}..{} -> {}..{}",
+                format(a.initial),
+                format(a.max),
+                format(b.initial),
+                format(b.max)
+            ));
+        }
+        if what.is_empty() {
+            what.push(format!("{} settings", output.kind()));
+        }
+        changes
+            .changed
+            .push(format!("{} ({})", output.name(), what.join(", ")));
+    }
+    changes
+}
+
+impl std::fmt::Display for OutputChanges {
+    /// "outputs added: -; outputs removed: -; outputs changed: hook (max_pending 100000 -> 50)".
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let list = |v: &[String]| {
+            if v.is_empty() {
+                "-".to_string()
+            } else {
+                v.join(", ")
+            }
+        };
+        write!(
+            f,
+            "outputs added: {}; outputs removed: {}; outputs changed: {}",
+            list(&self.added),
+            list(&self.removed),
+            list(&self.changed)
         )
     }
 }
@@ -175,7 +257,7 @@ url = "http://127.0.0.1:9/hook"
         assert_eq!(p.model, model);
         assert_eq!(
             p.to_string(),
-            "added: cam1, cam2; removed: -; restarted: -; outputs updated: -; untouched: -"
+            "added: cam1, cam2; removed: -; restarted: -; rerouted: -; untouched: -"
         );
     }
 
@@ -232,7 +314,7 @@ url = "http://127.0.0.1:9/hook"
         assert!(p.added.is_empty() && p.removed.is_empty() && p.restarted.is_empty());
         assert_eq!(
             p.to_string(),
-            "added: -; removed: -; restarted: -; outputs updated: cam2; untouched: cam1"
+            "added: -; removed: -; restarted: -; rerouted: cam2; untouched: cam1"
         );
     }
 
@@ -273,7 +355,7 @@ url = "http://127.0.0.1:9/hook"
         assert_eq!(p.removed, ["cam1", "cam2"]);
         assert_eq!(
             p.to_string(),
-            "added: -; removed: cam1, cam2; restarted: -; outputs updated: -; untouched: -"
+            "added: -; removed: cam1, cam2; restarted: -; rerouted: -; untouched: -"
         );
     }
 }

@@ -25,7 +25,7 @@ use crossbeam_channel::Sender;
 
 use crate::daemon::config::{PipelineConfig, RestartPolicy};
 use crate::daemon::delivery::EventOutputs;
-use crate::daemon::metrics::Metrics;
+use crate::daemon::metrics::{Metrics, PipelineState};
 use crate::daemon::model::ElementModel;
 use crate::daemon::snapshot::SnapshotStore;
 use crate::error::{Error, Result};
@@ -144,9 +144,15 @@ impl Supervisor {
         });
         let (tx, rx) = crossbeam_channel::unbounded();
         let runner = Runner::new(config, model, self.shared.clone(), status.clone(), rx);
+        let guard = status.clone();
         let thread = std::thread::Builder::new()
             .name(format!("pipe-{}", config.name))
-            .spawn(move || runner.run())
+            .spawn(move || {
+                // A panic outside an attempt ends the thread; it is reported, not silent.
+                if guard.guarded(|| runner.run()).is_err() {
+                    guard.set_state(PipelineState::Stopped, false);
+                }
+            })
             .map_err(|e| Error::worker(format!("cannot start a thread: {e}")))?;
         Ok(Handle {
             config: config.clone(),

@@ -115,7 +115,15 @@ impl Runner {
         };
         loop {
             self.status.set_state(PipelineState::Starting, false);
-            match self.attempt() {
+            let status = self.status.clone();
+            let end =
+                status
+                    .guarded(|| self.attempt())
+                    .unwrap_or_else(|panic| AttemptEnd::Failed {
+                        message: format!("panicked: {panic}"),
+                        healthy: false,
+                    });
+            match end {
                 AttemptEnd::Stop => break,
                 AttemptEnd::Finished => {
                     tracing::info!("the file ended: pipeline finished");

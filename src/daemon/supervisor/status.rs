@@ -30,6 +30,8 @@ pub struct PipelineStatus {
     restarts: AtomicU64,
     events: AtomicU64,
     last_error: Mutex<Option<(jiff::Timestamp, String)>>,
+    /// Panics caught in the pipeline's thread, and the last one's message.
+    panics: Mutex<(u64, Option<String>)>,
     /// The running `clipfilter`, read for its counters.
     element: Mutex<Option<gst::Element>>,
     /// Counters of the elements of earlier attempts.
@@ -79,6 +81,7 @@ impl PipelineStatus {
             restarts: AtomicU64::new(0),
             events: AtomicU64::new(0),
             last_error: Mutex::new(None),
+            panics: Mutex::new((0, None)),
             element: Mutex::new(None),
             base: Mutex::new(FrameCounts::default()),
             metrics,
@@ -124,6 +127,31 @@ impl PipelineStatus {
     pub(super) fn set_last_error(&self, message: String) {
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) =
             Some((jiff::Timestamp::now(), message));
+    }
+
+    /// Runs `f` (part of the pipeline's thread), catching a panic: it is counted (here and in
+    /// the metrics), becomes the last error and makes [`health`] fail; `Err` with its message
+    /// then. A panic is a bug, yet it must not leave a dead pipeline that `/status` shows as
+    /// starting.
+    pub(super) fn guarded<T>(&self, f: impl FnOnce() -> T) -> Result<T, String> {
+        let payload = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+            Ok(value) => return Ok(value),
+            Err(payload) => payload,
+        };
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".into());
+        tracing::error!(pipeline = %self.name, panic = %message, "the pipeline's thread panicked");
+        {
+            let mut panics = self.panics.lock().unwrap_or_else(|p| p.into_inner());
+            panics.0 += 1;
+            panics.1 = Some(message.clone());
+        }
+        self.metrics.panicked();
+        self.set_last_error(format!("panicked: {message}"));
+        Err(message)
     }
 
     /// Counts an event of this pipeline.
@@ -175,6 +203,7 @@ impl PipelineStatus {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
+        let panics = self.panics.lock().unwrap_or_else(|p| p.into_inner()).0;
         serde_json::json!({
             "name": self.name,
             "source": self.source,
@@ -183,6 +212,7 @@ impl PipelineStatus {
             "since": since_wall.to_string(),
             "seconds_in_state": since.elapsed().as_secs_f64(),
             "restarts": self.restarts(),
+            "panics": panics,
             "events": self.events.load(Ordering::Relaxed),
             "frames": {
                 "seen": frames.seen,
@@ -192,6 +222,24 @@ impl PipelineStatus {
             },
             "last_error": last_error.map(|(t, e)| serde_json::json!({"time": t.to_string(), "message": e})),
         })
+    }
+}
+
+/// `Err` naming each pipeline whose thread panicked (since it was started with its current
+/// configuration), for `/healthz`.
+pub fn health<'a>(statuses: impl IntoIterator<Item = &'a PipelineStatus>) -> Result<(), String> {
+    let panicked: Vec<String> = statuses
+        .into_iter()
+        .filter_map(|s| {
+            let panics = s.panics.lock().unwrap_or_else(|p| p.into_inner());
+            let message = panics.1.as_deref()?;
+            Some(format!("pipeline {} panicked ({message})", s.name))
+        })
+        .collect();
+    if panicked.is_empty() {
+        Ok(())
+    } else {
+        Err(panicked.join("; "))
     }
 }
 
@@ -298,6 +346,35 @@ mod tests {
         assert_eq!(status.state(), PipelineState::Stopped);
         let counts = StateCounts::of([&status]);
         assert_eq!(counts.to_string(), "0 pipelines running, 1 stopped");
+    }
+
+    #[test]
+    fn a_panic_is_caught_and_reported() {
+        let metrics = Metrics::new();
+        let status = PipelineStatus::new("cam1", "file:///x".into(), metrics.pipeline("cam1"));
+        let other = PipelineStatus::new("cam2", "file:///y".into(), metrics.pipeline("cam2"));
+        assert_eq!(status.guarded(|| 7), Ok(7));
+        assert_eq!(health([&status, &other]), Ok(()));
+        assert_eq!(status.to_json()["panics"], 0);
+
+        let caught = status.guarded(|| -> u32 { panic!("out of range: {}", 5000) });
+        assert_eq!(caught, Err("out of range: 5000".into()));
+        let json = status.to_json();
+        assert_eq!(json["panics"], 1);
+        assert_eq!(
+            json["last_error"]["message"],
+            "panicked: out of range: 5000"
+        );
+        assert_eq!(
+            health([&status, &other]),
+            Err("pipeline cam1 panicked (out of range: 5000)".into())
+        );
+        let text = metrics.encode();
+        assert!(
+            text.contains("clipfilter_pipeline_panics_total{pipeline=\"cam1\"} 1\n")
+                && text.contains("clipfilter_pipeline_panics_total{pipeline=\"cam2\"} 0\n"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -42,12 +42,14 @@ pub struct CompiledLabel {
 }
 
 impl CompiledLabel {
-    /// Whether `cosine`/`probability` pass this label's threshold (never for negatives).
+    /// Whether `cosine`/`probability` pass this label's threshold (never for negatives). A
+    /// probability must be greater than the threshold (or 1): with two labels a frame that fits
+    /// neither gives each 0.5, which must not make both match at the default 0.5.
     pub fn passes(&self, cosine: f32, probability: f32) -> bool {
         !self.negative
             && match self.threshold {
                 Threshold::Cosine(t) => cosine >= t,
-                Threshold::Probability(t) => probability >= t,
+                Threshold::Probability(t) => probability > t || probability >= 1.0,
             }
     }
 }
@@ -420,6 +422,36 @@ mod tests {
         fn probe_model(&self) -> Result<ProbeModel> {
             Err(Error::invalid("probe", "none"))
         }
+    }
+
+    /// Two labels and a frame that fits neither: each has probability 0.5, and neither matches
+    /// at the default threshold 0.5 (issue 15); one that fits a little better does.
+    #[test]
+    fn a_tie_at_the_threshold_is_no_match() {
+        let set = LabelSet::from_prompts(&["red".into(), "green".into()], Templates::None).unwrap();
+        let compiled =
+            CompiledLabels::compile(&set, &LabelDefaults::default(), 100.0, embed).unwrap();
+        let mut scores = Scores::default();
+        let half = std::f32::consts::FRAC_1_SQRT_2;
+        compiled.score_into(&[half, half], &mut scores).unwrap();
+        assert_eq!(scores.probability, [0.5, 0.5]);
+        for (i, label) in compiled.labels.iter().enumerate() {
+            assert!(
+                !label.passes(scores.cosine[i], scores.probability[i]),
+                "{} matches at probability {}",
+                label.name,
+                scores.probability[i]
+            );
+        }
+        compiled.score_into(&[0.72, 0.69], &mut scores).unwrap();
+        assert!(compiled.labels[0].passes(scores.cosine[0], scores.probability[0]));
+        assert!(!compiled.labels[1].passes(scores.cosine[1], scores.probability[1]));
+        // A threshold of 1 is met by a probability of 1.
+        let sure = CompiledLabel {
+            threshold: Threshold::Probability(1.0),
+            ..compiled.labels[0].clone()
+        };
+        assert!(sure.passes(1.0, 1.0) && !sure.passes(0.9, 0.99));
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! ```toml
 //! [defaults]                  # optional; applies to every label that does not say otherwise
 //! templates = "none"          # none | single | ensemble7 | imagenet80 | ["a photo of {}.", ...]
-//! min_probability = 0.5       # threshold on the softmax probability over the set...
+//! min_probability = 0.5       # the softmax probability over the set must be above this...
 //! # min_cosine = 0.26         # ...or on the raw cosine similarity (one of the two)
 //! action = "none"             # none | drop | blank | pixelate, applied while the label matches
 //! enter = 1                   # consecutive samples above the threshold to start a match
@@ -77,7 +77,7 @@ impl std::fmt::Display for Threshold {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Threshold::Cosine(v) => write!(f, "cosine >= {v}"),
-            Threshold::Probability(v) => write!(f, "probability >= {v}"),
+            Threshold::Probability(v) => write!(f, "probability > {v}"),
         }
     }
 }
@@ -350,10 +350,14 @@ impl Ctx<'_> {
     }
 }
 
+/// Why a label name or prompt with a NUL byte is refused.
+const NUL_BYTE: &str =
+    "must not contain a NUL byte (GStreamer properties and messages end a string at it)";
+
 impl LabelSet {
     /// Reads and validates a label-set file.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::input::read_to_string(path)?;
         Self::from_toml_str(&text, path)
     }
 
@@ -408,6 +412,9 @@ impl LabelSet {
                     format!("{at}name"),
                     format!("duplicate label name `{name}`"),
                 );
+            }
+            if name.contains('\0') {
+                return cx.err(Some(l.name.span()), format!("{at}name"), NUL_BYTE);
             }
             let base = path.parent().unwrap_or(Path::new(""));
             let images = match &l.images {
@@ -481,6 +488,9 @@ impl LabelSet {
                         format!("{at}prompts"),
                         "prompts must not be blank",
                     );
+                }
+                Some(p) if p.get_ref().iter().any(|s| s.contains('\0')) => {
+                    return cx.err(Some(p.span()), format!("{at}prompts"), NUL_BYTE);
                 }
                 Some(p) => p.get_ref().clone(),
                 // Pictures alone, or a probe: no text.
@@ -607,6 +617,9 @@ impl LabelSet {
         for p in prompts.iter().map(|p| p.trim()).filter(|p| !p.is_empty()) {
             if labels.iter().any(|l| l.name == p) {
                 return Err(Error::invalid("prompts", format!("`{p}` is given twice")));
+            }
+            if p.contains('\0') {
+                return Err(Error::invalid("prompts", format!("{p:?}: {NUL_BYTE}")));
             }
             labels.push(Label {
                 name: p.to_string(),

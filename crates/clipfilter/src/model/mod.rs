@@ -139,7 +139,7 @@ fn available_variants(dir: &Path) -> Vec<&'static str> {
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = crate::input::read_to_string(path)?;
     serde_json::from_str(&text).map_err(|e| Error::json(path, &e))
 }
 
@@ -223,8 +223,7 @@ impl ModelDir {
 
         let overrides_path = dir.join("clipfilter.toml");
         let overrides: ModelOverrides = if overrides_path.is_file() {
-            let text = std::fs::read_to_string(&overrides_path)
-                .map_err(|e| Error::io(&overrides_path, e))?;
+            let text = crate::input::read_to_string(&overrides_path)?;
             toml::from_str(&text).map_err(|e| {
                 let loc = e
                     .span()

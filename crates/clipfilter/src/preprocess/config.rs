@@ -147,7 +147,7 @@ impl PreprocessConfig {
 
     /// Reads a `preprocessor_config.json` as transformers' `CLIPImageProcessor` does.
     pub fn from_json_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::input::read_to_string(path)?;
         Self::from_json_str(&text, path)
     }
 

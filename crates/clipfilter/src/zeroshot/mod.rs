@@ -34,6 +34,12 @@ impl Templates {
         if list.is_empty() {
             return Err(Error::invalid("templates", "the list is empty"));
         }
+        if let Some(t) = list.iter().find(|t| t.contains('\0')) {
+            return Err(Error::invalid(
+                "templates",
+                format!("{t:?} contains a NUL byte (GStreamer properties end a string at it)"),
+            ));
+        }
         if let Some(t) = list.iter().find(|t| !t.contains("{}")) {
             return Err(Error::invalid(
                 "templates",

@@ -499,8 +499,9 @@ impl ObjectImpl for ClipFilter {
                     .build(),
                 glib::ParamSpecUInt64::builder(props::INTERVAL)
                     .nick("Sampling interval")
-                    .blurb("Stream time between sampled frames, in nanoseconds (0: every frame)")
-                    .maximum(u64::MAX - 1)
+                    .blurb("Stream time between sampled frames, in nanoseconds (0: every frame; at most 24 hours)")
+                    .minimum(*limits::INTERVAL_NS.start())
+                    .maximum(*limits::INTERVAL_NS.end())
                     .default_value(props::DEFAULT_INTERVAL.nseconds())
                     .mutable_playing()
                     .build(),
@@ -602,6 +603,14 @@ impl ObjectImpl for ClipFilter {
                     .maximum(*limits::SCENE_GATE.end())
                     .default_value(props::DEFAULT_SCENE_GATE)
                     .mutable_playing()
+                    .build(),
+                glib::ParamSpecUInt64::builder(props::MAX_FRAME_PIXELS)
+                    .nick("Largest frame")
+                    .blurb("Largest decoded frame taken, in pixels (width x height; default 7680x4320): a larger one is a stream error naming its size, rather than gigabytes of memory")
+                    .minimum(*limits::FRAME_PIXELS.start())
+                    .maximum(*limits::FRAME_PIXELS.end())
+                    .default_value(limits::DEFAULT_FRAME_PIXELS)
+                    .mutable_ready()
                     .build(),
                 glib::ParamSpecEnum::builder_with_default(props::FIT, props::DEFAULT_FIT)
                     .nick("Fit")
@@ -780,6 +789,9 @@ impl ObjectImpl for ClipFilter {
                 )
             }
             props::SCENE_GATE => s.scene_gate = value.get().unwrap_or(props::DEFAULT_SCENE_GATE),
+            props::MAX_FRAME_PIXELS => {
+                s.max_frame_pixels = value.get().unwrap_or(limits::DEFAULT_FRAME_PIXELS)
+            }
             props::FIT => s.fit = value.get().unwrap_or(props::DEFAULT_FIT),
             props::REGIONS => s.regions = string(value).filter(|r| !r.trim().is_empty()),
             props::TILES => {
@@ -867,6 +879,7 @@ impl ObjectImpl for ClipFilter {
             props::THREADS => s.threads.to_value(),
             props::SYNC_TIMEOUT => s.sync_timeout.nseconds().to_value(),
             props::SCENE_GATE => s.scene_gate.to_value(),
+            props::MAX_FRAME_PIXELS => s.max_frame_pixels.to_value(),
             props::FIT => s.fit.to_value(),
             props::REGIONS => s.regions.to_value(),
             props::TILES => s.tiles.to_value(),
@@ -1014,6 +1027,19 @@ impl BaseTransformImpl for ClipFilter {
             .map_err(|_| gst::loggable_error!(CAT, "cannot parse caps {incaps}"))?;
         let (format, color) = crate::video_frame::format_of(&info)
             .ok_or_else(|| gst::loggable_error!(CAT, "unsupported format {}", info.format()))?;
+        let max = lock(&self.settings).max_frame_pixels;
+        let pixels = u64::from(info.width()) * u64::from(info.height());
+        if pixels > max {
+            let message = format!(
+                "frames of {}x{} ({pixels} pixels) are larger than {}={max} pixels: scale the source down (videoscale) or raise the limit (at most {})",
+                info.width(),
+                info.height(),
+                props::MAX_FRAME_PIXELS,
+                limits::FRAME_PIXELS.end()
+            );
+            gst::element_imp_error!(self, gst::StreamError::Format, ["{}", message]);
+            return Err(gst::loggable_error!(CAT, "{message}"));
+        }
         gst::debug!(CAT, imp = self, "caps {incaps}");
         let mut guard = lock(&self.state);
         let state = guard

@@ -40,6 +40,7 @@ pub const THREADS: &str = "threads";
 pub const SYNC_TIMEOUT: &str = "sync-timeout";
 pub const TENSORRT_CACHE: &str = "tensorrt-cache";
 pub const SCENE_GATE: &str = "scene-gate";
+pub const MAX_FRAME_PIXELS: &str = "max-frame-pixels";
 pub const FIT: &str = "fit";
 pub const REGIONS: &str = "regions";
 pub const TILES: &str = "tiles";
@@ -134,6 +135,7 @@ pub(super) struct Settings {
     pub(super) threads: u32,
     pub(super) sync_timeout: gst::ClockTime,
     pub(super) scene_gate: f64,
+    pub(super) max_frame_pixels: u64,
     pub(super) tensorrt_cache: Option<PathBuf>,
     pub(super) fit: ClipFilterFit,
     pub(super) regions: Option<String>,
@@ -253,6 +255,7 @@ impl Default for Settings {
             threads: DEFAULT_THREADS,
             sync_timeout: DEFAULT_SYNC_TIMEOUT,
             scene_gate: DEFAULT_SCENE_GATE,
+            max_frame_pixels: limits::DEFAULT_FRAME_PIXELS,
             tensorrt_cache: None,
             fit: DEFAULT_FIT,
             regions: None,
