@@ -46,7 +46,7 @@ pub fn score_crops(
     embeddings: &[f32],
     out: &mut CropScores,
 ) -> Result<()> {
-    let dim = labels.classes.dim();
+    let dim = labels.dim();
     if crops.is_empty() || embeddings.len() != crops.len() * dim {
         return Err(Error::invalid(
             "crop embeddings",

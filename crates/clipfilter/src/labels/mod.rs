@@ -30,6 +30,18 @@
 //! [[label]]
 //! name = "parcel"
 //! regions = ["gate"]          # only the crops of these regions (of this file or the pipeline)
+//!
+//! [[label]]
+//! name = "van"
+//! images = ["examples/van/*.jpg"]   # example pictures (globs relative to this file), alone or
+//!                                   # with prompts: the label's embedding is the normalised mean
+//!                                   # of its image and text embeddings
+//!
+//! [[label]]
+//! name = "seven"
+//! probe = "probe.json"        # a linear probe (clipfilterd train-probe): the score is the probe's
+//!                             # probability of the class named like the label
+//! min_probability = 0.8
 //! ```
 //!
 //! Parsing goes in two steps, like ripgrep's flags: raw serde structs that keep source spans,
@@ -37,8 +49,9 @@
 //! holds the set's text embeddings, ready to score frames.
 
 mod compile;
+pub mod edit;
 
-pub use compile::{CompiledLabel, CompiledLabels, LabelDefaults};
+pub use compile::{CompiledLabel, CompiledLabels, Embedder, LabelDefaults};
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -130,6 +143,12 @@ pub struct Label {
     pub regions: Vec<String>,
     /// Where `regions` is written, for errors about unknown names.
     pub regions_location: Option<Location>,
+    /// Glob patterns of example pictures (relative ones already joined to the label file's
+    /// folder); their embeddings join the prompts' in the label's mean.
+    pub images: Vec<String>,
+    /// A linear probe file (relative paths joined to the label file's folder): the label's
+    /// score is the probe's probability of the class named like the label.
+    pub probe: Option<PathBuf>,
 }
 
 impl Label {
@@ -184,6 +203,8 @@ struct RawLabel {
     enter: Option<Spanned<u32>>,
     leave: Option<Spanned<u32>>,
     regions: Option<Spanned<Vec<String>>>,
+    images: Option<Spanned<Vec<String>>>,
+    probe: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -412,6 +433,68 @@ impl LabelSet {
             if name.contains('\0') {
                 return cx.err(Some(l.name.span()), format!("{at}name"), NUL_BYTE);
             }
+            let base = path.parent().unwrap_or(Path::new(""));
+            let images = match &l.images {
+                Some(i) if i.get_ref().is_empty() => {
+                    return cx.err(Some(i.span()), format!("{at}images"), "must not be empty");
+                }
+                Some(i) if i.get_ref().iter().any(|s| s.trim().is_empty()) => {
+                    return cx.err(
+                        Some(i.span()),
+                        format!("{at}images"),
+                        "image patterns must not be blank",
+                    );
+                }
+                Some(i) => i
+                    .get_ref()
+                    .iter()
+                    .map(|pattern| {
+                        let p = Path::new(pattern.trim());
+                        let joined = if p.is_absolute() {
+                            p.to_path_buf()
+                        } else {
+                            base.join(p)
+                        };
+                        let joined = joined.to_string_lossy().into_owned();
+                        glob::Pattern::new(&joined).map(|_| joined).or_else(|e| {
+                            cx.err(
+                                Some(i.span()),
+                                format!("{at}images"),
+                                format!("`{pattern}` is not a valid glob pattern: {e}"),
+                            )
+                        })
+                    })
+                    .collect::<Result<Vec<String>>>()?,
+                None => Vec::new(),
+            };
+            let probe = l.probe.as_ref().map(|p| base.join(p.get_ref().trim()));
+            if let Some(p) = &l.probe {
+                let clash = [
+                    ("prompts", l.prompts.as_ref().map(|v| v.span())),
+                    ("images", l.images.as_ref().map(|v| v.span())),
+                    ("templates", l.templates.as_ref().map(|v| v.span())),
+                    ("min_cosine", l.min_cosine.as_ref().map(|v| v.span())),
+                ]
+                .into_iter()
+                .find_map(|(f, s)| s.map(|s| (f, s)));
+                if let Some((field, span)) = clash {
+                    return cx.err(
+                        Some(span),
+                        format!("{at}{field}"),
+                        "a label with a probe is scored by the probe's probability alone: it takes no prompts, images, templates or min_cosine",
+                    );
+                }
+                if l.negative {
+                    return cx.err(
+                        Some(p.span()),
+                        format!("{at}probe"),
+                        "a negative label only competes in the zero-shot softmax, which a probe label is not part of",
+                    );
+                }
+                if p.get_ref().trim().is_empty() {
+                    return cx.err(Some(p.span()), format!("{at}probe"), "must not be empty");
+                }
+            }
             let prompts = match &l.prompts {
                 Some(p) if p.get_ref().is_empty() => {
                     return cx.err(Some(p.span()), format!("{at}prompts"), "must not be empty");
@@ -427,6 +510,8 @@ impl LabelSet {
                     return cx.err(Some(p.span()), format!("{at}prompts"), NUL_BYTE);
                 }
                 Some(p) => p.get_ref().clone(),
+                // Pictures alone, or a probe: no text.
+                None if !images.is_empty() || probe.is_some() => Vec::new(),
                 None => vec![name.clone()],
             };
             let templates = match &l.templates {
@@ -488,6 +573,8 @@ impl LabelSet {
                 leave: cx.count(&l.leave, format!("{at}leave"))?.or(default_leave),
                 regions: label_regions,
                 regions_location,
+                images,
+                probe,
             });
         }
         let set = LabelSet {
@@ -503,7 +590,43 @@ impl LabelSet {
     /// A set from inline prompts (the element's `prompts` property, the CLI's `--label`): one
     /// label per prompt, named after it.
     pub fn from_prompts(prompts: &[String], templates: Templates) -> Result<Self> {
+        Self::inline(prompts, &[], templates)
+    }
+
+    /// A set from inline prompts and example pictures (the CLI's `--label` and `--image`): one
+    /// label per prompt, named after it, and one per picture, named after its file name
+    /// without extension; a picture label's embedding is the picture's.
+    pub fn inline(prompts: &[String], images: &[PathBuf], templates: Templates) -> Result<Self> {
         let mut labels: Vec<Label> = Vec::new();
+        for path in images {
+            let name = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().trim().to_string())
+                .filter(|s| !s.is_empty())
+                .ok_or_else(|| {
+                    Error::invalid("image", format!("`{}` has no file name", path.display()))
+                })?;
+            if labels.iter().any(|l| l.name == name) {
+                return Err(Error::invalid(
+                    "image",
+                    format!("two pictures are named `{name}`: labels need unique names"),
+                ));
+            }
+            labels.push(Label {
+                name,
+                prompts: Vec::new(),
+                templates: Templates::None,
+                threshold: None,
+                action: None,
+                negative: false,
+                enter: None,
+                leave: None,
+                regions: Vec::new(),
+                regions_location: None,
+                images: vec![glob::Pattern::escape(&path.to_string_lossy())],
+                probe: None,
+            });
+        }
         for p in prompts.iter().map(|p| p.trim()).filter(|p| !p.is_empty()) {
             if labels.iter().any(|l| l.name == p) {
                 return Err(Error::invalid("prompts", format!("`{p}` is given twice")));
@@ -522,12 +645,14 @@ impl LabelSet {
                 leave: None,
                 regions: Vec::new(),
                 regions_location: None,
+                images: Vec::new(),
+                probe: None,
             });
         }
         if labels.is_empty() {
             return Err(Error::invalid(
                 "prompts",
-                "no prompts given: the label set is empty",
+                "no prompts or pictures given: the label set is empty",
             ));
         }
         Ok(LabelSet {
@@ -598,7 +723,12 @@ impl LabelSet {
 
     /// An error about this set: a config error at `location` in its file, or an invalid input
     /// for inline prompts.
-    fn error_at(&self, location: Option<Location>, field: &str, message: String) -> Error {
+    pub(crate) fn error_at(
+        &self,
+        location: Option<Location>,
+        field: &str,
+        message: String,
+    ) -> Error {
         match &self.source {
             Some(path) => Error::config(
                 path,
