@@ -187,10 +187,10 @@ mod tests {
             leave,
             regions: Vec::new(),
         };
-        CompiledLabels {
-            labels: vec![l("smoke", false), l("sky", true)],
-            classes: ClassEmbeddings::new(vec![vec![1.0, 0.0], vec![0.0, 1.0]], 100.0).unwrap(),
-        }
+        CompiledLabels::zero_shot(
+            vec![l("smoke", false), l("sky", true)],
+            ClassEmbeddings::new(vec![vec![1.0, 0.0], vec![0.0, 1.0]], 100.0).unwrap(),
+        )
     }
 
     fn sample(cos: f32) -> Scores {

@@ -116,13 +116,13 @@ mod tests {
 
     #[test]
     fn each_label_takes_its_best_allowed_crop() {
-        let labels = CompiledLabels {
-            labels: vec![
+        let labels = CompiledLabels::zero_shot(
+            vec![
                 label("red", Threshold::Cosine(0.5), &[]),
                 label("green", Threshold::Probability(0.5), &["gate"]),
             ],
-            classes: ClassEmbeddings::new(vec![vec![1.0, 0.0], vec![0.0, 1.0]], 100.0).unwrap(),
-        };
+            ClassEmbeddings::new(vec![vec![1.0, 0.0], vec![0.0, 1.0]], 100.0).unwrap(),
+        );
         let crops = [
             id(CropKind::Frame, "frame"),
             id(CropKind::Tile, "r1c1"),

@@ -222,6 +222,18 @@ impl LabelSet {
 }
 
 impl CompiledLabels {
+    /// Zero-shot labels over given class embeddings (one row per label, in order), for callers
+    /// that don't start from a label file (tests, benchmarks).
+    pub fn zero_shot(labels: Vec<CompiledLabel>, classes: ClassEmbeddings) -> Self {
+        CompiledLabels {
+            slots: labels.iter().map(|_| Slot::ZeroShot).collect(),
+            labels,
+            dim: classes.dim(),
+            zero_shot: Some(classes),
+            skipped_images: Vec::new(),
+        }
+    }
+
     /// Embeds every label's texts and pictures with `embedder` and ensembles them; loads the
     /// labels' probes, checking that they belong to the embedder's model.
     pub fn compile(
@@ -430,7 +442,7 @@ mod tests {
     fn a_tie_at_the_threshold_is_no_match() {
         let set = LabelSet::from_prompts(&["red".into(), "green".into()], Templates::None).unwrap();
         let compiled =
-            CompiledLabels::compile(&set, &LabelDefaults::default(), 100.0, embed).unwrap();
+            CompiledLabels::compile(&set, &LabelDefaults::default(), &Embed).unwrap();
         let mut scores = Scores::default();
         let half = std::f32::consts::FRAC_1_SQRT_2;
         compiled.score_into(&[half, half], &mut scores).unwrap();
