@@ -441,8 +441,7 @@ mod tests {
     #[test]
     fn a_tie_at_the_threshold_is_no_match() {
         let set = LabelSet::from_prompts(&["red".into(), "green".into()], Templates::None).unwrap();
-        let compiled =
-            CompiledLabels::compile(&set, &LabelDefaults::default(), &Embed).unwrap();
+        let compiled = CompiledLabels::compile(&set, &LabelDefaults::default(), &Embed).unwrap();
         let mut scores = Scores::default();
         let half = std::f32::consts::FRAC_1_SQRT_2;
         compiled.score_into(&[half, half], &mut scores).unwrap();
