@@ -904,32 +904,15 @@ impl Drop for Tmpfs {
 /// The `event_id`s of the daemon's log lines whose message starts with `message`.
 fn logged_ids(daemon: &crate::util::daemon::Daemon, message: &str) -> Vec<String> {
     daemon
-        .stderr
-        .all()
+        .logs(|m| m.starts_with(message))
         .iter()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| {
-            v["fields"]["message"]
-                .as_str()
-                .is_some_and(|m| m.starts_with(message))
-        })
         .filter_map(|v| v["fields"]["event_id"].as_str().map(String::from))
         .collect()
 }
 
 /// Log lines whose message contains `text`.
 fn log_count(daemon: &crate::util::daemon::Daemon, text: &str) -> usize {
-    daemon
-        .stderr
-        .all()
-        .iter()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| {
-            v["fields"]["message"]
-                .as_str()
-                .is_some_and(|m| m.contains(text))
-        })
-        .count()
+    daemon.logs(|m| m.contains(text)).len()
 }
 
 /// Issue 15, 1: with `state_dir` on a 2 MB tmpfs that fills up, delivered events whose deletion

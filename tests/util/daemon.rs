@@ -157,6 +157,16 @@ impl Daemon {
         (i, serde_json::from_str(&line).unwrap())
     }
 
+    /// Log lines written so far (JSON on stderr) whose `fields.message` passes `want`.
+    pub fn logs(&self, want: impl Fn(&str) -> bool) -> Vec<Value> {
+        self.stderr
+            .all()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["fields"]["message"].as_str().is_some_and(&want))
+            .collect()
+    }
+
     /// Events printed so far (JSON lines on stdout).
     pub fn events(&self) -> Vec<Value> {
         self.stdout

@@ -246,6 +246,26 @@ impl Ctx<'_> {
         Err(Error::config(self.path, location, message))
     }
 
+    /// A list of texts (`prompts`, `images` patterns): not empty, no blank entry, no NUL byte.
+    fn texts<'r>(
+        &self,
+        raw: &'r Spanned<Vec<String>>,
+        field: String,
+        what: &str,
+    ) -> Result<&'r [String]> {
+        let list = raw.get_ref();
+        if list.is_empty() {
+            return self.err(Some(raw.span()), field, "must not be empty");
+        }
+        if list.iter().any(|s| s.trim().is_empty()) {
+            return self.err(Some(raw.span()), field, format!("{what} must not be blank"));
+        }
+        if list.iter().any(|s| s.contains('\0')) {
+            return self.err(Some(raw.span()), field, NUL_BYTE);
+        }
+        Ok(list)
+    }
+
     fn templates(&self, raw: &Spanned<RawTemplates>, field: String) -> Result<Templates> {
         let parsed = match raw.get_ref() {
             RawTemplates::Name(n) => n.parse::<Templates>(),
@@ -435,18 +455,8 @@ impl LabelSet {
             }
             let base = path.parent().unwrap_or(Path::new(""));
             let images = match &l.images {
-                Some(i) if i.get_ref().is_empty() => {
-                    return cx.err(Some(i.span()), format!("{at}images"), "must not be empty");
-                }
-                Some(i) if i.get_ref().iter().any(|s| s.trim().is_empty()) => {
-                    return cx.err(
-                        Some(i.span()),
-                        format!("{at}images"),
-                        "image patterns must not be blank",
-                    );
-                }
-                Some(i) => i
-                    .get_ref()
+                Some(i) => cx
+                    .texts(i, format!("{at}images"), "image patterns")?
                     .iter()
                     .map(|pattern| {
                         let p = Path::new(pattern.trim());
@@ -496,20 +506,7 @@ impl LabelSet {
                 }
             }
             let prompts = match &l.prompts {
-                Some(p) if p.get_ref().is_empty() => {
-                    return cx.err(Some(p.span()), format!("{at}prompts"), "must not be empty");
-                }
-                Some(p) if p.get_ref().iter().any(|s| s.trim().is_empty()) => {
-                    return cx.err(
-                        Some(p.span()),
-                        format!("{at}prompts"),
-                        "prompts must not be blank",
-                    );
-                }
-                Some(p) if p.get_ref().iter().any(|s| s.contains('\0')) => {
-                    return cx.err(Some(p.span()), format!("{at}prompts"), NUL_BYTE);
-                }
-                Some(p) => p.get_ref().clone(),
+                Some(p) => cx.texts(p, format!("{at}prompts"), "prompts")?.to_vec(),
                 // Pictures alone, or a probe: no text.
                 None if !images.is_empty() || probe.is_some() => Vec::new(),
                 None => vec![name.clone()],
