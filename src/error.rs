@@ -35,6 +35,11 @@ pub enum Error {
     Bind { addr: String, message: String },
 }
 
+/// True when an SQLite error says the disk (or the database's size limit) is full.
+pub fn is_disk_full(e: &rusqlite::Error) -> bool {
+    e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)
+}
+
 impl Error {
     /// An I/O error on `path` (see [`clipfilter::Error::io`]).
     pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
@@ -75,6 +80,11 @@ impl Error {
             Error::Engine(e) => Some(e),
             _ => None,
         }
+    }
+
+    /// True when the outbox refused a write because the disk is full.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, Error::Outbox { cause, .. } if is_disk_full(cause))
     }
 
     /// True when the error comes from what the user gave (exit code 2), see

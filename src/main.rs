@@ -38,6 +38,8 @@ fn init_logging(cli: &Cli) {
 fn run(cli: Cli) -> anyhow::Result<Outcome> {
     match cli.command {
         Command::Classify(args) => clipfilterd::cli::classify::run(args),
+        Command::Calibrate(args) => clipfilterd::cli::calibrate::run(args),
+        Command::TrainProbe(args) => clipfilterd::cli::train_probe::run(args),
         Command::Check(args) => clipfilterd::cli::check::run(args),
         Command::Run(args) => clipfilterd::cli::run::run(args),
         Command::Bench(args) => clipfilterd::cli::bench::run(args),

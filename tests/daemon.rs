@@ -1182,3 +1182,114 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     files
 }
+
+/// Issue 15, 6: a looping MPEG-TS file plays over and over (it used to send one frame and then
+/// stall: tsdemux accepted the segment seek that started the loop and sent nothing after it).
+#[test]
+fn looping_mpeg_ts_file_plays_several_loops() {
+    let dir = tempfile::tempdir().unwrap();
+    let clip = dir.path().join("red-green.ts");
+    make_clip(&clip, &[("red", 10), ("green", 10)]);
+    let (config, http) = (dir.path().join("clipfilterd.toml"), free_port());
+    let text = format!(
+        r#"{head}
+[[pipeline]]
+name = "clip"
+source = "red-green.ts"
+loop = true
+interval = "100ms"
+prompts = ["red", "green"]
+"#,
+        head = config_head(&dir.path().join("state"), http),
+    );
+    std::fs::write(&config, text).unwrap();
+    let daemon = Daemon::start(&config, Some(http));
+    // Three loops of the 2 s file: red, green, red, green, red, green.
+    let (n, _) = daemon.wait_event(0, "six starts", {
+        let mut starts = 0;
+        move |e| {
+            starts += usize::from(e["state"] == "start");
+            starts >= 6
+        }
+    });
+    let events = daemon.events();
+    let starts = check_alternation(&events[..=n]);
+    assert_eq!(
+        starts[..6],
+        ["red", "green", "red", "green", "red", "green"],
+        "{events:#?}"
+    );
+    let status = daemon.pipeline("clip").unwrap();
+    assert_eq!(status["restarts"], 0, "looping is not a failure: {status}");
+    assert!(daemon.stop());
+}
+
+/// Issue 15, 7: SIGTERM while the pipelines are still starting (the element embedding a large
+/// label set) ends the daemon within seconds, not after start-up; the outbox is intact.
+#[test]
+fn sigterm_during_start_up_exits_quickly_with_the_outbox_intact() {
+    use clipfilterd::daemon::outbox::Outbox;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    // Events left by an earlier run for an endpoint that is down.
+    let earlier = crate::delivery::events("cam", 3);
+    {
+        let outbox = Outbox::open(&state).unwrap();
+        for e in &earlier {
+            outbox.enqueue(e, &["hook"]).unwrap();
+        }
+    }
+    // A label set whose embeddings keep the pipeline starting long after the signal.
+    let mut labels = String::from("[defaults]\ntemplates = \"imagenet80\"\n");
+    for i in 0..START_UP_LABELS {
+        labels.push_str(&format!("[[label]]\nname = \"thing number {i}\"\n"));
+    }
+    std::fs::write(dir.path().join("labels.toml"), labels).unwrap();
+    let config = dir.path().join("clipfilterd.toml");
+    let text = format!(
+        r#"{head}
+[[output]]
+name = "hook"
+type = "webhook"
+url = "http://127.0.0.1:{port}/events"
+
+[[pipeline]]
+name = "cam"
+launch = "videotestsrc is-live=true ! video/x-raw,width=64,height=64,framerate=10/1"
+labels = "labels.toml"
+outputs = ["hook"]
+"#,
+        head = config_head(&state, free_port()),
+        port = free_port(),
+    );
+    std::fs::write(&config, text).unwrap();
+    let mut daemon = Daemon::start(&config, None);
+    daemon.wait_log(0, "pipelines started");
+    let sent = Instant::now();
+    daemon.signal("TERM");
+    let status = daemon.child.wait().unwrap();
+    let took = sent.elapsed();
+    let log = daemon.stderr.all();
+    assert!(
+        took < Duration::from_secs(10),
+        "SIGTERM during start-up: exit took {took:?}\n{}",
+        log.join("\n")
+    );
+    assert!(status.success(), "{status:?}\n{}", log.join("\n"));
+    let ready = log
+        .iter()
+        .any(|l| serde_json::from_str::<Value>(l).is_ok_and(|v| v["fields"]["message"] == "ready"));
+    assert!(!ready, "start-up ended before the signal: use more labels");
+    let outbox = Outbox::open(&state).unwrap();
+    let left: Vec<_> = outbox
+        .peek("hook", 0, 100)
+        .unwrap()
+        .iter()
+        .map(|p| p.event_id)
+        .collect();
+    assert_eq!(left, earlier.iter().map(|e| e.id).collect::<Vec<_>>());
+}
+
+/// Labels of [`sigterm_during_start_up_exits_quickly_with_the_outbox_intact`]: with 80
+/// templates each, their embeddings take the oracle's text tower well over a minute.
+const START_UP_LABELS: usize = 2000;

@@ -55,13 +55,7 @@ colour = \"red\"
     std::fs::write(&config, &text).unwrap();
     let line_of = |needle: &str| 1 + text.lines().position(|l| l.contains(needle)).unwrap();
 
-    let out = crate::util::run(&["check", config.to_str().unwrap()]);
-    let (_, stderr) = crate::util::text(&out);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    let errors: Vec<&str> = stderr
-        .lines()
-        .filter(|l| l.starts_with("error: "))
-        .collect();
+    let (errors, stderr) = check_errors(&config);
     let expect = [
         (line_of("fp64"), "model.variant"),
         (line_of("soon"), "pipeline[0].interval"),
@@ -279,13 +273,7 @@ fn check_refuses_values_the_element_cannot_take() {
     );
     std::fs::write(&config, &text).unwrap();
     let line_of = |needle: &str| 1 + text.lines().position(|l| l.contains(needle)).unwrap();
-    let out = crate::util::run(&["check", config.to_str().unwrap()]);
-    let (_, stderr) = crate::util::text(&out);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    let errors: Vec<&str> = stderr
-        .lines()
-        .filter(|l| l.starts_with("error: "))
-        .collect();
+    let (errors, stderr) = check_errors(&config);
     let expect = [
         (
             line_of("5200000h"),
@@ -438,4 +426,17 @@ fn frames_over_the_size_cap_are_a_clear_error() {
         e["pipeline"] == "good" && e["state"] == "start"
     });
     assert!(daemon.stop());
+}
+
+/// `clipfilterd check CONFIG`, which must exit 2: its `error: ` lines, and the whole stderr.
+fn check_errors(config: &Path) -> (Vec<String>, String) {
+    let out = crate::util::run(&["check", config.to_str().unwrap()]);
+    let (_, stderr) = crate::util::text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let errors = stderr
+        .lines()
+        .filter(|l| l.starts_with("error: "))
+        .map(String::from)
+        .collect();
+    (errors, stderr)
 }

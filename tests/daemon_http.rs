@@ -9,7 +9,7 @@ use clipfilterd::daemon::metrics::{CONTENT_TYPE, FrameCounts, Metrics, PipelineS
 
 use crate::util::PATIENCE;
 
-fn agent() -> ureq::Agent {
+pub(crate) fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(PATIENCE))
@@ -18,7 +18,7 @@ fn agent() -> ureq::Agent {
 }
 
 /// (status, content type, body) of a GET.
-fn get(agent: &ureq::Agent, url: &str) -> (u16, String, String) {
+pub(crate) fn get(agent: &ureq::Agent, url: &str) -> (u16, String, String) {
     let mut response = agent.get(url).call().unwrap();
     let content_type = response
         .headers()

@@ -56,14 +56,7 @@ pub(crate) fn events(pipeline: &str, n: u64) -> Vec<Event> {
 
 /// Value of one series in the exposition, 0 when absent.
 pub(crate) fn metric(metrics: &Metrics, series: &str) -> f64 {
-    metrics
-        .encode()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(series)
-                .and_then(|rest| rest.strip_prefix(' '))
-        })
-        .map_or(0.0, |v| v.parse().unwrap())
+    crate::util::metric_value(&metrics.encode(), series)
 }
 
 // ---------------------------------------------------------------- webhook
@@ -855,5 +848,314 @@ fn jsonl_file_gets_one_line_per_event_in_order() {
     assert!(
         err.to_string().contains("/nonexistent/dir/e.jsonl"),
         "{err}"
+    );
+}
+
+// ---------------------------------------------------------------- a full state disk
+
+/// A tmpfs mounted on a folder for the life of the value (unmounted on drop).
+pub(crate) struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (as `mount -o size=` takes it) on `dir`; `None`, with the reason
+    /// printed, where mounting is not allowed (not root).
+    pub(crate) fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Some(Tmpfs(dir.to_path_buf())),
+            Ok(o) => {
+                eprintln!(
+                    "SKIPPED: cannot mount a tmpfs on {}: {}",
+                    dir.display(),
+                    String::from_utf8_lossy(&o.stderr).trim()
+                );
+                None
+            }
+            Err(e) => {
+                eprintln!("SKIPPED: cannot run mount: {e}");
+                None
+            }
+        }
+    }
+
+    /// Writes `name` until the file system is full; returns its path.
+    pub(crate) fn fill(&self, name: &str) -> std::path::PathBuf {
+        use std::io::Write;
+        let path = self.0.join(name);
+        let mut file = std::fs::File::create(&path).unwrap();
+        for chunk in [64 * 1024, 4096, 512, 1] {
+            let zeros = vec![0u8; chunk];
+            while file.write_all(&zeros).and_then(|()| file.flush()).is_ok() {}
+        }
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// The `event_id`s of the daemon's log lines whose message starts with `message`.
+fn logged_ids(daemon: &crate::util::daemon::Daemon, message: &str) -> Vec<String> {
+    daemon
+        .logs(|m| m.starts_with(message))
+        .iter()
+        .filter_map(|v| v["fields"]["event_id"].as_str().map(String::from))
+        .collect()
+}
+
+/// Log lines whose message contains `text`.
+fn log_count(daemon: &crate::util::daemon::Daemon, text: &str) -> usize {
+    daemon.logs(|m| m.contains(text)).len()
+}
+
+/// Issue 15, 1: with `state_dir` on a 2 MB tmpfs that fills up, delivered events whose deletion
+/// fails are not sent again in a loop, new events are refused loudly (metric, `/status`,
+/// `/healthz`, one log line per change), and everything resumes when space returns without
+/// losing an event that was accepted.
+#[test]
+fn full_state_disk_refuses_events_loudly_without_duplicates_and_resumes() {
+    use crate::daemon_http::{agent, get};
+    use crate::util::daemon::{Daemon, config_head, make_clip};
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let Some(tmpfs) = Tmpfs::mount(&state, "2m") else {
+        return;
+    };
+    let clip = dir.path().join("red-green.mp4");
+    make_clip(&clip, &[("red", 5), ("green", 5)]);
+    let (hook_port, http) = (free_port(), free_port());
+    let hook = Hook::start(hook_port, false);
+    let config = dir.path().join("clipfilterd.toml");
+    let text = format!(
+        r#"{head}{webhook}
+[[pipeline]]
+name = "clip"
+source = "red-green.mp4"
+loop = true
+interval = "100ms"
+prompts = ["red", "green"]
+outputs = ["log", "hook"]
+"#,
+        head = config_head(&state, http),
+        webhook = webhook_config(hook_port),
+    );
+    std::fs::write(&config, text).unwrap();
+    let mut daemon = Daemon::start_with(&config, Some(http), |c| {
+        c.env(
+            "CLIPFILTER_LOG",
+            "info,ort=warn,clipfilterd::daemon::supervisor::events=debug",
+        )
+    });
+    let agent = agent();
+    let base = format!("http://127.0.0.1:{http}");
+    let disk_full = || {
+        let (_, _, page) = get(&agent, &format!("{base}/metrics"));
+        page.lines()
+            .find_map(|l| l.strip_prefix("clipfilter_outbox_disk_full "))
+            .map(|v| v.trim().to_owned())
+    };
+    let mut hooked: Vec<String> = Vec::new();
+    let receive = |hooked: &mut Vec<String>| {
+        while let Ok(r) = hook.received.try_recv() {
+            hooked.push(r.event.id.to_string());
+        }
+    };
+    let logged = |daemon: &Daemon| -> Vec<String> {
+        daemon
+            .events()
+            .iter()
+            .filter_map(|e| e["id"].as_str().map(String::from))
+            .collect()
+    };
+    let count = |ids: &[String], id: &str| ids.iter().filter(|i| *i == id).count();
+
+    // Healthy: events reach both outputs, with snapshots on the small disk.
+    wait_until("events at both outputs", || {
+        receive(&mut hooked);
+        hooked.len() >= 3 && logged(&daemon).len() >= 3
+    });
+    assert_eq!(get(&agent, &format!("{base}/healthz")).0, 200);
+
+    // The endpoint fails, events wait in the outbox; then the disk fills up.
+    hook.failing.store(true, Ordering::SeqCst);
+    wait_until("events pending for the hook", || {
+        daemon.status()["events"]["pending"]["hook"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 2
+    });
+    let filler = tmpfs.fill("filler");
+    wait_until("/healthz to fail", || {
+        get(&agent, &format!("{base}/healthz")).0 == 503
+    });
+    let (_, _, why) = get(&agent, &format!("{base}/healthz"));
+    assert!(why.contains("disk is full"), "{why}");
+    assert_eq!(daemon.status()["events"]["accepting"], false);
+    assert_eq!(disk_full().as_deref(), Some("1"));
+
+    // The endpoint is back: what was pending is delivered, but cannot be deleted. It is not
+    // sent again in a loop: the output backs off until the deletions go through.
+    hook.failing.store(false, Ordering::SeqCst);
+    let failures = || {
+        let (_, _, page) = get(&agent, &format!("{base}/metrics"));
+        page.lines()
+            .find_map(|l| {
+                l.strip_prefix("clipfilter_output_delivery_failures_total{output=\"hook\"} ")
+            })
+            .map_or(0.0, |v| v.trim().parse::<f64>().unwrap())
+    };
+    let before = failures();
+    wait_until(
+        "refused events, and the hook's queue empty or retried",
+        || {
+            receive(&mut hooked);
+            let status = daemon.status();
+            status["events"]["refused"].as_u64().unwrap_or(0) >= 3
+                && (failures() >= before + 3.0 || status["events"]["pending"]["hook"].is_null())
+        },
+    );
+    receive(&mut hooked);
+    for id in hooked.iter().chain(logged(&daemon).iter()) {
+        assert!(
+            count(&hooked, id) <= 2 && count(&logged(&daemon), id) <= 2,
+            "event {id} sent {} times to the hook, {} times to the log",
+            count(&hooked, id),
+            count(&logged(&daemon), id)
+        );
+    }
+    // Loud, but once per change of state, not per event.
+    let (full, again) = (
+        log_count(&daemon, "the state disk is full"),
+        log_count(&daemon, "the state disk has space again"),
+    );
+    let refused = daemon.status()["events"]["refused"].as_u64().unwrap();
+    assert!(
+        full >= 1 && full == again + 1 && (full as u64) < refused,
+        "{full} lines 'full', {again} 'space again', {refused} events refused"
+    );
+    assert_eq!(log_count(&daemon, "event not queued"), 0);
+
+    // Space returns: events are accepted again, and reach both outputs.
+    std::fs::remove_file(&filler).unwrap();
+    wait_until("/healthz to pass", || {
+        get(&agent, &format!("{base}/healthz")).0 == 200
+    });
+    assert_eq!(daemon.status()["events"]["accepting"], true);
+    assert_eq!(disk_full().as_deref(), Some("0"));
+    assert_eq!(
+        log_count(&daemon, "the state disk has space again"),
+        log_count(&daemon, "the state disk is full")
+    );
+    let seen: HashSet<String> = hooked.iter().cloned().collect();
+    wait_until("new events at both outputs", || {
+        receive(&mut hooked);
+        let log = logged(&daemon);
+        hooked.iter().filter(|id| !seen.contains(*id)).count() >= 2
+            && log.iter().filter(|id| !seen.contains(*id)).count() >= 2
+    });
+    daemon.signal("TERM");
+    assert!(daemon.child.wait().unwrap().success());
+    receive(&mut hooked);
+
+    // No accepted event is lost: each reached each output or still waits in the outbox.
+    let matched = logged_ids(&daemon, "match ");
+    let refused: HashSet<String> = logged_ids(&daemon, "event refused").into_iter().collect();
+    assert!(
+        !refused.is_empty(),
+        "nothing was refused: the disk never filled"
+    );
+    let outbox = clipfilterd::daemon::outbox::Outbox::open(&state).unwrap();
+    let pending = |output: &str| -> HashSet<String> {
+        outbox
+            .peek(output, 0, 100_000)
+            .unwrap()
+            .iter()
+            .map(|p| p.event_id.to_string())
+            .collect()
+    };
+    let (log, pending_log, pending_hook) = (logged(&daemon), pending("log"), pending("hook"));
+    for id in matched.iter().filter(|id| !refused.contains(*id)) {
+        assert!(
+            log.contains(id) || pending_log.contains(id),
+            "accepted event {id} never reached the log"
+        );
+        assert!(
+            hooked.contains(id) || pending_hook.contains(id),
+            "accepted event {id} never reached the hook"
+        );
+    }
+    drop(outbox);
+    drop(tmpfs);
+}
+
+/// Issue 15, 9: a webhook that answers 200 with a body shorter than its Content-Length, then
+/// closes the connection, has not acknowledged the event: it is sent again.
+#[test]
+fn webhook_200_with_a_cut_off_body_is_not_a_delivery() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, requests) = crossbeam_channel::unbounded::<String>();
+    std::thread::spawn(move || {
+        for (n, stream) in listener.incoming().enumerate() {
+            let Ok(mut stream) = stream else { return };
+            // Read the request: headers, then Content-Length bytes of body.
+            let mut request = Vec::new();
+            let mut byte = [0u8; 1];
+            while !request.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
+                request.push(byte[0]);
+            }
+            let head = String::from_utf8_lossy(&request).to_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            let mut body = vec![0u8; length];
+            let _ = stream.read_exact(&mut body);
+            let answer: &[u8] = if n == 0 {
+                b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nConnection: close\r\n\r\nshort"
+            } else {
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+            };
+            let _ = stream.write_all(answer);
+            let _ = tx.send(String::from_utf8_lossy(&body).into_owned());
+        }
+    });
+    let config = format!(
+        "[[output]]\nname = \"hook\"\ntype = \"webhook\"\nurl = \"http://127.0.0.1:{port}/hook\"\n\
+         timeout = \"5s\"\nretry_initial = \"50ms\"\nretry_max = \"200ms\"\n"
+    );
+    let state = tempfile::tempdir().unwrap();
+    let metrics = Metrics::new();
+    let delivery = Delivery::start(state.path(), &outputs(&config), &metrics).unwrap();
+    let sent = events("cam1", 1);
+    delivery.submit(&sent[0], &["hook"]).unwrap();
+    wait_until("the event to be delivered", || {
+        delivery.pending("hook") == 0
+    });
+    assert!(delivery.shutdown());
+    let bodies: Vec<String> = requests.try_iter().collect();
+    assert_eq!(
+        bodies.len(),
+        2,
+        "the cut-off answer must not count as an acknowledgement"
+    );
+    for body in &bodies {
+        let got: Event = serde_json::from_str(body).unwrap();
+        assert_eq!(got, sent[0]);
+    }
+    assert_eq!(
+        metric(
+            &metrics,
+            "clipfilter_output_delivery_failures_total{output=\"hook\"}"
+        ),
+        1.0
     );
 }

@@ -61,7 +61,7 @@ pub(crate) fn by_name<T: IsA<gst::Element>>(p: &gst::Pipeline, name: &str) -> T 
 
 /// The element's message `msg` carries, read through the element's own types: `None` when it
 /// is not one of the element's; a message that claims to be one but does not read fails the test.
-fn element_message(msg: &gst::MessageRef) -> Option<Message> {
+pub(crate) fn element_message(msg: &gst::MessageRef) -> Option<Message> {
     Message::parse(msg).map(|m| m.unwrap_or_else(|e| panic!("{e}")))
 }
 
@@ -79,7 +79,7 @@ fn stats(cf: &gst::Element) -> Stats {
 }
 
 /// The time left until `deadline`, as a bus timeout.
-fn left(deadline: Instant) -> gst::ClockTime {
+pub(crate) fn left(deadline: Instant) -> gst::ClockTime {
     gst::ClockTime::from_nseconds(
         deadline
             .saturating_duration_since(Instant::now())

@@ -867,9 +867,7 @@ fn text_embeddings_are_cached_on_disk_across_encoders() {
     // Another model key misses (and computes the same numbers here: same tower).
     let mut third = TextEncoder::load(&model, &SessionConfig::default()).unwrap();
     third.set_disk_cache(cache, "another model".into());
-    third.set_memory_limit(4096);
     assert_eq!(third.embed(&refs).unwrap(), a);
-    assert!(third.memory_usage().1 <= 4096, "{:?}", third.memory_usage());
     let rows: i64 = rusqlite::Connection::open(dir.path().join("embeddings.sqlite3"))
         .unwrap()
         .query_row("SELECT count(*) FROM embeddings", [], |r| r.get(0))

@@ -14,8 +14,11 @@ use clipfilterd::daemon::event::Event;
 use clipfilterd::daemon::metrics::Metrics;
 use clipfilterd::daemon::output::Outputs;
 
+use serde_json::Value;
+
 use crate::delivery::{events, metric};
-use crate::util::{PATIENCE, free_port};
+use crate::util::daemon::{Daemon, config_head, live_pattern};
+use crate::util::{PATIENCE, free_port, write_atomically};
 
 const STREAM: &str = "CLIPFILTER";
 
@@ -32,15 +35,15 @@ struct Server {
     child: Option<Child>,
     port: u16,
     dir: tempfile::TempDir,
+    /// More nats-server options (authorization).
+    args: Vec<String>,
+    /// `user:password@` or `token@` for the test's own connections.
+    auth: String,
 }
 
 impl Server {
     fn start() -> Server {
-        let mut s = Server {
-            child: None,
-            port: free_port(),
-            dir: tempfile::tempdir().unwrap(),
-        };
+        let mut s = Server::not_started();
         s.spawn();
         s
     }
@@ -51,7 +54,20 @@ impl Server {
             child: None,
             port: free_port(),
             dir: tempfile::tempdir().unwrap(),
+            args: Vec::new(),
+            auth: String::new(),
         }
+    }
+
+    /// A server that takes only clients with this user name and password.
+    fn with_user(user: &str, password: &str) -> Server {
+        let mut s = Server::not_started();
+        s.args = ["--user", user, "--pass", password]
+            .map(String::from)
+            .to_vec();
+        s.auth = format!("{user}:{password}@");
+        s.spawn();
+        s
     }
 
     fn spawn(&mut self) {
@@ -65,6 +81,7 @@ impl Server {
                 "-sd",
             ])
             .arg(self.dir.path())
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -83,8 +100,14 @@ impl Server {
         }
     }
 
+    /// The server's URL as clients without credentials see it.
     fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The URL the test itself uses (with the server's credentials, if any).
+    fn admin_url(&self) -> String {
+        format!("nats://{}127.0.0.1:{}", self.auth, self.port)
     }
 }
 
@@ -101,10 +124,27 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// The test's own connection to `url`, with the user and password in it if there are any.
+async fn admin(url: &str) -> async_nats::Client {
+    let options = match url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split_once('@'))
+    {
+        Some((auth, host)) => {
+            let (user, password) = auth.split_once(':').unwrap_or((auth, ""));
+            async_nats::ConnectOptions::with_user_and_password(user.into(), password.into())
+                .connect(format!("nats://{host}"))
+                .await
+        }
+        None => async_nats::connect(url).await,
+    };
+    options.unwrap_or_else(|e| panic!("connecting to {url}: {e}"))
+}
+
 /// Creates the stream `clipfilter.>` with a two-minute duplicate window.
 fn create_stream(url: &str) {
     runtime().block_on(async {
-        let client = async_nats::connect(url).await.unwrap();
+        let client = admin(url).await;
         let js = async_nats::jetstream::new(client);
         js.create_stream(async_nats::jetstream::stream::Config {
             name: STREAM.into(),
@@ -128,7 +168,7 @@ struct Stored {
 /// Every message of the stream, in stream order.
 fn stored(url: &str) -> Vec<Stored> {
     runtime().block_on(async {
-        let client = async_nats::connect(url).await.unwrap();
+        let client = admin(url).await;
         let js = async_nats::jetstream::new(client);
         let mut stream = js.get_stream(STREAM).await.unwrap();
         let n = stream.info().await.unwrap().state.last_sequence;
@@ -153,7 +193,7 @@ fn stored(url: &str) -> Vec<Stored> {
 /// Publishes `payload` with `msg_id` as the output would, before the daemon does.
 fn publish_first(url: &str, subject: &str, msg_id: &str, payload: &str) {
     runtime().block_on(async {
-        let client = async_nats::connect(url).await.unwrap();
+        let client = admin(url).await;
         let js = async_nats::jetstream::new(client);
         let publish = async_nats::jetstream::message::PublishMessage::build()
             .payload(payload.to_string().into())
@@ -325,4 +365,93 @@ fn kill_9_with_events_pending_for_nats_stores_each_once() {
             .all(|m| m.payload == "stored before the crash")
     );
     assert!(stored[4..].iter().all(|m| m.payload.starts_with('{')));
+}
+
+/// A daemon whose events go to a NATS server that requires a user and password.
+fn daemon_config(state: &Path, http: u16, server: &Server, password: &str) -> String {
+    format!(
+        "{}{}outputs = [\"log\", \"fleet\"]\n\n[[output]]\nname = \"fleet\"\ntype = \"nats\"\n\
+         servers = [\"{}\"]\nusername = \"clipfilter\"\npassword = \"{password}\"\n\
+         retry_initial = \"100ms\"\nretry_max = \"1s\"\nack_timeout = \"2s\"\n",
+        config_head(state, http),
+        live_pattern("cam", "red"),
+        server.url(),
+    )
+}
+
+#[test]
+fn nats_with_a_password_takes_events_from_the_right_one_and_a_wrong_one_says_why() {
+    const RIGHT: &str = "s3cret-Pw-right";
+    const WRONG: &str = "s3cret-Pw-wrong";
+    let server = Server::with_user("clipfilter", RIGHT);
+    create_stream(&server.admin_url());
+    let dir = tempfile::tempdir().unwrap();
+    let http = free_port();
+    let config = dir.path().join("clipfilterd.toml");
+    std::fs::write(
+        &config,
+        daemon_config(&dir.path().join("state"), http, &server, WRONG),
+    )
+    .unwrap();
+    let daemon = Daemon::start(&config, Some(http));
+
+    // The wrong password: the event waits in the outbox and the log says why.
+    let (_, event) = daemon.wait_event(0, "red", |e| {
+        e["pipeline"] == "cam" && e["label"] == "red" && e["state"] == "start"
+    });
+    let (_, line) = daemon.wait_log(0, "delivery failed");
+    let error = line["fields"]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_lowercase();
+    assert!(
+        line["fields"]["output"] == "fleet" && error.contains("authorization violation"),
+        "{line}"
+    );
+    let status = daemon.wait_status("the event pending for fleet", |s| {
+        s["events"]["pending"]["fleet"].as_u64() >= Some(1)
+    });
+    assert!(stored(&server.admin_url()).is_empty());
+
+    // The right password, reloaded: what waited is delivered, once.
+    let log_from = daemon.stderr.len();
+    write_atomically(
+        &config,
+        &daemon_config(&dir.path().join("state"), http, &server, RIGHT),
+    );
+    daemon.signal("HUP");
+    daemon.wait_log(log_from, "configuration reloaded");
+    daemon.wait_status("nothing pending for fleet", |s| {
+        // an output with nothing pending is left out of the counts
+        s["events"]["pending"]["fleet"].as_u64().unwrap_or(0) == 0
+    });
+    let stored = stored(&server.admin_url());
+    let id = event["id"].as_str().unwrap();
+    assert_eq!(
+        stored.iter().filter(|m| m.msg_id == id).count(),
+        1,
+        "the event that waited is stored once: {stored:?}"
+    );
+    assert_eq!(stored[0].subject, "clipfilter.cam.red");
+    let first: Value = serde_json::from_str(&stored[0].payload).unwrap();
+    assert_eq!(first["id"], event["id"]);
+
+    // Neither password shows anywhere the daemon writes or serves.
+    let metrics = daemon.get("/metrics");
+    let (logs, events) = (
+        daemon.stderr.all().join("\n"),
+        daemon.stdout.all().join("\n"),
+    );
+    assert!(daemon.stop(), "clean exit on SIGTERM");
+    for (what, text) in [
+        ("logs", &logs),
+        ("events", &events),
+        ("status", &status.to_string()),
+        ("metrics", &metrics),
+    ] {
+        assert!(
+            !text.contains(RIGHT) && !text.contains(WRONG),
+            "a password shows in the {what}"
+        );
+    }
 }

@@ -3,6 +3,7 @@
 //! models are python-backend models running the fixtures' ONNX files through onnxruntime
 //! (tools/triton_repo.py), so every answer can be compared with the local engine's.
 
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -12,13 +13,11 @@ use clipfilter::engine::{Backend, Engine, EngineConfig};
 use clipfilter::remote::{RemoteConfig, WireFormat};
 use gstclipfilter::clipfilter::messages::{MatchMessage, Stats};
 
+use serde_json::Value;
+
 use crate::util;
-
-#[path = "../crates/triton/tests/triton/util.rs"]
-#[allow(dead_code)]
-mod triton;
-
-use triton::TritonServer;
+use crate::util::daemon::{Daemon, config_head, live_pattern};
+use crate::util::triton::{self, TritonServer};
 
 const CLIP_MODELS: [&str; 4] = [
     "clip_image",
@@ -376,4 +375,272 @@ fn servers_killed_and_restarted_mid_stream() {
         before.inferred, after_one.inferred, resumed.unavailable, resumed.inferred
     );
     assert_eq!(resumed.errors, 0, "{resumed:?}");
+}
+
+// ---------------------------------------------------------------- the daemon
+
+/// A daemon config whose model (the oracle) runs on Triton at `endpoints` (its models named
+/// `oracle_*`), with `extra` lines in `[model]`, and one live red pipeline `cam` without the
+/// scene gate (the picture never changes: every sample goes to inference).
+fn triton_daemon(dir: &Path, http: u16, endpoints: &[String], extra: &str) -> PathBuf {
+    let list: Vec<String> = endpoints.iter().map(|e| format!("{e:?}")).collect();
+    let model = format!(
+        "[model]\nbackend = \"triton\"\nendpoints = [{}]\nimage_model = \"oracle_image\"\n\
+         text_model = \"oracle_text\"\ntimeout = \"2s\"\nconnect_timeout = \"1s\"\n{extra}",
+        list.join(", ")
+    );
+    let head = config_head(&dir.join("state"), http);
+    assert!(head.contains("[model]\n"), "{head}");
+    let text = format!(
+        "{}{}scene_gate = 0.0\n",
+        head.replacen("[model]\n", &model, 1),
+        live_pattern("cam", "red")
+    );
+    let path = dir.join("clipfilterd.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn red_start(e: &Value) -> bool {
+    e["pipeline"] == "cam" && e["label"] == "red" && e["state"] == "start"
+}
+
+/// The `/status` entries of the Triton endpoints.
+fn endpoints(status: &Value) -> Vec<Value> {
+    status["model"]["remote"]["endpoints"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no Triton endpoints in /status: {status:#}"))
+        .clone()
+}
+
+fn all_in_state(status: &Value, state: &str) -> bool {
+    endpoints(status).iter().all(|e| e["state"] == state)
+}
+
+fn count(status: &Value, key: &str) -> u64 {
+    status["inference"][key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("inference.{key} in {status:#}"))
+}
+
+/// A per-endpoint Triton series in `/metrics`, for each endpoint of `status` in order.
+fn endpoint_metric(daemon: &Daemon, family: &str, status: &Value) -> Vec<f64> {
+    let metrics = daemon.get("/metrics");
+    endpoints(status)
+        .iter()
+        .map(|e| {
+            let series = format!(
+                "{family}{{model=\"oracle-clip\",endpoint=\"{}\"}}",
+                e["endpoint"].as_str().unwrap()
+            );
+            assert!(metrics.contains(&series), "{series} in\n{metrics}");
+            util::metric_value(&metrics, &series)
+        })
+        .collect()
+}
+
+#[test]
+fn the_daemon_on_triton_counts_dropped_samples_while_every_server_is_down_and_resumes() {
+    let repo = tempfile::tempdir().unwrap();
+    add_oracle(repo.path());
+    let mut a = TritonServer::start(repo.path(), &ORACLE_MODELS);
+    let mut b = TritonServer::start(repo.path(), &ORACLE_MODELS);
+    let dir = tempfile::tempdir().unwrap();
+    let http = util::free_port();
+    let config = triton_daemon(dir.path(), http, &[a.grpc_url(), b.grpc_url()], "");
+    let daemon = Daemon::start(&config, Some(http));
+
+    // Served by Triton: events, and the endpoints' state in /status and /metrics.
+    daemon.wait_event(0, "red through Triton", red_start);
+    let status = daemon.wait_status("both endpoints serving", |s| {
+        all_in_state(s, "ready")
+            && endpoints(s)
+                .iter()
+                .all(|e| e["requests"].as_u64() > Some(0))
+    });
+    assert_eq!(status["model"]["backend"], "triton", "{status:#}");
+    assert_eq!(status["model"]["image_provider"], "triton", "{status:#}");
+    assert_eq!(status["model"]["remote"]["fallback"], "none", "{status:#}");
+    let urls: Vec<String> = endpoints(&status)
+        .iter()
+        .map(|e| e["endpoint"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(urls, [a.grpc_url(), b.grpc_url()]);
+    assert_eq!(
+        endpoint_metric(&daemon, "clipfilter_triton_endpoint_up", &status),
+        [1.0, 1.0]
+    );
+    assert!(
+        endpoint_metric(&daemon, "clipfilter_triton_requests_total", &status)
+            .iter()
+            .all(|&n| n > 0.0)
+    );
+    assert_eq!(
+        daemon.metric("clipfilter_inference_unavailable_total{model=\"oracle-clip\"}"),
+        0.0
+    );
+
+    // Every server gone: the pipeline runs on, samples are dropped and counted, and /status,
+    // /metrics and the log say why. Nothing is embedded locally behind the user's back.
+    let log_from = daemon.stderr.len();
+    a.kill();
+    b.kill();
+    let down = daemon.wait_status("samples dropped while no server is up", |s| {
+        all_in_state(s, "down") && count(s, "unavailable") >= 10
+    });
+    let reason = down["inference"]["unavailable_reason"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no reason given: {down:#}"));
+    assert!(
+        reason.contains("no Triton endpoint is ready for model 'oracle_image'"),
+        "{reason}"
+    );
+    for e in endpoints(&down) {
+        assert!(e["last_error"].as_str().is_some(), "{e}");
+    }
+    let (_, line) = daemon.wait_log(log_from, "inference backend unavailable");
+    assert!(
+        line["fields"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("no Triton endpoint is ready")),
+        "{line}"
+    );
+    daemon.wait_log(log_from, "Triton endpoint down");
+    let frames = daemon.frames("cam");
+    let later = daemon.wait_status("more samples dropped, frames still flowing", |s| {
+        count(s, "unavailable") >= count(&down, "unavailable") + 10
+            && s["pipelines"][0]["frames"]["seen"].as_u64() > Some(frames + 10)
+    });
+    let cam = &later["pipelines"][0];
+    assert_eq!(
+        (&cam["state"], &cam["restarts"]),
+        (&"running".into(), &0.into()),
+        "{cam}"
+    );
+    assert_eq!(
+        count(&later, "images"),
+        count(&down, "images"),
+        "no silent local inference"
+    );
+    assert_eq!(
+        count(&later, "errors"),
+        0,
+        "an outage is not an error: {later:#}"
+    );
+    assert_eq!(later["model"]["remote"]["fallback_batches"], 0);
+    assert!(daemon.metric("clipfilter_inference_unavailable_total{model=\"oracle-clip\"}") >= 20.0);
+    assert_eq!(
+        endpoint_metric(&daemon, "clipfilter_triton_endpoint_up", &later),
+        [0.0, 0.0]
+    );
+    assert_eq!(
+        daemon.metric("clipfilter_inference_fallback_batches_total{model=\"oracle-clip\"}"),
+        0.0
+    );
+
+    // One server back on its port: inference resumes, same daemon, same pipeline.
+    let log_from = daemon.stderr.len();
+    a.restart(&ORACLE_MODELS);
+    let back = daemon.wait_status("inference resumed", |s| {
+        endpoints(s)[0]["state"] == "ready" && count(s, "images") >= count(&later, "images") + 5
+    });
+    assert!(
+        back["inference"]["unavailable_reason"].is_null(),
+        "{back:#}"
+    );
+    daemon.wait_log(log_from, "inference backend available again");
+    let cam = &back["pipelines"][0];
+    assert_eq!(
+        (&cam["state"], &cam["restarts"]),
+        (&"running".into(), &0.into()),
+        "{cam}"
+    );
+    assert_eq!(
+        endpoint_metric(&daemon, "clipfilter_triton_endpoint_up", &back),
+        [1.0, 0.0]
+    );
+    assert!(daemon.stop(), "clean exit on SIGTERM");
+}
+
+#[test]
+fn with_fallback_local_the_daemon_infers_locally_while_no_server_is_up_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = util::free_port();
+    let nowhere = format!("grpc://127.0.0.1:{}", util::free_port());
+    let config = triton_daemon(
+        dir.path(),
+        http,
+        &[nowhere],
+        "fallback = \"local\"\nstart_timeout = \"1s\"\n",
+    );
+    let daemon = Daemon::start(&config, Some(http));
+    daemon.wait_log(0, "starting on the local fallback");
+    daemon.wait_event(0, "red from the local fallback", red_start);
+    let status = daemon.wait_status("the fallback in use", |s| {
+        s["model"]["remote"]["fallback_active"] == true
+            && s["model"]["remote"]["fallback_batches"].as_u64() > Some(0)
+    });
+    assert_eq!(status["model"]["remote"]["fallback"], "local");
+    assert!(all_in_state(&status, "down"), "{status:#}");
+    assert_eq!(count(&status, "unavailable"), 0, "{status:#}");
+    daemon.wait_log(0, "running the image tower locally");
+    assert_eq!(
+        daemon.metric("clipfilter_inference_fallback_active{model=\"oracle-clip\"}"),
+        1.0
+    );
+    assert!(
+        daemon.metric("clipfilter_inference_fallback_batches_total{model=\"oracle-clip\"}") > 0.0
+    );
+    assert_eq!(
+        endpoint_metric(&daemon, "clipfilter_triton_endpoint_up", &status),
+        [0.0]
+    );
+    assert!(daemon.stop(), "clean exit on SIGTERM");
+}
+
+#[test]
+fn the_daemon_reaches_triton_over_tls_with_a_private_ca() {
+    let certs = tempfile::tempdir().unwrap();
+    triton::certificates(certs.path());
+    let repo = tempfile::tempdir().unwrap();
+    add_oracle(repo.path());
+    let server =
+        TritonServer::start_with(repo.path(), &ORACLE_MODELS, &triton::tls_args(certs.path()));
+    let dir = tempfile::tempdir().unwrap();
+    let http = util::free_port();
+    let url = format!("grpcs://127.0.0.1:{}", server.grpc);
+    let ca = certs.path().join("ca.pem");
+    let config = triton_daemon(
+        dir.path(),
+        http,
+        std::slice::from_ref(&url),
+        &format!(
+            "tls_ca = {:?}\ntls_domain = \"localhost\"\n",
+            ca.display().to_string()
+        ),
+    );
+    let daemon = Daemon::start(&config, Some(http));
+    daemon.wait_event(0, "red through Triton over TLS", red_start);
+    let status = daemon.wait_status("the endpoint serving", |s| {
+        all_in_state(s, "ready") && endpoints(s)[0]["requests"].as_u64() > Some(0)
+    });
+    assert_eq!(endpoints(&status)[0]["endpoint"], url.as_str());
+    assert!(daemon.stop(), "clean exit on SIGTERM");
+
+    // Without the CA the server's certificate is not trusted: the start fails and says why.
+    let config = triton_daemon(
+        dir.path(),
+        http,
+        &[url],
+        "tls_domain = \"localhost\"\nstart_timeout = \"2s\"\n",
+    );
+    let out = util::clipfilterd()
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{log}");
+    assert!(log.contains("no Triton endpoint became ready"), "{log}");
+    assert!(log.to_lowercase().contains("certificate"), "{log}");
 }

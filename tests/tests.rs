@@ -2,6 +2,7 @@
 
 mod util;
 
+mod calibrate;
 mod crops;
 mod daemon;
 mod daemon_config;

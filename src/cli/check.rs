@@ -49,6 +49,9 @@ pub fn check_file(path: &Path) -> Result<String, Error> {
     match kind_of(path, &text)? {
         FileKind::LabelSet => {
             let set = LabelSet::from_toml_str(&text, path)?;
+            // Probes and example pictures exist (which model a probe needs is checked where
+            // the model is known: a daemon config, or when the labels load).
+            set.check_files(None)?;
             let negatives = set.labels.iter().filter(|l| l.negative).count();
             let mut summary = format!(
                 "label set, {} labels ({negatives} negative)",

@@ -18,7 +18,7 @@ use clipfilter::zeroshot::Templates;
 
 /// Arguments of `classify`.
 #[derive(Debug, Args)]
-#[command(group = clap::ArgGroup::new("labelsource").required(true).args(["labels", "label"]))]
+#[command(group = clap::ArgGroup::new("labelsource").required(true).multiple(true).args(["labels", "label", "image"]))]
 pub struct ClassifyArgs {
     #[command(flatten)]
     pub model: ModelArgs,
@@ -30,6 +30,12 @@ pub struct ClassifyArgs {
     /// A label given inline (repeatable); its text is the prompt.
     #[arg(long = "label", value_name = "TEXT")]
     pub label: Vec<String>,
+
+    /// A label given by an example picture (repeatable): its embedding is the picture's and it
+    /// is named after the file (without extension), so pictures are ranked by how much they
+    /// look like it. With --label, both kinds compete in one softmax.
+    #[arg(long = "image", value_name = "FILE")]
+    pub image: Vec<PathBuf>,
 
     /// Templates for inline labels: none, single, ensemble7, imagenet80.
     #[arg(long, value_name = "NAME", requires = "label")]
@@ -80,13 +86,14 @@ fn parse_fit(s: &str) -> Result<Fit, String> {
 
 /// Runs `classify`.
 pub fn run(args: ClassifyArgs) -> anyhow::Result<Outcome> {
-    let set = match (&args.labels, args.label.is_empty()) {
-        (Some(path), true) => LabelSet::from_file(path)?,
-        (None, false) => {
+    let inline = !args.label.is_empty() || !args.image.is_empty();
+    let set = match (&args.labels, inline) {
+        (Some(path), false) => LabelSet::from_file(path)?,
+        (None, true) => {
             let templates: Templates = args.templates.as_deref().unwrap_or("none").parse()?;
-            LabelSet::from_prompts(&args.label, templates)?
+            LabelSet::inline(&args.label, &args.image, templates)?
         }
-        _ => bail!("give either --labels FILE or --label TEXT, not both"),
+        _ => bail!("give either --labels FILE or --label TEXT / --image FILE, not both"),
     };
     let engine = Engine::shared(&args.model.engine_config())?;
     // classify reports scores; thresholds only decide the `matched` column of labels that set one.

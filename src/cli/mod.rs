@@ -6,6 +6,7 @@ mod bench_crops;
 pub mod bench_element;
 mod bench_remote;
 mod bench_session;
+pub mod calibrate;
 pub mod check;
 pub mod classify;
 pub mod history;
@@ -14,6 +15,7 @@ pub mod model_fetch;
 pub mod model_prepare;
 pub mod run;
 pub mod search;
+pub mod train_probe;
 
 use std::path::PathBuf;
 
@@ -65,6 +67,12 @@ pub enum Command {
     Search(search::SearchArgs),
     /// Replay the sample history with another label set and compare with the live events.
     Backtest(backtest::BacktestArgs),
+    /// Choose per-label thresholds from example pictures: PR curves, a table, plots, and
+    /// `--write` to update the label file.
+    Calibrate(calibrate::CalibrateArgs),
+    /// Train a linear probe (logistic regression on image embeddings, C by cross-validation)
+    /// from example pictures; labels use it with `probe = "probe.json"`.
+    TrainProbe(train_probe::TrainProbeArgs),
     /// Manage model folders.
     #[command(subcommand)]
     Model(ModelCommand),
@@ -159,4 +167,15 @@ pub enum Outcome {
     Ok,
     /// Some inputs were bad; the rest was done.
     BadInput,
+}
+
+/// A progress bar on stderr for `n` items of `unit` (hidden when stderr is not a terminal).
+pub(crate) fn progress_bar(n: u64, unit: &str) -> indicatif::ProgressBar {
+    let bar =
+        indicatif::ProgressBar::with_draw_target(Some(n), indicatif::ProgressDrawTarget::stderr());
+    let template = format!("{{bar:40}} {{pos}}/{{len}} {unit} {{per_sec}} eta {{eta}}");
+    if let Ok(style) = indicatif::ProgressStyle::with_template(&template) {
+        bar.set_style(style);
+    }
+    bar
 }

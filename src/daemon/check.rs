@@ -10,6 +10,8 @@ use crate::daemon::config::{Config, LabelSource, PipelineConfig, locate};
 use crate::daemon::{model, pipeline, source};
 use clipfilter::error::{Error, Problems, Result};
 use clipfilter::labels::LabelSet;
+use clipfilter::model::ModelDir;
+use clipfilter::probe::ProbeModel;
 
 /// Checks the daemon configuration `text` (the contents of `path`); returns a one-line summary.
 pub fn check_file(path: &Path, text: &str) -> Result<String> {
@@ -22,7 +24,8 @@ pub fn check_file(path: &Path, text: &str) -> Result<String> {
         if let LabelSource::File(f) = &p.labels
             && let Err(e) = LabelSet::from_file(f).and_then(|set| {
                 let regions = set.all_regions(&p.view.regions)?;
-                set.check_regions(&regions)
+                set.check_regions(&regions)?;
+                set.check_files(None)
             })
         {
             problems.push(problem(&at("labels"), e.to_string()));
@@ -35,7 +38,10 @@ pub fn check_file(path: &Path, text: &str) -> Result<String> {
         problems.push(problem("model.onnxruntime", m));
     }
     let model = match model::resolve_model(&config.model) {
-        Ok(dir) => format!("model {}", dir.display()),
+        Ok(dir) => {
+            check_probes(&config, path, text, &dir, &mut problems);
+            format!("model {}", dir.display())
+        }
         Err(e) => {
             problems.push(problem("model", e.to_string()));
             String::new()
@@ -49,6 +55,38 @@ pub fn check_file(path: &Path, text: &str) -> Result<String> {
         config.outputs.len(),
         if config.outputs.len() == 1 { "" } else { "s" },
     ))
+}
+
+/// Checks that the probes of the pipelines' label sets were trained on the model in `dir` (the
+/// image tower's hash is computed only when a label has a probe).
+fn check_probes(config: &Config, path: &Path, text: &str, dir: &Path, problems: &mut Problems) {
+    let mut identity: Option<Result<ProbeModel>> = None;
+    for (i, p) in config.pipelines.iter().enumerate() {
+        let LabelSource::File(f) = &p.labels else {
+            continue;
+        };
+        let Ok(set) = LabelSet::from_file(f) else {
+            continue; // reported above
+        };
+        if set.labels.iter().all(|l| l.probe.is_none()) {
+            continue;
+        }
+        let m = identity.get_or_insert_with(|| {
+            let md = ModelDir::open(dir, config.model.variant)?;
+            ProbeModel::of(&md.dir, &md.vision_onnx, md.projection_dim.unwrap_or(0))
+        });
+        let result = match m {
+            Ok(m) => set.check_files(Some(m)),
+            Err(e) => Err(Error::invalid("model", e.to_string())),
+        };
+        if let Err(e) = result {
+            problems.push(Error::config(
+                path,
+                locate(text, &format!("pipeline[{i}].labels")),
+                e.to_string(),
+            ));
+        }
+    }
 }
 
 /// What the machine lacks to run pipeline `p`: (field, problem) for each of its GStreamer

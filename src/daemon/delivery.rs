@@ -9,6 +9,10 @@
 //! queue strictly in order, retrying the oldest event with exponential backoff (with jitter)
 //! until the endpoint acknowledges it, and deletes an event only after that. Events pending at a
 //! crash are delivered by the next process that starts a `Delivery` on the same state folder.
+//! While the state disk is full, [`Delivery::submit`] refuses events (an error for which
+//! [`Error::is_disk_full`] holds, counted in `clipfilter_events_refused_total`) and a worker
+//! whose delivered events cannot be deleted retries the deletion with backoff, sending nothing
+//! meanwhile (see [`crate::daemon::outbox`]).
 //!
 //! ```no_run
 //! # fn main() -> clipfilterd::error::Result<()> {
@@ -61,6 +65,8 @@ pub struct Delivery {
     /// Each worker sends its name here when it ends.
     finished: Receiver<String>,
     grace: Duration,
+    /// Events refused because the state disk is full.
+    refused: prometheus_client::metrics::counter::Counter,
 }
 
 impl std::fmt::Debug for Delivery {
@@ -78,6 +84,7 @@ impl Delivery {
     /// held by another process) or a JSON-lines file cannot be opened for appending.
     pub fn start(state_dir: &Path, outputs: &Outputs, metrics: &Metrics) -> Result<Delivery> {
         let outbox = Arc::new(Outbox::open(state_dir)?);
+        outbox.set_full_gauge(metrics.outbox_full());
         for (name, count) in outbox.pending_counts() {
             if outputs.get(&name).is_some() {
                 tracing::info!(output = %name, pending = count, "delivering events left pending");
@@ -163,6 +170,7 @@ impl Delivery {
             stop: Some(stop_tx),
             finished,
             grace: grace + SHUTDOWN_MARGIN,
+            refused: metrics.events_refused(),
         })
     }
 
@@ -184,7 +192,12 @@ impl Delivery {
         if names.is_empty() {
             return Ok(());
         }
-        let dropped = self.outbox.enqueue(event, &names)?;
+        let dropped = self.outbox.enqueue(event, &names).inspect_err(|e| {
+            if e.is_disk_full() {
+                // Logged once when the outbox became full, counted for each event.
+                self.refused.inc();
+            }
+        })?;
         for d in &dropped {
             tracing::warn!(
                 output = %d.output,
@@ -210,6 +223,11 @@ impl Delivery {
             "event queued"
         );
         Ok(())
+    }
+
+    /// True while the state disk is full and new events are refused.
+    pub fn is_full(&self) -> bool {
+        self.outbox.is_full()
     }
 
     /// Events waiting for `output` (0 for an unknown output).
@@ -284,6 +302,7 @@ impl Drop for Finished {
 pub struct EventOutputs {
     delivery: RwLock<Option<Delivery>>,
     submitted: AtomicU64,
+    refused: AtomicU64,
 }
 
 impl EventOutputs {
@@ -292,6 +311,7 @@ impl EventOutputs {
         EventOutputs {
             delivery: RwLock::new(Some(delivery)),
             submitted: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
         }
     }
 
@@ -301,9 +321,24 @@ impl EventOutputs {
         let delivery = guard
             .as_ref()
             .ok_or_else(|| Error::worker("event delivery is not running"))?;
-        delivery.submit(event, outputs)?;
+        delivery.submit(event, outputs).inspect_err(|e| {
+            if e.is_disk_full() {
+                self.refused.fetch_add(1, Ordering::Relaxed);
+            }
+        })?;
         self.submitted.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Events refused since the start because the state disk was full.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    /// True while the state disk is full and new events are refused.
+    pub fn is_full(&self) -> bool {
+        let guard = self.delivery.read().unwrap_or_else(|p| p.into_inner());
+        guard.as_ref().is_some_and(Delivery::is_full)
     }
 
     /// Events submitted since the start.

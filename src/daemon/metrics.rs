@@ -18,6 +18,8 @@
 //! | `clipfilter_inference_batch_size` | histogram | model |
 //! | `clipfilter_inference_queue_depth` | gauge (read at scrape) | model |
 //! | `clipfilter_inference_unavailable_total` | counter (read at scrape): samples dropped, no Triton endpoint ready | model |
+//! | `clipfilter_inference_fallback_batches_total` | counter (read at scrape): batches run on the local fallback (`fallback = "local"`), no Triton endpoint ready | model |
+//! | `clipfilter_inference_fallback_active` | gauge (read at scrape), 1 while the local fallback runs | model |
 //! | `clipfilter_triton_endpoint_up` | gauge (read at scrape), 1 ready, 0 down | model, endpoint |
 //! | `clipfilter_triton_requests_total` | counter (read at scrape) | model, endpoint |
 //! | `clipfilter_triton_request_errors_total` | counter (read at scrape) | model, endpoint |
@@ -28,6 +30,8 @@
 //! | `clipfilter_output_events_delivered_total` | counter | output |
 //! | `clipfilter_output_delivery_failures_total` | counter (failed attempts) | output |
 //! | `clipfilter_output_events_dropped_total` | counter (outbox full) | output |
+//! | `clipfilter_outbox_disk_full` | gauge, 1 while the state disk is full (events refused) | |
+//! | `clipfilter_events_refused_total` | counter: events not accepted (state disk full) | |
 //!
 //! "Read at scrape" values live elsewhere (the element's frame counters, the inference queue):
 //! register a closure with [`Metrics::set_frame_source`], [`Metrics::set_queue_depth_source`] or
@@ -191,6 +195,10 @@ type BackendSource = Arc<dyn Fn() -> BackendCounts + Send + Sync>;
 pub struct BackendCounts {
     /// Samples dropped because no endpoint could serve them.
     pub unavailable: u64,
+    /// Batches run on the local fallback, and whether it runs now (Triton with
+    /// `fallback = "local"`).
+    pub fallback_batches: u64,
+    pub fallback_active: bool,
     /// Remote endpoints (none for the local backend).
     pub endpoints: Vec<EndpointCounts>,
 }
@@ -302,6 +310,27 @@ impl ScrapeSources {
         for (model, counts) in &backends {
             let labels = [("model", LabelValue::from(model.as_str()))];
             ConstCounter::new(counts.unavailable).encode(family.encode_family(&labels)?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "clipfilter_inference_fallback_batches",
+            "Batches embedded by the local fallback because no Triton endpoint was ready",
+            None,
+            MetricType::Counter,
+        )?;
+        for (model, counts) in &backends {
+            let labels = [("model", model.as_str())];
+            ConstCounter::new(counts.fallback_batches).encode(family.encode_family(&labels)?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "clipfilter_inference_fallback_active",
+            "Whether the local fallback embeds the samples now (1) or Triton does (0)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (model, counts) in &backends {
+            let labels = [("model", model.as_str())];
+            ConstGauge::new(i64::from(counts.fallback_active))
+                .encode(family.encode_family(&labels)?)?;
         }
         type Read = fn(&EndpointCounts) -> u64;
         let families: [(&str, &str, MetricType, Read); 3] = [
@@ -438,6 +467,8 @@ pub struct Metrics {
     out_delivered: Family<OutputLabels, Counter>,
     out_failures: Family<OutputLabels, Counter>,
     out_dropped: Family<OutputLabels, Counter>,
+    outbox_full: Gauge,
+    events_refused: Counter,
 }
 
 impl Default for Metrics {
@@ -532,6 +563,18 @@ impl Metrics {
             "Oldest pending events dropped because the output's queue was full",
             out_dropped.clone(),
         );
+        let outbox_full = Gauge::default();
+        registry.register(
+            "clipfilter_outbox_disk_full",
+            "1 while the state disk is full: new events are refused",
+            outbox_full.clone(),
+        );
+        let events_refused = Counter::default();
+        registry.register(
+            "clipfilter_events_refused",
+            "Events not accepted because the state disk was full",
+            events_refused.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
             scrape,
@@ -549,7 +592,19 @@ impl Metrics {
             out_delivered,
             out_failures,
             out_dropped,
+            outbox_full,
+            events_refused,
         }
+    }
+
+    /// The gauge that is 1 while the state disk is full.
+    pub fn outbox_full(&self) -> Gauge {
+        self.outbox_full.clone()
+    }
+
+    /// The count of events refused because the state disk was full.
+    pub fn events_refused(&self) -> Counter {
+        self.events_refused.clone()
     }
 
     /// Handles for `pipeline` (created on first use; its state starts as `starting`).
@@ -817,6 +872,8 @@ mod tests {
         m.set_queue_depth_source("clip-b32", || 7);
         m.set_backend_source("clip-b32", || BackendCounts {
             unavailable: 12,
+            fallback_batches: 5,
+            fallback_active: true,
             endpoints: vec![EndpointCounts {
                 endpoint: "grpc://gpu1:8001".into(),
                 up: false,
@@ -869,6 +926,14 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("clipfilter_triton_endpoint_up{model=\"clip-b32\",endpoint=\"grpc://gpu1:8001\"} 0\n"), "{text}");
+        assert!(
+            text.contains("clipfilter_inference_fallback_batches_total{model=\"clip-b32\"} 5\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("clipfilter_inference_fallback_active{model=\"clip-b32\"} 1\n"),
+            "{text}"
+        );
         assert!(text.contains("clipfilter_triton_requests_total{model=\"clip-b32\",endpoint=\"grpc://gpu1:8001\"} 40\n"), "{text}");
         assert!(text.contains("clipfilter_triton_request_errors_total{model=\"clip-b32\",endpoint=\"grpc://gpu1:8001\"} 3\n"), "{text}");
 

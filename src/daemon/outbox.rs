@@ -26,6 +26,22 @@
 //!
 //! Events pending for an output that is no longer configured stay in the database (they are
 //! reported by [`Outbox::pending_counts`]) and are delivered if that output comes back.
+//!
+//! # When the disk is full
+//! An enqueue that fails for lack of space ("database or disk is full") puts the outbox in the
+//! *full* state ([`Outbox::is_full`]): the event is refused (the caller counts it), and so is
+//! every new event until the disk has [`RESUME_FREE_BYTES`] free again, which leaves the state.
+//! Each change of state is logged once (an error, then an info line), never once per event. A delivered event whose
+//! deletion fails stays with its worker, which retries the deletion with backoff instead of
+//! sending the event again.
+//! The write-ahead log is checkpointed every [`WAL_CHECKPOINT_PAGES`] pages and truncated to
+//! [`WAL_SIZE_LIMIT`] bytes, so that it does not fill a small disk by itself.
+//!
+//! # A corrupt database
+//! When the file is not a readable SQLite database (garbage, a truncated copy), [`Outbox::open`]
+//! moves it (with its `-wal` and `-shm` files) aside to `outbox.sqlite3.corrupt-<unix time>`,
+//! logs an error naming both files, and starts an empty outbox: the daemon keeps running and the
+//! corrupt file stays for inspection (`sqlite3 FILE .recover` gets back what can be read).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -34,7 +50,7 @@ use std::sync::Mutex;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::daemon::event::Event;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, is_disk_full};
 
 /// File name of the outbox database inside the state folder.
 pub const FILE_NAME: &str = "outbox.sqlite3";
@@ -45,6 +61,26 @@ pub const DEFAULT_MAX_PENDING: u64 = 100_000;
 const SCHEMA_VERSION: i64 = 1;
 
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The write-ahead log is copied into the database every this many pages (SQLite's default,
+/// 1000 pages, is 4 MB: more than a small state disk holds).
+pub const WAL_CHECKPOINT_PAGES: u32 = 64;
+
+/// After a checkpoint the write-ahead log file is truncated to this many bytes.
+pub const WAL_SIZE_LIMIT: u64 = 1 << 20;
+
+/// Once full, the outbox tries writing again only when its disk has this much free: no
+/// flapping between full and not while the disk stays nearly full. Half the snapshots'
+/// reserve ([`crate::daemon::snapshot::RESERVE_BYTES`]), so that events resume first.
+pub const RESUME_FREE_BYTES: u64 = 256 * 1024;
+
+/// True when `e` says the file is not an SQLite database or is damaged.
+fn is_corrupt(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+    )
+}
 
 /// One event waiting for one output.
 #[derive(Debug, Clone, PartialEq)]
@@ -78,6 +114,10 @@ struct State {
     counts: BTreeMap<String, u64>,
     /// Per-output bounds set with [`Outbox::set_max_pending`].
     limits: BTreeMap<String, u64>,
+    /// The last write failed for lack of space (see the module documentation).
+    full: bool,
+    /// Set to 1 while full (`clipfilter_outbox_disk_full`), when given.
+    full_gauge: Option<prometheus_client::metrics::gauge::Gauge>,
 }
 
 /// The durable outbox. Cheap operations behind one mutex; share it with `Arc`.
@@ -98,9 +138,45 @@ impl Outbox {
     /// Opens (creating if needed) `<state_dir>/outbox.sqlite3`, creating `state_dir` too.
     ///
     /// Fails when another process holds the outbox open.
+    ///
+    /// A file that is not a readable SQLite database is moved aside (see the module
+    /// documentation) and an empty outbox is started in its place.
     pub fn open(state_dir: &Path) -> Result<Outbox> {
         std::fs::create_dir_all(state_dir).map_err(|e| Error::io(state_dir, e))?;
         let path = state_dir.join(FILE_NAME);
+        match Self::open_file(&path) {
+            Err(Error::Outbox { cause, .. }) if is_corrupt(&cause) => {
+                let stamp = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs();
+                let aside = state_dir.join(format!("{FILE_NAME}.corrupt-{stamp}"));
+                for suffix in ["", "-wal", "-shm"] {
+                    let from = PathBuf::from(format!("{}{suffix}", path.display()));
+                    let to = PathBuf::from(format!("{}{suffix}", aside.display()));
+                    match std::fs::rename(&from, &to) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(Error::io(&from, e)),
+                    }
+                }
+                tracing::error!(
+                    path = %path.display(),
+                    moved_to = %aside.display(),
+                    error = %cause,
+                    "the event outbox is corrupt: moved it aside and started an empty one; \
+                     events pending in it are not delivered (`sqlite3 {} .recover` reads what \
+                     is left)",
+                    aside.display()
+                );
+                Self::open_file(&path)
+            }
+            other => other,
+        }
+    }
+
+    fn open_file(path: &Path) -> Result<Outbox> {
+        let path = path.to_path_buf();
         let db = |source| Error::Outbox {
             path: path.clone(),
             cause: source,
@@ -118,6 +194,10 @@ impl Outbox {
             tracing::warn!(path = %path.display(), mode, "outbox: WAL journal not available");
         }
         conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(db)?;
+        conn.pragma_update(None, "wal_autocheckpoint", WAL_CHECKPOINT_PAGES)
+            .map_err(db)?;
+        conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT as i64)
             .map_err(db)?;
         // Take the exclusive lock now (a write transaction), so that a second process fails here.
         conn.execute_batch(
@@ -169,6 +249,8 @@ impl Outbox {
                 conn,
                 counts,
                 limits: BTreeMap::new(),
+                full: false,
+                full_gauge: None,
             }),
         })
     }
@@ -176,6 +258,59 @@ impl Outbox {
     /// Path of the database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// True while the disk is full: an enqueue failed for lack of space, and since then the disk
+    /// has not had [`RESUME_FREE_BYTES`] free.
+    pub fn is_full(&self) -> bool {
+        let mut state = self.lock();
+        if state.full && self.has_room() {
+            self.set_full(&mut state, false);
+        }
+        state.full
+    }
+
+    fn has_room(&self) -> bool {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        crate::daemon::paths::free_bytes(dir).is_none_or(|free| free >= RESUME_FREE_BYTES)
+    }
+
+    /// Keeps `gauge` at 1 while the outbox is full, else 0.
+    pub fn set_full_gauge(&self, gauge: prometheus_client::metrics::gauge::Gauge) {
+        let mut state = self.lock();
+        gauge.set(i64::from(state.full));
+        state.full_gauge = Some(gauge);
+    }
+
+    /// Records the outcome of an enqueue: enters or leaves the full state, logging the change.
+    /// (Deletions do not count: one that goes through says nothing about room for a new row.)
+    fn wrote<T>(&self, state: &mut State, result: &rusqlite::Result<T>) {
+        let full = match result {
+            Ok(_) => false,
+            Err(e) if is_disk_full(e) => true,
+            // Another failure says nothing about space.
+            Err(_) => return,
+        };
+        self.set_full(state, full);
+    }
+
+    fn set_full(&self, state: &mut State, full: bool) {
+        if full == state.full {
+            return;
+        }
+        state.full = full;
+        if let Some(g) = &state.full_gauge {
+            g.set(i64::from(full));
+        }
+        if full {
+            tracing::error!(
+                path = %self.path.display(),
+                "the state disk is full: new events are refused and delivered events stay \
+                 queued until there is space again"
+            );
+        } else {
+            tracing::info!(path = %self.path.display(), "the state disk has space again: events are accepted");
+        }
     }
 
     /// Sets the bound on pending events of `output` (default [`DEFAULT_MAX_PENDING`]; at least 1).
@@ -195,47 +330,71 @@ impl Outbox {
         targets.dedup();
 
         let mut guard = self.lock();
-        let State {
-            conn,
-            counts,
-            limits,
-        } = &mut *guard;
-        let db = |source| Error::Outbox {
+        let state = &mut *guard;
+        if state.full && !self.has_room() {
+            return Err(Error::Outbox {
+                path: self.path.clone(),
+                cause: rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+                    Some("the state disk is still full".into()),
+                ),
+            });
+        }
+        let result = Self::insert(
+            &mut state.conn,
+            &state.counts,
+            &state.limits,
+            &targets,
+            event,
+            &event_id,
+            &payload,
+        );
+        self.wrote(state, &result);
+        let (dropped, new_counts) = result.map_err(|source| Error::Outbox {
             path: self.path.clone(),
             cause: source,
-        };
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db)?;
+        })?;
+        for (output, count) in new_counts {
+            state.counts.insert(output.to_owned(), count);
+        }
+        Ok(dropped)
+    }
+
+    /// The transaction of [`Outbox::enqueue`]: the rows dropped and the new count per output.
+    #[allow(clippy::type_complexity)]
+    fn insert<'a>(
+        conn: &mut Connection,
+        counts: &BTreeMap<String, u64>,
+        limits: &BTreeMap<String, u64>,
+        targets: &[&'a str],
+        event: &Event,
+        event_id: &str,
+        payload: &str,
+    ) -> rusqlite::Result<(Vec<Dropped>, Vec<(&'a str, u64)>)> {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut dropped = Vec::new();
         let mut new_counts = Vec::with_capacity(targets.len());
         {
-            let mut insert = tx
-                .prepare_cached(
-                    "INSERT INTO outbox (output, event_id, pipeline, label, payload)
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
-                )
-                .map_err(db)?;
-            let mut drop_oldest = tx
-                .prepare_cached(
-                    "DELETE FROM outbox WHERE seq IN
-                         (SELECT seq FROM outbox WHERE output = ?1 ORDER BY seq LIMIT ?2)
-                     RETURNING seq, event_id",
-                )
-                .map_err(db)?;
-            for output in targets {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO outbox (output, event_id, pipeline, label, payload)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            let mut drop_oldest = tx.prepare_cached(
+                "DELETE FROM outbox WHERE seq IN
+                     (SELECT seq FROM outbox WHERE output = ?1 ORDER BY seq LIMIT ?2)
+                 RETURNING seq, event_id",
+            )?;
+            for &output in targets {
                 let limit = limits.get(output).copied().unwrap_or(DEFAULT_MAX_PENDING);
                 let count = counts.get(output).copied().unwrap_or(0);
                 let excess = (count + 1).saturating_sub(limit);
                 let mut removed = 0;
                 if excess > 0 {
-                    let rows = drop_oldest
-                        .query_map(params![output, excess], |row| {
-                            Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
-                        })
-                        .map_err(db)?;
+                    let rows = drop_oldest.query_map(params![output, excess], |row| {
+                        Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
+                    })?;
                     for row in rows {
-                        let (seq, id) = row.map_err(db)?;
+                        let (seq, id) = row?;
                         removed += 1;
                         dropped.push(Dropped {
                             output: output.to_owned(),
@@ -244,23 +403,18 @@ impl Outbox {
                         });
                     }
                 }
-                insert
-                    .execute(params![
-                        output,
-                        event_id,
-                        event.pipeline,
-                        event.label,
-                        payload
-                    ])
-                    .map_err(db)?;
+                insert.execute(params![
+                    output,
+                    event_id,
+                    event.pipeline,
+                    event.label,
+                    payload
+                ])?;
                 new_counts.push((output, count - removed + 1));
             }
         }
-        tx.commit().map_err(db)?;
-        for (output, count) in new_counts {
-            counts.insert(output.to_owned(), count);
-        }
-        Ok(dropped)
+        tx.commit()?;
+        Ok((dropped, new_counts))
     }
 
     /// Up to `limit` pending events of `output` with a sequence number above `after`, oldest first.
@@ -303,7 +457,7 @@ impl Outbox {
             return Ok(0);
         }
         let mut guard = self.lock();
-        let State { conn, counts, .. } = &mut *guard;
+        let state = &mut *guard;
         let db = |source| Error::Outbox {
             path: self.path.clone(),
             cause: source,
@@ -311,13 +465,17 @@ impl Outbox {
         // A deletion need not be fsynced: if it is lost (power cut, not a process kill: the WAL
         // is in the page cache), the event is delivered again, which at-least-once allows. The
         // next enqueue (synchronous=FULL) syncs it anyway. This halves the fsyncs per event.
-        conn.pragma_update(None, "synchronous", "NORMAL")
+        state
+            .conn
+            .pragma_update(None, "synchronous", "NORMAL")
             .map_err(db)?;
-        let result = Self::delete(conn, output, seqs);
-        conn.pragma_update(None, "synchronous", "FULL")
+        let result = Self::delete(&mut state.conn, output, seqs);
+        state
+            .conn
+            .pragma_update(None, "synchronous", "FULL")
             .map_err(db)?;
         let deleted = result.map_err(db)?;
-        if let Some(count) = counts.get_mut(output) {
+        if let Some(count) = state.counts.get_mut(output) {
             *count = count.saturating_sub(deleted);
         }
         Ok(deleted)
@@ -479,5 +637,24 @@ mod tests {
         let _first = Outbox::open(dir.path()).unwrap();
         let err = Outbox::open(dir.path()).unwrap_err();
         assert!(err.to_string().contains(FILE_NAME), "{err}");
+    }
+
+    #[test]
+    fn a_corrupt_file_is_moved_aside_and_an_empty_outbox_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        let garbage: Vec<u8> = (0..8192u32).map(|i| (i * 7 + 13) as u8).collect();
+        std::fs::write(dir.path().join(FILE_NAME), &garbage).unwrap();
+        let outbox = Outbox::open(dir.path()).unwrap();
+        assert_eq!(outbox.pending_counts(), BTreeMap::new());
+        outbox.enqueue(&event(1), &["a"]).unwrap();
+        assert_eq!(outbox.pending("a"), 1);
+        // The corrupt file is kept, byte for byte, beside the new one.
+        let aside: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with(&format!("{FILE_NAME}.corrupt-")))
+            .collect();
+        assert_eq!(aside.len(), 1, "{aside:?}");
+        assert_eq!(std::fs::read(dir.path().join(&aside[0])).unwrap(), garbage);
     }
 }

@@ -1,7 +1,25 @@
 //! Paths written in the configuration file: relative ones are relative to the folder of the file,
-//! and `.`/`..` are taken out so that what logs and errors show is the path meant.
+//! and `.`/`..` are taken out so that what logs and errors show is the path meant. Also the free
+//! space of a folder's disk.
 
 use std::path::{Component, Path, PathBuf};
+
+/// Free bytes for an unprivileged writer on the file system of `dir` (`None` when unknown).
+// The statvfs field types differ between platforms (u64 here, u32 on some 32-bit ones).
+#[allow(clippy::unnecessary_cast)]
+pub fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `path` is NUL-terminated and `stat` is a valid out-pointer for statvfs.
+    let rc = unsafe { libc::statvfs(path.as_ptr(), stat.as_mut_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: statvfs returned 0, so it filled `stat`.
+    let stat = unsafe { stat.assume_init() };
+    Some((stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64))
+}
 
 /// The folder relative paths of the configuration file at `config` start from (absolute).
 pub fn config_dir(config: &Path) -> PathBuf {

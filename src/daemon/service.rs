@@ -8,8 +8,10 @@
 //! 4. Loop: beat the watchdog heartbeats (the supervisor's own, and the inference worker's when
 //!    the worker has shown life recently), keep `STATUS=` up to date ("3 pipelines running,
 //!    1 backing off"), reload the configuration on `SIGHUP` or when the file changes.
-//! 5. On `SIGTERM`/`SIGINT`: `STOPPING=1`, stop the pipelines (their open matches end with
-//!    events), stop delivery (pending events stay in the outbox for the next run).
+//! 5. On `SIGTERM`/`SIGINT`, also during start-up: `STOPPING=1`, stop the pipelines (their
+//!    open matches end with events; one still starting after
+//!    [`crate::daemon::supervisor::SHUTDOWN_WAIT`] is left behind), stop delivery (pending
+//!    events stay in the outbox for the next run).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -105,6 +107,8 @@ impl View {
             "events": {
                 "submitted": self.events.submitted(),
                 "pending": self.events.pending_counts(),
+                "accepting": !self.events.is_full(),
+                "refused": self.events.refused(),
             },
         })
     }
@@ -120,6 +124,12 @@ impl View {
         if worker > UNHEALTHY_AFTER {
             return Err(format!(
                 "the inference worker has been silent for {worker:.0?}"
+            ));
+        }
+        if self.events.is_full() {
+            return Err(format!(
+                "the state disk is full: new events are refused ({} so far)",
+                self.events.refused()
             ));
         }
         let main = self.main_beat.age();
@@ -147,10 +157,10 @@ struct Daemon {
 
 /// Runs the daemon with the configuration file at `path` until `SIGTERM` or `SIGINT`.
 pub fn run(path: &Path) -> Result<()> {
+    // Signals first: a SIGTERM while the configuration or the model loads is not lost.
+    let triggers = Triggers::start(path)?;
     let config = Config::load(path)?;
     crate::gstreamer::init()?;
-    // Signals first: a SIGTERM during the model load is not lost.
-    let triggers = Triggers::start(path)?;
     let notifier = Notifier::from_env();
     notifier.status("loading the model");
     let (model, engine) = load_engine(&config.model)?;
@@ -201,8 +211,12 @@ pub fn run(path: &Path) -> Result<()> {
         inference_beat,
         last_status: String::new(),
     };
-    daemon.start(&model);
-    daemon.main_loop(&triggers);
+    if let Some(reload) = daemon.start(&model, &triggers) {
+        if reload {
+            daemon.reload();
+        }
+        daemon.main_loop(&triggers);
+    }
     daemon.shutdown();
     Ok(())
 }
@@ -222,6 +236,8 @@ fn register_model_metrics(metrics: &Metrics, model: &ElementModel, engine: &Arc<
     let remote = engine.remote().cloned();
     metrics.set_backend_source(&label, move || BackendCounts {
         unavailable: stats.unavailable.load(std::sync::atomic::Ordering::Relaxed),
+        fallback_batches: remote.as_ref().map_or(0, |r| r.fallback_batches()),
+        fallback_active: remote.as_ref().is_some_and(|r| r.fallback_active()),
         endpoints: remote
             .iter()
             .flat_map(|r| r.status())
@@ -265,6 +281,7 @@ fn remote_status(engine: &Engine) -> serde_json::Value {
         "wire_format": remote.config.wire.as_str(),
         "fallback": remote.config.fallback.name(),
         "fallback_batches": remote.fallback_batches(),
+        "fallback_active": remote.fallback_active(),
         "endpoints": endpoints,
     })
 }
@@ -322,18 +339,41 @@ impl Daemon {
         }
     }
 
-    fn start(&mut self, model: &ElementModel) {
+    /// Starts the pipelines and waits (up to [`READY_WAIT`]) for them to leave `starting`
+    /// before `READY=1`. `None` when a stop signal came meanwhile (nothing more is awaited);
+    /// else whether a reload was asked for meanwhile.
+    fn start(&mut self, model: &ElementModel, triggers: &Triggers) -> Option<bool> {
+        let mut reload = false;
+        let stop_requested = |reload: &mut bool| {
+            while let Ok(t) = triggers.receiver().try_recv() {
+                match t {
+                    Trigger::Stop(signal) => {
+                        tracing::info!(signal, "stopping during start-up");
+                        return true;
+                    }
+                    Trigger::Hangup | Trigger::FileChanged => *reload = true,
+                }
+            }
+            false
+        };
+        if stop_requested(&mut reload) {
+            return None;
+        }
         let plan = self.supervisor.plan(&self.config.pipelines, model);
         self.supervisor.apply(&plan);
         tracing::info!(pipelines = plan.added.len(), "pipelines started");
         let deadline = Instant::now() + READY_WAIT;
         while self.supervisor.counts().starting > 0 && Instant::now() < deadline {
             self.beat();
+            if stop_requested(&mut reload) {
+                return None;
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
         self.beat();
         self.notifier.ready();
         tracing::info!(status = %self.last_status, "ready");
+        Some(reload)
     }
 
     fn main_loop(&mut self, triggers: &Triggers) {

@@ -4,6 +4,10 @@
 //! the oldest files are the first in name order. The folder is bounded by a number of files and a
 //! number of bytes: after each save the oldest files are deleted until both bounds hold. Files are
 //! written under a temporary name and renamed, so a file an event names is always complete.
+//!
+//! Events come before snapshots on a disk that fills up: a snapshot is not saved when it would
+//! leave less than [`RESERVE_BYTES`] free on its disk, after deleting older snapshots to make
+//! room. Skipping is logged once when it starts and once when it ends.
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -13,10 +17,15 @@ use std::sync::Mutex;
 use gst_video::VideoFrameExt;
 
 use crate::daemon::config::SnapshotConfig;
+use crate::daemon::paths;
 use clipfilter::crops::Rect;
 use clipfilter::error::{Error, Result};
 use clipfilter::preprocess::{PixelBox, frame_to_rgb8};
 use gstclipfilter::video_frame;
+
+/// A snapshot is not saved when it would leave less than this free on the disk: the room is
+/// kept for the event outbox.
+pub const RESERVE_BYTES: u64 = 512 * 1024;
 
 #[derive(Debug, Default)]
 struct Files {
@@ -30,6 +39,8 @@ struct Files {
 pub struct SnapshotStore {
     config: SnapshotConfig,
     files: Mutex<Files>,
+    /// Snapshots are being skipped for lack of space (logged when this changes).
+    skipping: std::sync::atomic::AtomicBool,
 }
 
 fn is_snapshot_name(name: &str) -> bool {
@@ -69,6 +80,7 @@ impl SnapshotStore {
                 list: found.into(),
                 bytes,
             }),
+            skipping: std::sync::atomic::AtomicBool::new(false),
         };
         store.evict();
         Ok(store)
@@ -87,34 +99,53 @@ impl SnapshotStore {
 
     /// Encodes `sample` (a raw video frame with its caps) as a JPEG named after the event and
     /// the pipeline, with `place` (the crop that matched, in fractions of the frame) outlined
-    /// when `draw_box` is on; returns its path.
+    /// when `draw_box` is on; returns its path, or `None` when the disk has no room to spare
+    /// for it (see [`RESERVE_BYTES`]).
     pub fn save(
         &self,
         event: uuid::Uuid,
         pipeline: &str,
         sample: &gst::Sample,
         place: Option<Rect>,
-    ) -> Result<PathBuf> {
+    ) -> Result<Option<PathBuf>> {
         let _span = tracing::debug_span!("snapshot", pipeline, %event).entered();
         let (mut rgb, width, height) = sample_to_rgb8(sample)?;
         if let Some(rect) = place.filter(|_| self.config.draw_box) {
             outline(&mut rgb, width, height, rect.to_pixels(width, height));
         }
         let path = self.config.dir.join(format!("{event}_{pipeline}.jpg"));
+        let mut jpeg = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, self.config.quality)
+            .encode(&rgb, width, height, image::ExtendedColorType::Rgb8)
+            .map_err(|e| Error::io(&path, std::io::Error::other(e)))?;
+        let len = jpeg.len() as u64;
+        if !self.make_room(len) {
+            if !self
+                .skipping
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+            {
+                tracing::warn!(
+                    dir = %self.config.dir.display(),
+                    reserve = RESERVE_BYTES,
+                    "the disk is nearly full: snapshots are not saved (the room is kept for events)"
+                );
+            }
+            return Ok(None);
+        }
+        if self
+            .skipping
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            tracing::info!(dir = %self.config.dir.display(), "snapshots are saved again");
+        }
         let tmp = self.config.dir.join(format!(".{event}_{pipeline}.jpg.tmp"));
-        let write = || -> std::io::Result<u64> {
-            let mut file = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-            image::codecs::jpeg::JpegEncoder::new_with_quality(&mut file, self.config.quality)
-                .encode(&rgb, width, height, image::ExtendedColorType::Rgb8)
-                .map_err(std::io::Error::other)?;
-            file.flush()?;
-            let file = file.into_inner().map_err(|e| e.into_error())?;
-            let len = file.metadata()?.len();
+        let write = || -> std::io::Result<()> {
+            let mut file = std::fs::File::create(&tmp)?;
+            file.write_all(&jpeg)?;
             drop(file);
-            std::fs::rename(&tmp, &path)?;
-            Ok(len)
+            std::fs::rename(&tmp, &path)
         };
-        let len = write().map_err(|e| {
+        write().map_err(|e| {
             let _ = std::fs::remove_file(&tmp);
             Error::io(&path, e)
         })?;
@@ -124,7 +155,26 @@ impl SnapshotStore {
             files.bytes += len;
         }
         self.evict();
-        Ok(path)
+        Ok(Some(path))
+    }
+
+    /// Deletes the oldest snapshots until `len` more bytes leave [`RESERVE_BYTES`] free; false
+    /// when that cannot be reached.
+    fn make_room(&self, len: u64) -> bool {
+        let Some(mut free) = paths::free_bytes(&self.config.dir) else {
+            return true;
+        };
+        let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        while free < len + RESERVE_BYTES {
+            let Some((path, bytes)) = files.list.pop_front() else {
+                return false;
+            };
+            files.bytes = files.bytes.saturating_sub(bytes);
+            if std::fs::remove_file(&path).is_ok() {
+                free += bytes;
+            }
+        }
+        true
     }
 
     /// Deletes the oldest files until both bounds hold (the newest file always stays).
@@ -226,7 +276,8 @@ mod tests {
             paths.push(
                 store
                     .save(uuid::Uuid::now_v7(), "cam-1", &sample, None)
-                    .unwrap(),
+                    .unwrap()
+                    .expect("room on the disk"),
             );
         }
         assert_eq!(store.usage().0, 3);
@@ -267,7 +318,8 @@ mod tests {
         let right = Rect::new(0.5, 0.0, 0.5, 1.0).unwrap();
         let boxed = store
             .save(uuid::Uuid::now_v7(), "cam-1", &sample, Some(right))
-            .unwrap();
+            .unwrap()
+            .expect("room on the disk");
         let img = image::open(&boxed).unwrap().to_rgb8();
         let yellow = |img: &image::RgbImage, x, y| {
             let p = img.get_pixel(x, y);
@@ -286,7 +338,8 @@ mod tests {
         })
         .unwrap()
         .save(uuid::Uuid::now_v7(), "cam-1", &sample, Some(right))
-        .unwrap();
+        .unwrap()
+        .expect("room on the disk");
         let img = image::open(&plain).unwrap().to_rgb8();
         assert!(
             !yellow(&img, 32, 20),

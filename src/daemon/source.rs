@@ -4,7 +4,7 @@
 //! | source | elements |
 //! |---|---|
 //! | `rtsp://` | `uridecodebin` -> `rtspsrc` (transport, latency, credentials set on it) |
-//! | files | `uridecodebin` -> `filesrc`; `loop = true` loops with segment seeks |
+//! | files | `uridecodebin` -> `filesrc`; `loop = true` loops with a seek at the end |
 //! | `v4l2://` | `uridecodebin` -> `v4l2src` |
 //! | `http(s)://` | `uridecodebin` -> `souphttpsrc` (+ `hlsdemux`) |
 //! | other URIs | `uridecodebin` |

@@ -2,7 +2,8 @@
 //! episodes the live label sets did produce (the stored events).
 //!
 //! The replay uses the engine's code, nothing of its own: each sample's cosines go through
-//! [`softmax_into`] (what `ClassEmbeddings::score_into` does after the cosines) and the
+//! [`CompiledLabels::probabilities_into`] (what `CompiledLabels::score_into` does after the
+//! per-label scores) and the
 //! [`Matcher`] (the element's hysteresis), in the order the element saw them; a stream that
 //! ended or restarted (an epoch) ends its episodes there, as the element does at EOS, flush and
 //! stop. Samples the scene gate repeated count as samples, as they do live.
@@ -22,7 +23,7 @@ use super::store::sql;
 use crate::error::Result;
 use clipfilter::labels::{CompiledLabels, LabelDefaults, LabelSetInfo};
 use clipfilter::matcher::{Matcher, Transition};
-use clipfilter::zeroshot::{Scores, softmax_into};
+use clipfilter::zeroshot::Scores;
 
 /// Which part of the history to replay.
 #[derive(Debug, Clone, Default)]
@@ -246,7 +247,6 @@ fn replay(
         })
         .map_err(&err)?;
     let n = labels.labels.len();
-    let scale = labels.classes.logit_scale();
     let mut matcher = Matcher::new(labels);
     let mut open: Vec<Option<Boundary>> = vec![None; n];
     let mut episodes = Vec::new();
@@ -326,7 +326,7 @@ fn replay(
                 }
             };
             let i = scores.cosine.len();
-            match e.and_then(|e| labels.classes.cosine(i, &e)) {
+            match e.and_then(|e| labels.label_score(i, &e)) {
                 Some(c) => {
                     scores.cosine.push(c);
                     report.rescored += 1;
@@ -354,7 +354,7 @@ fn replay(
             continue;
         }
         report.samples += 1;
-        softmax_into(scale, &scores.cosine, &mut scores.probability);
+        labels.probabilities_into(&scores.cosine, &mut scores.probability);
         for change in matcher.update(labels, &scores) {
             let Some(i) = change.index else { continue };
             let b = Boundary {

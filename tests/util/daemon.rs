@@ -157,6 +157,16 @@ impl Daemon {
         (i, serde_json::from_str(&line).unwrap())
     }
 
+    /// Log lines written so far (JSON on stderr) whose `fields.message` passes `want`.
+    pub fn logs(&self, want: impl Fn(&str) -> bool) -> Vec<Value> {
+        self.stderr
+            .all()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["fields"]["message"].as_str().is_some_and(&want))
+            .collect()
+    }
+
     /// Events printed so far (JSON lines on stdout).
     pub fn events(&self) -> Vec<Value> {
         self.stdout
@@ -227,17 +237,29 @@ impl Daemon {
         what: &str,
         mut cond: impl FnMut(&Value) -> bool,
     ) -> Value {
+        let status = self.wait_status(&format!("pipeline {name} {what}"), |s| {
+            s["pipelines"]
+                .as_array()
+                .is_some_and(|ps| ps.iter().any(|p| p["name"] == name && cond(p)))
+        });
+        status["pipelines"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["name"] == name))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Polls `/status` until `cond` holds for it; returns it.
+    pub fn wait_status(&self, what: &str, mut cond: impl FnMut(&Value) -> bool) -> Value {
         let deadline = Instant::now() + PATIENCE;
         loop {
-            let p = self.pipeline(name);
-            if let Some(p) = &p
-                && cond(p)
-            {
-                return p.clone();
+            let status = self.status();
+            if cond(&status) {
+                return status;
             }
             assert!(
                 Instant::now() < deadline,
-                "timed out waiting for pipeline {name} to be {what}: {p:?}\nlog:\n{}",
+                "timed out waiting for {what}: {status:#}\nlog:\n{}",
                 self.stderr
                     .all()
                     .iter()
@@ -250,6 +272,17 @@ impl Daemon {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// The value of `series` (name and labels, as exported) in `/metrics`; fails when the daemon
+    /// does not export it.
+    pub fn metric(&self, series: &str) -> f64 {
+        let metrics = self.get("/metrics");
+        assert!(
+            metrics.contains(&format!("{series} ")),
+            "{series} in\n{metrics}"
+        );
+        super::metric_value(&metrics, series)
     }
 
     /// Frames seen by pipeline `name`.
@@ -362,12 +395,17 @@ impl Drop for Hook {
     }
 }
 
-/// Writes an H.264 MP4 of 64x64 frames at 10 fps: `frames` of each videotestsrc `pattern` in
-/// turn (e.g. `[("red", 15), ("green", 15)]`).
+/// Writes an H.264 file of 64x64 frames at 10 fps: `frames` of each videotestsrc `pattern` in
+/// turn (e.g. `[("red", 15), ("green", 15)]`); MPEG-TS when `path` ends in `.ts`, else MP4.
 pub fn make_clip(path: &Path, parts: &[(&str, u32)]) {
     gst::init().unwrap();
+    let mux = if path.extension().is_some_and(|e| e == "ts") {
+        "mpegtsmux"
+    } else {
+        "mp4mux"
+    };
     let mut description = format!(
-        "concat name=c ! videoconvert ! x264enc key-int-max=5 speed-preset=ultrafast ! mp4mux ! filesink location={}",
+        "concat name=c ! videoconvert ! x264enc key-int-max=5 speed-preset=ultrafast ! {mux} ! filesink location={}",
         path.display()
     );
     for (pattern, frames) in parts {

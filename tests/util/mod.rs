@@ -2,6 +2,10 @@
 
 pub mod daemon;
 pub mod rtsp;
+/// The Triton test harness of crates/triton (servers, model repositories, references).
+#[path = "../../crates/triton/tests/triton/util.rs"]
+#[allow(dead_code)]
+pub mod triton;
 
 use std::ffi::OsStr;
 use std::os::unix::net::UnixDatagram;
@@ -15,14 +19,23 @@ use std::time::{Duration, Instant};
 /// that passes never waits this long, so the value only costs time when something is broken.
 pub const PATIENCE: Duration = Duration::from_secs(60);
 
-/// A port on 127.0.0.1 that nothing listens on right now (the kernel's pick for port 0,
-/// released before returning), for servers the tests start and for addresses that must refuse.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("a free port on 127.0.0.1")
-        .local_addr()
-        .expect("the bound address")
-        .port()
+/// A port on 127.0.0.1 that nothing listens on now and that no test of this process was given
+/// before (see there), for servers the tests start and for addresses that must refuse.
+pub use triton::free_port;
+
+/// The value of `series` (a metric name with its labels, exactly as exported) in a Prometheus
+/// text exposition, 0 when it is absent (a longer name with the same start does not count).
+pub fn metric_value(exposition: &str, series: &str) -> f64 {
+    exposition
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .map_or(0.0, |v| {
+            v.parse()
+                .unwrap_or_else(|e| panic!("{series}: {v:?} is not a number: {e}"))
+        })
 }
 
 /// The repository's `tests/fixtures` folder.

@@ -13,9 +13,10 @@ use std::time::Duration;
 use crate::encoder::cache::{self, DiskCache};
 use crate::encoder::{ImageEncoder, Provider, SessionConfig, TextEncoder, l2_normalize};
 use crate::error::{Error, Result};
-use crate::labels::{CompiledLabels, LabelDefaults, LabelSet};
+use crate::labels::{CompiledLabels, Embedder, LabelDefaults, LabelSet};
 use crate::model::{ModelDir, Variant};
 use crate::preprocess::Preprocessor;
+use crate::probe::ProbeModel;
 use crate::remote::{Remote, RemoteConfig, WireFormat};
 use crate::tower::ImageTower;
 use crate::worker::{BatchConfig, Stream, StreamOptions, Worker, WorkerStats};
@@ -79,6 +80,20 @@ pub struct Engine {
     /// What identifies the image tower and its preprocessing ([`Engine::image_fingerprint`]).
     image_fingerprint: std::sync::OnceLock<String>,
     remote: Option<Remote>,
+    /// Embeddings of label example pictures, by path, kept while the file's size and
+    /// modification time stay the same: a reload re-embeds only the pictures that changed.
+    image_cache: Mutex<HashMap<PathBuf, CachedImage>>,
+    /// Pictures embedded for labels (cache misses), for tests and logs.
+    label_images_embedded: std::sync::atomic::AtomicU64,
+    /// The image tower's identity (hashed once, when a probe first needs it).
+    probe_model: Mutex<Option<ProbeModel>>,
+}
+
+/// A label picture's embedding and what identifies the file's version.
+struct CachedImage {
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+    embedding: Vec<f32>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -221,6 +236,9 @@ impl Engine {
             remote,
             disk,
             image_fingerprint: std::sync::OnceLock::new(),
+            image_cache: Mutex::new(HashMap::new()),
+            label_images_embedded: Default::default(),
+            probe_model: Mutex::new(None),
         })
     }
 
@@ -316,9 +334,74 @@ impl Engine {
         defaults: &LabelDefaults,
     ) -> Result<CompiledLabels> {
         let _span = tracing::info_span!("compile_labels", labels = set.labels.len()).entered();
-        CompiledLabels::compile(set, defaults, self.model.logit_scale, |texts| {
-            self.embed_texts(texts)
-        })
+        let labels = CompiledLabels::compile(set, defaults, self)?;
+        self.trim_image_cache();
+        Ok(labels)
+    }
+
+    /// The normalised embedding of a label's example picture: from the cache while the file's
+    /// size and modification time are unchanged, else embedded (and cached).
+    pub fn embed_label_image(&self, path: &Path) -> Result<Vec<f32>> {
+        let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+        if !meta.is_file() {
+            return Err(Error::invalid(
+                "image",
+                format!("{} is not a regular file", path.display()),
+            ));
+        }
+        let (len, modified) = (meta.len(), meta.modified().ok());
+        let lock = || {
+            self.image_cache.lock().map_err(|_| Error::Worker {
+                message: "image cache poisoned".into(),
+            })
+        };
+        if let Some(c) = lock()?.get(path)
+            && c.len == len
+            && c.modified == modified
+            && modified.is_some()
+        {
+            return Ok(c.embedding.clone());
+        }
+        let embedding = self.embed_image_file(path)?;
+        self.label_images_embedded
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        lock()?.insert(
+            path.to_path_buf(),
+            CachedImage {
+                len,
+                modified,
+                embedding: embedding.clone(),
+            },
+        );
+        Ok(embedding)
+    }
+
+    /// How many label pictures were embedded (not taken from the cache) so far.
+    pub fn label_images_embedded(&self) -> u64 {
+        self.label_images_embedded
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Forgets cached pictures that no longer exist, so the cache follows the label files.
+    fn trim_image_cache(&self) {
+        if let Ok(mut cache) = self.image_cache.lock()
+            && !cache.is_empty()
+        {
+            cache.retain(|p, _| p.is_file());
+        }
+    }
+
+    /// The identity of this model's image tower, which probes record.
+    pub fn probe_model(&self) -> Result<ProbeModel> {
+        let mut m = self.probe_model.lock().map_err(|_| Error::Worker {
+            message: "probe model poisoned".into(),
+        })?;
+        if let Some(p) = &*m {
+            return Ok(p.clone());
+        }
+        let p = ProbeModel::of(&self.model.dir, &self.model.vision_onnx, self.dim)?;
+        *m = Some(p.clone());
+        Ok(p)
     }
 
     /// Normalised embeddings of preprocessed images (`n * image_len` floats), through the
@@ -365,7 +448,7 @@ impl Engine {
     /// Normalised embedding of one image file (from the disk cache when its bytes were embedded
     /// before by this image tower).
     pub fn embed_image_file(&self, path: &Path) -> Result<Vec<f32>> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let bytes = crate::input::read(path)?;
         self.embed_image_bytes(&bytes, path)
     }
 
@@ -411,6 +494,24 @@ impl Engine {
         let mut out = vec![0.0; pre.output_len()];
         pre.run_rgb8(rgb.as_raw(), rgb.width(), rgb.height(), &mut out)?;
         Ok(out)
+    }
+}
+
+impl Embedder for Engine {
+    fn logit_scale(&self) -> f32 {
+        self.model.logit_scale
+    }
+
+    fn embed_texts(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        Engine::embed_texts(self, texts)
+    }
+
+    fn embed_image(&self, path: &Path) -> Result<Vec<f32>> {
+        self.embed_label_image(path)
+    }
+
+    fn probe_model(&self) -> Result<ProbeModel> {
+        Engine::probe_model(self)
     }
 }
 

@@ -5,6 +5,7 @@
 //! GStreamer or of the daemon. The `clipfilter` element (`plugins/clipfilter`) and `clipfilterd`
 //! (`src/`) are its front ends. See `ARCHITECTURE.md` for the map of modules.
 
+pub mod calibrate;
 pub mod crops;
 pub mod encoder;
 pub mod engine;
@@ -16,6 +17,7 @@ pub mod limits;
 pub mod matcher;
 pub mod model;
 pub mod preprocess;
+pub mod probe;
 pub mod remote;
 pub mod runtime;
 pub mod text;

@@ -22,12 +22,25 @@ pub const FRAME_PIXELS: RangeInclusive<u64> = 1..=16384 * 16384;
 pub const DEFAULT_FRAME_PIXELS: u64 = 7680 * 4320;
 /// Scene-change gate threshold: mean 8-bit level difference (0 turns the gate off).
 pub const SCENE_GATE: RangeInclusive<f64> = 0.0..=255.0;
+/// Precision a calibration may ask for (`calibrate --precision`): above 0.99 it would need more
+/// than 100 positive examples (see `calibrate::Target::positives_needed`).
+pub const CALIBRATION_PRECISION: RangeInclusive<f32> = 0.5..=0.99;
+/// Fewest positive examples of a label that calibration takes.
+pub const MIN_CALIBRATION_POSITIVES: usize = 10;
+/// Fewest negative examples (every other folder) that calibration takes.
+pub const MIN_CALIBRATION_NEGATIVES: usize = 10;
+/// Newton iterations a probe fit may take (it converges in a few dozen).
+pub const PROBE_MAX_ITERATIONS: usize = 200;
+/// Cross-validation folds when training a probe (the seed's sweep uses 5).
+pub const PROBE_FOLDS: usize = 5;
 
 /// Tiles per side of a tile grid (`tiles = "3x3"`: columns x rows): 8x8 at most, so that a
 /// tiled frame stays a few batches of inference.
 pub const TILES: RangeInclusive<u32> = 1..=8;
 /// Overlap of neighbouring tiles, as a fraction of a tile's width (height).
 pub const TILE_OVERLAP: RangeInclusive<f64> = 0.0..=0.5;
+/// Example pictures of one label (`images = [...]`): each is embedded when the label set loads.
+pub const MAX_LABEL_IMAGES: usize = 1000;
 /// Named regions of one stream (pipeline or element and its label set together).
 pub const MAX_REGIONS: usize = 32;
 /// Points of a region's polygon.

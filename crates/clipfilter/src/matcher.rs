@@ -188,10 +188,9 @@ mod tests {
             key: name.into(),
             regions: Vec::new(),
         };
-        CompiledLabels::new(
+        CompiledLabels::zero_shot(
             vec![l("smoke", false), l("sky", true)],
             ClassEmbeddings::new(vec![vec![1.0, 0.0], vec![0.0, 1.0]], 100.0).unwrap(),
-            crate::labels::LabelDefaults::default(),
         )
     }
 

@@ -31,6 +31,8 @@
 //! type = "nats"                  # NATS JetStream, see [`nats`]
 //! servers = ["nats://127.0.0.1:4222"]
 //! subject = "clipfilter.{pipeline}.{label}"
+//! username = "camhost7"          # optional, with password; or token = "...", or
+//! password = "..."               # credentials = "nats.creds" (JWT + nkey); tls = true, ca_file
 //! ```
 //!
 //! Every output also takes `retry_initial` (default `"1s"`), `retry_max` (default `"60s"`) and

@@ -245,11 +245,21 @@ fn session(
                     }
                 }
                 if !window.acked.is_empty() {
-                    ctx.acked(&window.acked);
-                    window.acked.clear();
-                    if !delivered_any {
-                        delivered_any = true;
-                        retry.succeeded(ctx);
+                    match ctx.acked(&window.acked) {
+                        Ok(()) => {
+                            window.acked.clear();
+                            if !delivered_any {
+                                delivered_any = true;
+                                retry.succeeded(ctx);
+                            }
+                        }
+                        // Kept, and deleted with the next acknowledgements; this output
+                        // backs off meanwhile (they are not published again in this session).
+                        Err(e) => {
+                            if !retry.failed(ctx, &e) {
+                                return SessionEnd::Stop;
+                            }
+                        }
                     }
                 }
                 if let Some(end) = end {

@@ -128,7 +128,17 @@ impl WebhookOutput {
             .map_err(|e| SendError(format!("POST {}: {e}", self.target.url)))?;
         let status = response.status();
         if status.is_success() {
-            return Ok(());
+            // The whole answer, or it does not count: a body cut short (fewer bytes than its
+            // Content-Length, then the connection closed) is a failed delivery. The request
+            // timeout bounds the read.
+            return std::io::copy(&mut response.body_mut().as_reader(), &mut std::io::sink())
+                .map(drop)
+                .map_err(|e| {
+                    SendError(format!(
+                        "POST {}: HTTP {status} with an incomplete answer: {e}",
+                        self.target.url
+                    ))
+                });
         }
         let mut snippet = Vec::new();
         let _ = response

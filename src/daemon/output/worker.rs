@@ -67,21 +67,21 @@ impl WorkerCtx {
         )
     }
 
-    /// Deletes acknowledged events and updates the metrics. When the outbox refuses, the events
-    /// were delivered but stay in it: they will be sent again (at-least-once), and it is logged.
-    pub(crate) fn acked(&self, seqs: &[i64]) {
+    /// Deletes acknowledged events and updates the metrics. When the outbox refuses (a full
+    /// disk), the events were delivered but stay in it: the caller keeps them and calls this
+    /// again after a backoff, without sending them again.
+    pub(crate) fn acked(&self, seqs: &[i64]) -> Result<(), SendError> {
         match self.outbox.ack(&self.name, seqs) {
             Ok(deleted) => {
                 self.metrics.delivered.inc_by(deleted);
                 self.metrics
                     .pending
                     .set(self.outbox.pending(&self.name) as i64);
+                Ok(())
             }
-            Err(e) => tracing::error!(
-                output = %self.name,
-                error = %e,
-                "cannot remove delivered events from the outbox"
-            ),
+            Err(e) => Err(SendError(format!(
+                "delivered, but cannot remove the events from the outbox: {e}"
+            ))),
         }
     }
 
@@ -164,7 +164,20 @@ impl Retry {
 /// was acknowledged, back off on failure, wait for a wake-up when the queue is empty.
 pub(crate) fn run_sync(ctx: WorkerCtx, mut output: impl SyncOutput) {
     let mut retry = Retry::new(&ctx);
+    // Delivered events the outbox could not delete yet: deleted before anything is sent.
+    let mut delivered: Vec<i64> = Vec::new();
     while !ctx.stopping() {
+        if !delivered.is_empty() {
+            match ctx.acked(&delivered) {
+                Ok(()) => delivered.clear(),
+                Err(e) => {
+                    if !retry.failed(&ctx, &e) {
+                        break;
+                    }
+                    continue;
+                }
+            }
+        }
         // Always start again from the head: it may have been dropped (queue full) meanwhile.
         let batch = match ctx.outbox.peek(&ctx.name, 0, output.max_batch()) {
             Ok(batch) => batch,
@@ -185,8 +198,14 @@ pub(crate) fn run_sync(ctx: WorkerCtx, mut output: impl SyncOutput) {
             Ok(()) => (batch.len(), None),
             Err((n, e)) => (n, Some(e)),
         };
-        let seqs: Vec<i64> = batch[..acked].iter().map(|p| p.seq).collect();
-        ctx.acked(&seqs);
+        delivered = batch[..acked].iter().map(|p| p.seq).collect();
+        let error = match ctx.acked(&delivered) {
+            Ok(()) => {
+                delivered.clear();
+                error
+            }
+            Err(e) => Some(error.unwrap_or(e)),
+        };
         match error {
             None => retry.succeeded(&ctx),
             Some(e) => {

@@ -125,7 +125,7 @@ impl Reporter {
                         sample,
                         event.place.as_ref().map(|p| p.rect),
                     ) {
-                        Ok(path) => event.snapshot = Some(path),
+                        Ok(path) => event.snapshot = path,
                         Err(e) => tracing::warn!(error = %e, "snapshot not saved"),
                     }
                 }
@@ -145,8 +145,15 @@ impl Reporter {
         if let Some(tap) = &mut self.history {
             tap.event(&event, &m);
         }
-        if let Err(e) = self.shared.events.submit(&event, &self.outputs) {
-            tracing::error!(error = %e, event_id = %event.id, "event not queued for delivery");
+        match self.shared.events.submit(&event, &self.outputs) {
+            Ok(()) => {}
+            // The outbox logs when the disk fills and when it has room again, not per event.
+            Err(e) if e.is_disk_full() => {
+                tracing::debug!(event_id = %event.id, "event refused (no space on the state disk)");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, event_id = %event.id, "event not queued for delivery");
+            }
         }
     }
 }

@@ -20,6 +20,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 
@@ -33,6 +34,10 @@ use crate::error::{Error, Result};
 use diff::Plan;
 use runner::{Control, Runner};
 use status::{PipelineStatus, StateCounts};
+
+/// At shutdown, how long the pipelines together get to stop. A pipeline still busy starting
+/// (its element embedding a large label set) is left behind: the process is ending.
+pub const SHUTDOWN_WAIT: Duration = Duration::from_secs(4);
 
 /// What every pipeline thread shares.
 #[derive(Debug)]
@@ -175,7 +180,24 @@ impl Supervisor {
         for h in &handles {
             let _ = h.control.send(Control::Stop);
         }
+        // A reload waits for the pipelines it replaces; a shutdown waits a bounded time.
+        let deadline = self
+            .stopping
+            .load(Ordering::Relaxed)
+            .then(|| Instant::now() + SHUTDOWN_WAIT);
         for h in handles {
+            if let Some(deadline) = deadline {
+                while !h.thread.is_finished() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                if !h.thread.is_finished() {
+                    tracing::warn!(
+                        pipeline = %h.config.name,
+                        "the pipeline did not stop within {SHUTDOWN_WAIT:?} (still starting?): leaving it"
+                    );
+                    continue;
+                }
+            }
             if h.thread.join().is_err() {
                 tracing::error!(pipeline = %h.config.name, "pipeline thread panicked");
             }

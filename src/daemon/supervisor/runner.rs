@@ -4,8 +4,9 @@
 //! - an error, an end of stream from a live source, or no frames for `restart.stall_timeout`:
 //!   the pipeline is torn down and started again after an exponential backoff with jitter
 //!   (`restart.initial`, doubling up to `restart.max`; reset after a healthy run);
-//! - a looping file reaches its end: a segment seek starts it again without a restart (when the
-//!   demuxer cannot, a flushing seek; when that fails too, a restart that is not a failure);
+//! - a looping file reaches its end: a flushing seek starts it again without a restart (when the
+//!   file cannot seek, a restart that is not a failure). Not segment seeks: MPEG-TS accepts
+//!   them and then sends nothing;
 //! - a file that does not loop ends: the pipeline is `stopped` (finished) until reconfigured.
 //!
 //! The bus is watched through a sync handler feeding a channel; the element's own messages go to
@@ -242,7 +243,6 @@ impl Runner {
             }
         };
         let looping = self.config.source.options.looping;
-        let mut segment_seek_done = false;
         let mut running_since: Option<Instant> = None;
         let mut last_frames = 0u64;
         let mut last_progress = Instant::now();
@@ -263,7 +263,7 @@ impl Runner {
                             self.reporter.stream_started(None);
                             if looping {
                                 tracing::debug!("end of file: looping with a flushing seek");
-                                if seek_start(pipeline, true) {
+                                if seek_start(pipeline) {
                                     continue;
                                 }
                                 tracing::info!("the file cannot seek: restarting it to loop");
@@ -276,19 +276,6 @@ impl Runner {
                                 };
                             }
                             return AttemptEnd::Finished;
-                        }
-                        gst::MessageView::SegmentDone(_) => {
-                            if !seek_start(pipeline, false) && !seek_start(pipeline, true) {
-                                return AttemptEnd::Again;
-                            }
-                        }
-                        gst::MessageView::AsyncDone(_) => {
-                            if looping && !segment_seek_done && msg.src() == Some(pipeline.upcast_ref()) {
-                                segment_seek_done = true;
-                                if !seek_start(pipeline, true) {
-                                    tracing::debug!("segment seek refused: looping on end of stream");
-                                }
-                            }
                         }
                         gst::MessageView::StateChanged(s) => {
                             if msg.src() == Some(pipeline.upcast_ref())
@@ -387,21 +374,10 @@ impl Runner {
     }
 }
 
-/// Seeks to the start: a flushing segment seek (the first, or after an end of stream), or a
-/// non-flushing one (after a segment ended) for a gapless loop. False when refused.
-fn seek_start(pipeline: &gst::Pipeline, flush: bool) -> bool {
-    let mut flags = gst::SeekFlags::SEGMENT;
-    if flush {
-        flags |= gst::SeekFlags::FLUSH;
-    }
+/// Seeks to the start with a plain flushing seek; false when refused. Not a segment seek:
+/// some demuxers (MPEG-TS) accept one and then send nothing, so a looping file would stall.
+fn seek_start(pipeline: &gst::Pipeline) -> bool {
     pipeline
-        .seek(
-            1.0,
-            flags,
-            gst::SeekType::Set,
-            gst::ClockTime::ZERO,
-            gst::SeekType::None,
-            gst::ClockTime::NONE,
-        )
+        .seek_simple(gst::SeekFlags::FLUSH, gst::ClockTime::ZERO)
         .is_ok()
 }

@@ -46,7 +46,7 @@ pub fn score_crops(
     embeddings: &[f32],
     out: &mut CropScores,
 ) -> Result<()> {
-    let dim = labels.classes.dim();
+    let dim = labels.dim();
     if crops.is_empty() || embeddings.len() != crops.len() * dim {
         return Err(Error::invalid(
             "crop embeddings",
@@ -117,13 +117,12 @@ mod tests {
 
     #[test]
     fn each_label_takes_its_best_allowed_crop() {
-        let labels = CompiledLabels::new(
+        let labels = CompiledLabels::zero_shot(
             vec![
                 label("red", Threshold::Cosine(0.5), &[]),
                 label("green", Threshold::Probability(0.5), &["gate"]),
             ],
             ClassEmbeddings::new(vec![vec![1.0, 0.0], vec![0.0, 1.0]], 100.0).unwrap(),
-            crate::labels::LabelDefaults::default(),
         );
         let crops = [
             id(CropKind::Frame, "frame"),

@@ -14,7 +14,6 @@
 //! Model fingerprints are SHA-256s of file contents, remembered in the same database by path,
 //! size and modification time, so a model is read through once, not at every load.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -28,8 +27,6 @@ use crate::error::{Error, Result};
 pub const CACHE_ENV: &str = "CLIPFILTER_EMBEDDING_CACHE";
 /// File name of the database in the cache folder.
 pub const FILE_NAME: &str = "embeddings.sqlite3";
-/// Default bound of an in-memory cache.
-pub const DEFAULT_MEMORY_BYTES: usize = 64 << 20;
 
 const SCHEMA_VERSION: i64 = 1;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -47,110 +44,6 @@ pub fn key(parts: &[&[u8]]) -> Key {
         h.update(p);
     }
     h.finalize().into()
-}
-
-// ---------------------------------------------------------------------------------------------
-// Memory.
-
-struct Entry {
-    value: Vec<f32>,
-    used: u64,
-}
-
-/// Embeddings by text, bounded in bytes; when full, the least recently used quarter goes.
-pub struct MemoryCache {
-    map: HashMap<String, Entry>,
-    bytes: usize,
-    max_bytes: usize,
-    tick: u64,
-}
-
-impl MemoryCache {
-    /// An empty cache holding at most about `max_bytes` (keys and values).
-    pub fn new(max_bytes: usize) -> Self {
-        MemoryCache {
-            map: HashMap::new(),
-            bytes: 0,
-            max_bytes,
-            tick: 0,
-        }
-    }
-
-    fn cost(key: &str, value: &[f32]) -> usize {
-        key.len() + std::mem::size_of_val(value) + 64
-    }
-
-    /// The embedding of `key`, marked as used.
-    pub fn get(&mut self, key: &str) -> Option<&[f32]> {
-        self.tick += 1;
-        let tick = self.tick;
-        self.map.get_mut(key).map(|e| {
-            e.used = tick;
-            e.value.as_slice()
-        })
-    }
-
-    /// Whether `key` is held (without marking it used).
-    pub fn contains(&self, key: &str) -> bool {
-        self.map.contains_key(key)
-    }
-
-    /// Stores `value` for `key`, evicting the least recently used entries when over the bound.
-    pub fn insert(&mut self, key: String, value: Vec<f32>) {
-        self.tick += 1;
-        let cost = Self::cost(&key, &value);
-        if let Some(old) = self.map.insert(
-            key.clone(),
-            Entry {
-                value,
-                used: self.tick,
-            },
-        ) {
-            self.bytes -= Self::cost(&key, &old.value);
-        }
-        self.bytes += cost;
-        if self.bytes > self.max_bytes {
-            self.evict();
-        }
-    }
-
-    /// Drops the least recently used entries until a quarter of the bound is free (in one pass,
-    /// so that inserting stays cheap on average).
-    fn evict(&mut self) {
-        let target = self.max_bytes / 4 * 3;
-        let mut ages: Vec<(u64, usize)> = self
-            .map
-            .iter()
-            .map(|(k, e)| (e.used, Self::cost(k, &e.value)))
-            .collect();
-        ages.sort_unstable();
-        let mut bytes = self.bytes;
-        let mut cutoff = 0;
-        for (used, cost) in ages {
-            if bytes <= target {
-                break;
-            }
-            bytes -= cost;
-            cutoff = used;
-        }
-        self.map.retain(|_, e| e.used > cutoff);
-        self.bytes = self.map.iter().map(|(k, e)| Self::cost(k, &e.value)).sum();
-    }
-
-    /// Entries held.
-    pub fn len(&self) -> usize {
-        self.map.len()
-    }
-
-    /// True when nothing is held.
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
-    }
-
-    /// Bytes held (approximately: keys, values and a fixed overhead per entry).
-    pub fn bytes(&self) -> usize {
-        self.bytes
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -377,22 +270,6 @@ fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn memory_cache_stays_within_its_bound() {
-        let mut m = MemoryCache::new(10_000);
-        for i in 0..200 {
-            m.insert(format!("text {i}"), vec![i as f32; 16]);
-            if i == 10 {
-                // Used recently: survives the next eviction.
-                assert!(m.get("text 0").is_some());
-            }
-        }
-        assert!(m.bytes() <= 10_000, "{}", m.bytes());
-        assert!(m.len() < 200 && !m.is_empty());
-        assert!(m.contains("text 199"));
-        assert!(!m.contains("text 1"));
-    }
 
     #[test]
     fn disk_cache_round_trips_and_remembers_fingerprints() {

@@ -7,6 +7,7 @@
 
 pub mod cache;
 mod image;
+mod memory_cache;
 mod text;
 
 pub use image::ImageEncoder;

@@ -11,7 +11,8 @@ use half::f16;
 use ort::session::Session;
 use ort::value::{DynValue, Tensor, TensorElementType};
 
-use super::cache::{self, DiskCache, MemoryCache};
+use super::cache::{self, DiskCache};
+use super::memory_cache::{EmbeddingCache, TEXT_CACHE_BYTES};
 use super::{Port, Provider, SessionConfig, build_session, find_output, names, port};
 use crate::error::{Error, Result};
 use crate::model::ModelDir;
@@ -34,8 +35,8 @@ pub struct LocalText {
 pub struct TextEncoder {
     tower: Box<dyn TextTower>,
     tokenizer: ClipTokenizer,
-    /// Raw (not normalised) embeddings by prompt text, bounded.
-    memory: MemoryCache,
+    /// Raw (not normalised) embeddings by prompt text, bounded by [`TEXT_CACHE_BYTES`].
+    memory: EmbeddingCache,
     /// The shared disk cache and the key prefix of this tower (its fingerprint and variant).
     disk: Option<(Arc<DiskCache>, String)>,
 }
@@ -119,7 +120,7 @@ impl TextEncoder {
         Ok(TextEncoder {
             tower,
             tokenizer,
-            memory: MemoryCache::new(cache::DEFAULT_MEMORY_BYTES),
+            memory: EmbeddingCache::new(TEXT_CACHE_BYTES),
             disk: None,
         })
     }
@@ -128,16 +129,6 @@ impl TextEncoder {
     /// `model_key` (what identifies this tower: its files' fingerprint and variant).
     pub fn set_disk_cache(&mut self, disk: Arc<DiskCache>, model_key: String) {
         self.disk = Some((disk, model_key));
-    }
-
-    /// Bounds the in-memory cache to about `bytes` (from now on).
-    pub fn set_memory_limit(&mut self, bytes: usize) {
-        self.memory = MemoryCache::new(bytes);
-    }
-
-    /// Entries and bytes in the in-memory cache.
-    pub fn memory_usage(&self) -> (usize, usize) {
-        (self.memory.len(), self.memory.bytes())
     }
 
     /// The provider running this tower.
@@ -167,7 +158,7 @@ impl TextEncoder {
             }
             match self.memory.get(t) {
                 Some(e) => {
-                    found.insert(t, e.to_vec());
+                    found.insert(t, e);
                 }
                 None => missing.push(t),
             }

@@ -30,6 +30,18 @@
 //! [[label]]
 //! name = "parcel"
 //! regions = ["gate"]          # only the crops of these regions (of this file or the pipeline)
+//!
+//! [[label]]
+//! name = "van"
+//! images = ["examples/van/*.jpg"]   # example pictures (globs relative to this file), alone or
+//!                                   # with prompts: the label's embedding is the normalised mean
+//!                                   # of its image and text embeddings
+//!
+//! [[label]]
+//! name = "seven"
+//! probe = "probe.json"        # a linear probe (clipfilterd train-probe): the score is the probe's
+//!                             # probability of the class named like the label
+//! min_probability = 0.8
 //! ```
 //!
 //! Parsing goes in two steps, like ripgrep's flags: raw serde structs that keep source spans,
@@ -37,9 +49,10 @@
 //! holds the set's text embeddings, ready to score frames.
 
 mod compile;
+pub mod edit;
 mod info;
 
-pub use compile::{CompiledLabel, CompiledLabels, LabelDefaults};
+pub use compile::{CompiledLabel, CompiledLabels, Embedder, LabelDefaults};
 pub use info::{LabelSetInfo, texts_key};
 
 use std::path::{Path, PathBuf};
@@ -136,6 +149,12 @@ pub struct Label {
     pub regions: Vec<String>,
     /// Where `regions` is written, for errors about unknown names.
     pub regions_location: Option<Location>,
+    /// Glob patterns of example pictures (relative ones already joined to the label file's
+    /// folder); their embeddings join the prompts' in the label's mean.
+    pub images: Vec<String>,
+    /// A linear probe file (relative paths joined to the label file's folder): the label's
+    /// score is the probe's probability of the class named like the label.
+    pub probe: Option<PathBuf>,
 }
 
 impl Label {
@@ -196,6 +215,8 @@ struct RawLabel {
     enter: Option<Spanned<u32>>,
     leave: Option<Spanned<u32>>,
     regions: Option<Spanned<Vec<String>>>,
+    images: Option<Spanned<Vec<String>>>,
+    probe: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -235,6 +256,26 @@ impl Ctx<'_> {
             None => Location::field(field),
         };
         Err(Error::config(self.path, location, message))
+    }
+
+    /// A list of texts (`prompts`, `images` patterns): not empty, no blank entry, no NUL byte.
+    fn texts<'r>(
+        &self,
+        raw: &'r Spanned<Vec<String>>,
+        field: String,
+        what: &str,
+    ) -> Result<&'r [String]> {
+        let list = raw.get_ref();
+        if list.is_empty() {
+            return self.err(Some(raw.span()), field, "must not be empty");
+        }
+        if list.iter().any(|s| s.trim().is_empty()) {
+            return self.err(Some(raw.span()), field, format!("{what} must not be blank"));
+        }
+        if list.iter().any(|s| s.contains('\0')) {
+            return self.err(Some(raw.span()), field, NUL_BYTE);
+        }
+        Ok(list)
     }
 
     fn templates(&self, raw: &Spanned<RawTemplates>, field: String) -> Result<Templates> {
@@ -387,6 +428,23 @@ impl LabelSet {
             );
         }
         let mut labels: Vec<Label> = Vec::with_capacity(raw.label.len());
+        // Linear in the size of the set (a 10 MB file has over 100,000 labels): names are
+        // looked up in a set, line numbers found by bisecting the line starts.
+        let mut names: std::collections::HashSet<String> =
+            std::collections::HashSet::with_capacity(raw.label.len());
+        let line_starts: Vec<usize> = std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
+        let locate = |offset: usize, field: String| {
+            let offset = offset.min(text.len());
+            let line = line_starts.partition_point(|&start| start <= offset);
+            let start = line_starts[line.saturating_sub(1)];
+            Location {
+                line: Some(line),
+                column: Some(offset - start + 1),
+                field: Some(field),
+            }
+        };
         for (i, l) in raw.label.iter().enumerate() {
             let at = format!("label[{i}].");
             let name = l.name.get_ref().trim().to_string();
@@ -397,7 +455,7 @@ impl LabelSet {
                     "must not be empty",
                 );
             }
-            if labels.iter().any(|o| o.name == name) {
+            if !names.insert(name.clone()) {
                 return cx.err(
                     Some(l.name.span()),
                     format!("{at}name"),
@@ -407,21 +465,62 @@ impl LabelSet {
             if name.contains('\0') {
                 return cx.err(Some(l.name.span()), format!("{at}name"), NUL_BYTE);
             }
-            let prompts = match &l.prompts {
-                Some(p) if p.get_ref().is_empty() => {
-                    return cx.err(Some(p.span()), format!("{at}prompts"), "must not be empty");
-                }
-                Some(p) if p.get_ref().iter().any(|s| s.trim().is_empty()) => {
+            let base = path.parent().unwrap_or(Path::new(""));
+            let images = match &l.images {
+                Some(i) => cx
+                    .texts(i, format!("{at}images"), "image patterns")?
+                    .iter()
+                    .map(|pattern| {
+                        let p = Path::new(pattern.trim());
+                        let joined = if p.is_absolute() {
+                            p.to_path_buf()
+                        } else {
+                            base.join(p)
+                        };
+                        let joined = joined.to_string_lossy().into_owned();
+                        glob::Pattern::new(&joined).map(|_| joined).or_else(|e| {
+                            cx.err(
+                                Some(i.span()),
+                                format!("{at}images"),
+                                format!("`{pattern}` is not a valid glob pattern: {e}"),
+                            )
+                        })
+                    })
+                    .collect::<Result<Vec<String>>>()?,
+                None => Vec::new(),
+            };
+            let probe = l.probe.as_ref().map(|p| base.join(p.get_ref().trim()));
+            if let Some(p) = &l.probe {
+                let clash = [
+                    ("prompts", l.prompts.as_ref().map(|v| v.span())),
+                    ("images", l.images.as_ref().map(|v| v.span())),
+                    ("templates", l.templates.as_ref().map(|v| v.span())),
+                    ("min_cosine", l.min_cosine.as_ref().map(|v| v.span())),
+                ]
+                .into_iter()
+                .find_map(|(f, s)| s.map(|s| (f, s)));
+                if let Some((field, span)) = clash {
                     return cx.err(
-                        Some(p.span()),
-                        format!("{at}prompts"),
-                        "prompts must not be blank",
+                        Some(span),
+                        format!("{at}{field}"),
+                        "a label with a probe is scored by the probe's probability alone: it takes no prompts, images, templates or min_cosine",
                     );
                 }
-                Some(p) if p.get_ref().iter().any(|s| s.contains('\0')) => {
-                    return cx.err(Some(p.span()), format!("{at}prompts"), NUL_BYTE);
+                if l.negative {
+                    return cx.err(
+                        Some(p.span()),
+                        format!("{at}probe"),
+                        "a negative label only competes in the zero-shot softmax, which a probe label is not part of",
+                    );
                 }
-                Some(p) => p.get_ref().clone(),
+                if p.get_ref().trim().is_empty() {
+                    return cx.err(Some(p.span()), format!("{at}probe"), "must not be empty");
+                }
+            }
+            let prompts = match &l.prompts {
+                Some(p) => cx.texts(p, format!("{at}prompts"), "prompts")?.to_vec(),
+                // Pictures alone, or a probe: no text.
+                None if !images.is_empty() || probe.is_some() => Vec::new(),
                 None => vec![name.clone()],
             };
             let templates = match &l.templates {
@@ -440,11 +539,7 @@ impl LabelSet {
                 }
                 Some(r) => (
                     r.get_ref().iter().map(|n| n.trim().to_string()).collect(),
-                    Some(Location::from_offset(
-                        text,
-                        r.span().start,
-                        Some(format!("{at}regions")),
-                    )),
+                    Some(locate(r.span().start, format!("{at}regions"))),
                 ),
                 None => (Vec::new(), None),
             };
@@ -487,6 +582,8 @@ impl LabelSet {
                 leave: cx.count(&l.leave, format!("{at}leave"))?.or(default_leave),
                 regions: label_regions,
                 regions_location,
+                images,
+                probe,
             });
         }
         let set = LabelSet {
@@ -502,7 +599,43 @@ impl LabelSet {
     /// A set from inline prompts (the element's `prompts` property, the CLI's `--label`): one
     /// label per prompt, named after it.
     pub fn from_prompts(prompts: &[String], templates: Templates) -> Result<Self> {
+        Self::inline(prompts, &[], templates)
+    }
+
+    /// A set from inline prompts and example pictures (the CLI's `--label` and `--image`): one
+    /// label per prompt, named after it, and one per picture, named after its file name
+    /// without extension; a picture label's embedding is the picture's.
+    pub fn inline(prompts: &[String], images: &[PathBuf], templates: Templates) -> Result<Self> {
         let mut labels: Vec<Label> = Vec::new();
+        for path in images {
+            let name = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().trim().to_string())
+                .filter(|s| !s.is_empty())
+                .ok_or_else(|| {
+                    Error::invalid("image", format!("`{}` has no file name", path.display()))
+                })?;
+            if labels.iter().any(|l| l.name == name) {
+                return Err(Error::invalid(
+                    "image",
+                    format!("two pictures are named `{name}`: labels need unique names"),
+                ));
+            }
+            labels.push(Label {
+                name,
+                prompts: Vec::new(),
+                templates: Templates::None,
+                threshold: None,
+                action: None,
+                negative: false,
+                enter: None,
+                leave: None,
+                regions: Vec::new(),
+                regions_location: None,
+                images: vec![glob::Pattern::escape(&path.to_string_lossy())],
+                probe: None,
+            });
+        }
         for p in prompts.iter().map(|p| p.trim()).filter(|p| !p.is_empty()) {
             if labels.iter().any(|l| l.name == p) {
                 return Err(Error::invalid("prompts", format!("`{p}` is given twice")));
@@ -521,12 +654,14 @@ impl LabelSet {
                 leave: None,
                 regions: Vec::new(),
                 regions_location: None,
+                images: Vec::new(),
+                probe: None,
             });
         }
         if labels.is_empty() {
             return Err(Error::invalid(
                 "prompts",
-                "no prompts given: the label set is empty",
+                "no prompts or pictures given: the label set is empty",
             ));
         }
         Ok(LabelSet {
@@ -597,7 +732,12 @@ impl LabelSet {
 
     /// An error about this set: a config error at `location` in its file, or an invalid input
     /// for inline prompts.
-    fn error_at(&self, location: Option<Location>, field: &str, message: String) -> Error {
+    pub(crate) fn error_at(
+        &self,
+        location: Option<Location>,
+        field: &str,
+        message: String,
+    ) -> Error {
         match &self.source {
             Some(path) => Error::config(
                 path,

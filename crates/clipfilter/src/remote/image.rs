@@ -152,6 +152,10 @@ impl ImageTower for RemoteImage {
                 if !fallback.active {
                     tracing::error!(error = %e, "no Triton endpoint is ready: running the image tower locally (fallback = \"local\")");
                     fallback.active = true;
+                    self.remote
+                        .stats
+                        .fallback_active
+                        .store(true, Ordering::Relaxed);
                 }
                 self.remote
                     .stats
@@ -165,6 +169,10 @@ impl ImageTower for RemoteImage {
                         "a Triton endpoint is back: the image tower runs remotely again"
                     );
                     fallback.active = false;
+                    self.remote
+                        .stats
+                        .fallback_active
+                        .store(false, Ordering::Relaxed);
                 }
                 other
             }

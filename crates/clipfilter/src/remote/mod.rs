@@ -21,7 +21,7 @@ pub use text::RemoteText;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use clipfilter_triton::{
@@ -168,6 +168,9 @@ pub struct RemoteStats {
     pub fallback_batches: AtomicU64,
     /// Texts embedded by the local fallback.
     pub fallback_texts: AtomicU64,
+    /// Whether the image tower runs locally now (from its first batch without a ready endpoint
+    /// to the first that a Triton endpoint serves again).
+    pub fallback_active: AtomicBool,
 }
 
 /// The connection shared by the two remote towers: the pool and its counters.
@@ -186,6 +189,11 @@ impl Remote {
 
     pub fn fallback_batches(&self) -> u64 {
         self.stats.fallback_batches.load(Ordering::Relaxed)
+    }
+
+    /// Whether samples are embedded by the local fallback now.
+    pub fn fallback_active(&self) -> bool {
+        self.stats.fallback_active.load(Ordering::Relaxed)
     }
 }
 

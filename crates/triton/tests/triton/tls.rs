@@ -1,7 +1,5 @@
 //! TLS (with the `tls` feature): a server with a certificate of our own test CA.
 
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use clipfilter_triton::{Error, Health, Pool, PoolConfig, Tensor, TlsConfig};
@@ -10,46 +8,12 @@ use crate::util::{self, TritonServer};
 
 const MODEL: &str = "tiny-clip_image";
 
-/// A CA and a server certificate for `localhost` / 127.0.0.1 it signed, made with openssl.
-fn certificates(dir: &Path) {
-    let sh = format!(
-        r#"set -e
-cd '{}'
-openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=clipfilter-test-ca -keyout ca.key -out ca.pem
-openssl req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout server.key -out server.csr
-printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' > san.ext
-openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile san.ext -out server.pem
-"#,
-        dir.display()
-    );
-    let out = Command::new("bash")
-        .arg("-c")
-        .arg(sh)
-        .output()
-        .expect("openssl");
-    assert!(
-        out.status.success(),
-        "making test certificates with openssl failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[test]
 fn grpcs_with_a_private_ca() {
     let certs = tempfile::tempdir().unwrap();
-    certificates(certs.path());
+    util::certificates(certs.path());
     let repo = util::model_repository("tiny-clip", "image");
-    let p = |f: &str| certs.path().join(f).display().to_string();
-    let server = TritonServer::start_with(
-        repo.path(),
-        &[MODEL],
-        &[
-            "--grpc-use-ssl=true".into(),
-            format!("--grpc-server-cert={}", p("server.pem")),
-            format!("--grpc-server-key={}", p("server.key")),
-            format!("--grpc-root-cert={}", p("ca.pem")),
-        ],
-    );
+    let server = TritonServer::start_with(repo.path(), &[MODEL], &util::tls_args(certs.path()));
     let url = format!("grpcs://127.0.0.1:{}", server.grpc);
     let mut config = PoolConfig::new([url.clone()]).model(MODEL, None);
     config.timeout = Duration::from_secs(20);

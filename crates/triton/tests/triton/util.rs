@@ -95,11 +95,81 @@ pub fn named_model_repository(
     dir
 }
 
+/// A port on 127.0.0.1 that nothing listens on now and that this process has not handed out
+/// before, for servers the tests start and for addresses that must refuse.
+///
+/// Not the kernel's pick for port 0: that comes from the ephemeral range, where any process's
+/// next `bind(0)` or outgoing connection may take a port as soon as it is free, such as the
+/// port of a server a test killed and is about to restart, or one picked but not yet bound by a
+/// server still loading its models. These ports lie below the ephemeral range, so neither ever
+/// takes them, and each is handed out once per process. Test processes running at the same time
+/// start at different places (from their pid); should two still meet, the second server cannot
+/// bind (Triton does not share ports unless told to) and [`TritonServer::start`] tries others.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    static NEXT: Mutex<Option<u32>> = Mutex::new(None);
+    let (low, size) = port_range();
+    let mut next = NEXT.lock().unwrap_or_else(|e| e.into_inner());
+    let mut offset =
+        next.unwrap_or_else(|| (std::process::id().wrapping_mul(2_654_435_761)) % size);
+    for _ in 0..size {
+        let port = (low + offset % size) as u16;
+        offset = (offset + 1) % size;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            *next = Some(offset);
+            return port;
+        }
+    }
+    panic!("no free port on 127.0.0.1 in {low}..{}", low + size);
+}
+
+/// The ports [`free_port`] hands out: the 16384 below the kernel's ephemeral range (or from
+/// 1024 when that range starts lower).
+fn port_range() -> (u32, u32) {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    let low = ephemeral_low.saturating_sub(16384).max(1024);
+    (low, ephemeral_low.saturating_sub(low).max(1))
+}
+
+/// Whether `pid` alone listens on 127.0.0.1:`port`: every listening socket on that port in
+/// /proc/net/tcp and tcp6 is one of the process's descriptors (/proc/PID/fd). Err says what
+/// else was found.
+pub fn sole_listener(pid: i32, port: u16) -> Result<(), String> {
+    let mut listening = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(state), Some(inode)) = (cols.get(1), cols.get(3), cols.get(9))
+            else {
+                continue;
+            };
+            let local_port = local
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            // 0A: TCP_LISTEN
+            if local_port == Some(port) && *state == "0A" {
+                listening.push(format!("socket:[{inode}]"));
+            }
+        }
+    }
+    let ours: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map_err(|e| format!("process {pid} is gone: {e}"))?
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .map(|l| l.to_string_lossy().into_owned())
+        .collect();
+    let foreign = listening.iter().filter(|s| !ours.contains(s)).count();
+    match (listening.len(), foreign) {
+        (0, _) => Err(format!("nothing listens on port {port}")),
+        (_, 0) => Ok(()),
+        (n, f) => Err(format!(
+            "{n} sockets listen on port {port}, {f} of them not process {pid}'s"
+        )),
+    }
 }
 
 /// A running `tritonserver`, killed (and its python backend's shared memory removed) on drop.
@@ -111,6 +181,8 @@ pub struct TritonServer {
     pub http: u16,
     pub metrics: u16,
     log: PathBuf,
+    /// `--id`, which the server reports at `/v2`: the server answering is this one.
+    id: String,
     shm_prefix: String,
     _log_dir: tempfile::TempDir,
 }
@@ -123,7 +195,8 @@ impl TritonServer {
         TritonServer::start_with(repo, models, &[])
     }
 
-    /// The same with more tritonserver options.
+    /// The same with more tritonserver options. A server that cannot bind a port (another test
+    /// process took it first, see [`free_port`]) is started again on other ports.
     pub fn start_with(repo: &Path, models: &[&str], extra_args: &[String]) -> TritonServer {
         let log_dir = tempfile::tempdir().expect("temporary directory");
         let n = SERVERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -135,12 +208,25 @@ impl TritonServer {
             http: free_port(),
             metrics: free_port(),
             log: log_dir.path().join("tritonserver.log"),
+            id: format!("clipfilter-test-{}-{n}", std::process::id()),
             shm_prefix: format!("clipfilter_test_{}_{n}_", std::process::id()),
             _log_dir: log_dir,
         };
-        server.spawn();
-        server.wait_ready(models);
-        server
+        for attempt in 1.. {
+            server.spawn();
+            match server.try_ready(models) {
+                Ok(()) => return server,
+                Err(e) if attempt < 3 && server.log_tail(5).contains("already in use") => {
+                    eprintln!("{e}; trying other ports");
+                    server.kill();
+                    server.grpc = free_port();
+                    server.http = free_port();
+                    server.metrics = free_port();
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        unreachable!()
     }
 
     fn spawn(&mut self) {
@@ -153,6 +239,7 @@ impl TritonServer {
         let child = Command::new(triton_home().join("bin/tritonserver"))
             .arg(format!("--model-repository={}", self.repo.display()))
             .arg("--exit-on-error=false")
+            .arg(format!("--id={}", self.id))
             .arg("--grpc-address=127.0.0.1")
             .arg(format!("--grpc-port={}", self.grpc))
             .arg("--http-address=127.0.0.1")
@@ -189,33 +276,47 @@ impl TritonServer {
     /// Waits (at most READY_TIMEOUT) for the server and `models` to answer ready over HTTP;
     /// panics with the server's log tail otherwise.
     pub fn wait_ready(&mut self, models: &[&str]) {
+        if let Err(e) = self.try_ready(models) {
+            panic!("{e}");
+        }
+    }
+
+    /// Ready means: the server at our HTTP port is this one (its id), it and `models` answer
+    /// ready, and this process alone listens on the gRPC port (a port shared with another
+    /// server would send the tests' requests to it).
+    fn try_ready(&mut self, models: &[&str]) -> Result<(), String> {
         let start = Instant::now();
+        let id = format!("\"name\":\"{}\"", self.id);
         loop {
             if let Some(status) = self
                 .child
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
             {
-                panic!(
+                self.child = None;
+                return Err(format!(
                     "tritonserver exited ({status}) before it was ready; its log ends with:\n{}",
                     self.log_tail(40)
-                );
+                ));
             }
-            let ready = http_status(self.http, "/v2/health/ready") == Some(200)
+            let ours = http_get(self.http, "/v2").is_some_and(|(_, body)| body.contains(&id));
+            let ready = ours
+                && http_status(self.http, "/v2/health/ready") == Some(200)
                 && models
                     .iter()
                     .all(|m| http_status(self.http, &format!("/v2/models/{m}/ready")) == Some(200));
             if ready {
-                return;
+                return sole_listener(self.pid(), self.grpc)
+                    .map_err(|e| format!("tritonserver {} is ready but {e}", self.id));
             }
             if start.elapsed() > READY_TIMEOUT {
-                panic!(
+                return Err(format!(
                     "tritonserver (grpc {}, http {}) not ready with {models:?} after {:?}; its log ends with:\n{}",
                     self.grpc,
                     self.http,
                     READY_TIMEOUT,
                     self.log_tail(40)
-                );
+                ));
             }
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -238,7 +339,12 @@ impl TritonServer {
     }
 
     /// SIGSTOP / SIGCONT: a server that accepts connections and answers nothing.
+    /// Freezing checks first that the server is alive and alone on its gRPC port: a stopped
+    /// process answers nothing only if it is the one that would answer.
     pub fn freeze(&self, frozen: bool) {
+        if frozen && let Err(e) = sole_listener(self.pid(), self.grpc) {
+            panic!("cannot freeze tritonserver {}: {e}", self.id);
+        }
         let signal = if frozen { libc::SIGSTOP } else { libc::SIGCONT };
         // SAFETY: kill(2) on our own child's pid.
         let rc = unsafe { libc::kill(self.pid(), signal) };
@@ -274,6 +380,12 @@ impl Drop for TritonServer {
 
 /// Status code of an HTTP GET on 127.0.0.1:port, `None` when it cannot be had within 2 s.
 pub fn http_status(port: u16, path: &str) -> Option<u16> {
+    http_get(port, path).map(|(status, _)| status)
+}
+
+/// Status code and body of an HTTP GET on 127.0.0.1:port, `None` when it cannot be had within
+/// 2 s.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let mut stream =
         TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(2)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
@@ -284,7 +396,12 @@ pub fn http_status(port: u16, path: &str) -> Option<u16> {
     .ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
-    response.split_whitespace().nth(1)?.parse().ok()
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    Some((status, body))
 }
 
 /// The tiny-clip repository with all four models, served by one server shared by the tests that
@@ -315,6 +432,42 @@ pub fn shared_server() -> Arc<Shared> {
     });
     *slot = Arc::downgrade(&shared);
     shared
+}
+
+/// A CA (`ca.pem`) and a server certificate (`server.pem`, `server.key`) for `localhost` / 127.0.0.1 it signed, made with openssl.
+pub fn certificates(dir: &Path) {
+    let sh = format!(
+        r#"set -e
+cd '{}'
+openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=clipfilter-test-ca -keyout ca.key -out ca.pem
+openssl req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout server.key -out server.csr
+printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' > san.ext
+openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile san.ext -out server.pem
+"#,
+        dir.display()
+    );
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(sh)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "making test certificates with openssl failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The tritonserver options that serve gRPC over TLS with the certificates of [`certificates`]
+/// in `dir`.
+pub fn tls_args(dir: &Path) -> Vec<String> {
+    let p = |f: &str| dir.join(f).display().to_string();
+    vec![
+        "--grpc-use-ssl=true".into(),
+        format!("--grpc-server-cert={}", p("server.pem")),
+        format!("--grpc-server-key={}", p("server.key")),
+        format!("--grpc-root-cert={}", p("ca.pem")),
+    ]
 }
 
 /// Runs `model` with Python onnxruntime on `inputs`; returns each output as (name, shape, f32).
