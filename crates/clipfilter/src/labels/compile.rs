@@ -332,9 +332,7 @@ impl CompiledLabels {
                 skipped_images.extend(bad);
             }
             let row = ensemble(&group);
-            keys.push(
-                (!label.images.is_empty()).then(|| scoring_key(label, Some(&row), None)),
-            );
+            keys.push((!label.images.is_empty()).then(|| scoring_key(label, Some(&row), None)));
             rows.push(row);
             slots.push(Slot::ZeroShot);
         }

@@ -476,28 +476,32 @@ impl State {
         self.apply_scores(
             &pending.position,
             pending.snapshot.as_ref(),
-            latency,
-            inferred,
-            Some(places),
-            embedding,
+            Inference {
+                latency,
+                crops: inferred,
+                places: Some(places),
+                embedding,
+            },
             posts,
         );
         None
     }
 
     /// Feeds `self.scores` (the verdict for the sample at `position`) to the matcher and posts
-    /// what changed. `inferred`: crops inferred for it (0: a repeated verdict); `embedding`: the frame's, when
-    /// inferred and posted.
+    /// what changed; `inference` says what was inferred for it.
     fn apply_scores(
         &mut self,
         position: &Position,
         frame: Option<&gst::Sample>,
-        latency: Duration,
-        inferred: u32,
-        places: Option<Vec<Option<Placement>>>,
-        embedding: Option<Vec<f32>>,
+        inference: Inference,
         posts: &mut Vec<Post>,
     ) {
+        let Inference {
+            latency,
+            crops: inferred,
+            places,
+            embedding,
+        } = inference;
         let snapshot = frame.filter(|_| self.rules.snapshot);
         let scores = &self.scores.scores;
         self.last.clear();
@@ -565,15 +569,7 @@ impl State {
             return;
         }
         let snapshot = self.gate_snapshot.take();
-        self.apply_scores(
-            &position,
-            snapshot.as_ref(),
-            Duration::ZERO,
-            0,
-            None,
-            None,
-            posts,
-        );
+        self.apply_scores(&position, snapshot.as_ref(), Inference::repeated(), posts);
     }
 
     /// Converts the sampled frame's crops to the model's input and queues them for inference
@@ -678,5 +674,28 @@ impl State {
             plan: self.crops.generation,
         });
         Ok(Some(submitted.seq))
+    }
+}
+
+/// What was inferred for a verdict.
+struct Inference {
+    latency: Duration,
+    /// Crops inferred for it (0: a repeated verdict).
+    crops: u32,
+    /// Where each label's best crop was (`None`: unchanged).
+    places: Option<Vec<Option<Placement>>>,
+    /// The frame's embedding, when inferred and posted.
+    embedding: Option<Vec<f32>>,
+}
+
+impl Inference {
+    /// A repeated verdict: nothing inferred.
+    fn repeated() -> Self {
+        Inference {
+            latency: Duration::ZERO,
+            crops: 0,
+            places: None,
+            embedding: None,
+        }
     }
 }
