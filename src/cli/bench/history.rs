@@ -484,7 +484,7 @@ fn label_cache_figures(args: &BenchArgs) -> anyhow::Result<Value> {
     let dir = BenchDir::new()?;
     let labels = dir.path().join("labels.toml");
     let one = dir.path().join("one.toml");
-    let mut text = String::from("templates = \"imagenet80\"\n");
+    let mut text = String::from("[defaults]\ntemplates = \"imagenet80\"\n");
     for i in 0..n {
         text.push_str(&format!(
             "\n[[label]]\nname = \"thing{i}\"\nprompts = [\"thing number {i}\"]\n"
@@ -493,7 +493,7 @@ fn label_cache_figures(args: &BenchArgs) -> anyhow::Result<Value> {
     std::fs::write(&labels, text).with_context(|| format!("writing {}", labels.display()))?;
     std::fs::write(
         &one,
-        "templates = \"imagenet80\"\n\n[[label]]\nname = \"thing\"\nprompts = [\"a thing\"]\n",
+        "[defaults]\ntemplates = \"imagenet80\"\n\n[[label]]\nname = \"thing\"\nprompts = [\"a thing\"]\n",
     )
     .with_context(|| format!("writing {}", one.display()))?;
     let image = dir.path().join("frame.png");
