@@ -22,8 +22,8 @@ pub fn check_file(path: &Path, text: &str) -> Result<String> {
     for (i, p) in config.pipelines.iter().enumerate() {
         let at = |f: &str| format!("pipeline[{i}].{f}");
         if let LabelSource::File(f) = &p.labels
-            && let Err(e) = clipfilter::input::read_to_string(f)
-                .and_then(|text| check_labels(p, f, &text))
+            && let Err(e) =
+                clipfilter::input::read_to_string(f).and_then(|text| check_labels(p, f, &text))
         {
             problems.push(problem(&at("labels"), e.to_string()));
         }

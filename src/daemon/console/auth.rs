@@ -40,9 +40,10 @@ fn header_text<'a>(headers: &'a HeaderMap, name: header::HeaderName) -> Option<&
 
 /// The token the request carries, if any (bearer first, then the cookie).
 fn presented(headers: &HeaderMap) -> Option<&str> {
-    if let Some(bearer) = header_text(headers, header::AUTHORIZATION)
-        .and_then(|a| a.strip_prefix("Bearer ").or_else(|| a.strip_prefix("bearer ")))
-    {
+    if let Some(bearer) = header_text(headers, header::AUTHORIZATION).and_then(|a| {
+        a.strip_prefix("Bearer ")
+            .or_else(|| a.strip_prefix("bearer "))
+    }) {
         return Some(bearer.trim());
     }
     headers
@@ -91,8 +92,7 @@ fn plain(status: StatusCode, text: String) -> Response {
 fn unauthorized() -> Response {
     let mut r = plain(
         StatusCode::UNAUTHORIZED,
-        "a token is needed: `Authorization: Bearer <token>`, or open /?token=<token> once"
-            .into(),
+        "a token is needed: `Authorization: Bearer <token>`, or open /?token=<token> once".into(),
     );
     r.headers_mut().insert(
         header::WWW_AUTHENTICATE,
