@@ -501,6 +501,35 @@ mod tests {
     const MINIMAL: &str = "[model]\npath = \"models/clip\"\n";
 
     #[test]
+    fn off_loopback_the_listener_needs_a_token() {
+        let e = parse(&format!("listen = \"0.0.0.0:9464\"\n{MINIMAL}"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("line 1") && e.contains("not a loopback address") && e.contains("token"),
+            "{e}"
+        );
+        let e = parse(&format!(
+            "listen = \"0.0.0.0:9464\"\n[http]\ntoken = \"short\"\n{MINIMAL}"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("line 3") && e.contains("http.token") && e.contains("too short"),
+            "{e}"
+        );
+        let c = parse(&format!(
+            "listen = \"[::]:9464\"\n[http]\ntoken = \"0123456789abcdef\"\n{MINIMAL}"
+        ))
+        .unwrap();
+        assert_eq!(c.http_token.unwrap().expose(), "0123456789abcdef");
+        // Loopback needs none; 127.0.0.0/8 is loopback.
+        let c = parse(&format!("listen = \"127.0.0.2:9464\"\n{MINIMAL}")).unwrap();
+        assert!(c.http_token.is_none());
+        assert!(format!("{c:?}").contains("http_token: None"));
+    }
+
+    #[test]
     fn parses_a_full_config() {
         let c = parse(
             r#"

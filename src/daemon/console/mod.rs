@@ -320,7 +320,7 @@ pub fn routes(api: Arc<ConsoleApi>) -> Router {
         );
     }
     let a = api.clone();
-    let router = router
+    router
         .route(
             "/api/live",
             get(move || {
@@ -500,6 +500,5 @@ pub fn routes(api: Arc<ConsoleApi>) -> Router {
                     })))
                 })
             }),
-        );
-    router
+        )
 }
