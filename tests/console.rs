@@ -239,7 +239,11 @@ fn the_console_shows_pipelines_events_search_and_edits_labels() {
         );
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
-    browser.click(&format!("tr[data-event='{id}']"));
+    // Rows are redrawn as events come: clicked in one step, from the page.
+    browser.run(
+        "document.querySelector(`tr[data-event='${arguments[0]}']`).click(); return true",
+        json!([id]),
+    );
     browser.wait(
         "thumbnails and the score curve",
         "return document.querySelectorAll('#detail-thumbs img').length > 2 && document.querySelector('#detail-chart canvas') !== null",

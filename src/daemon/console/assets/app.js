@@ -386,7 +386,16 @@ $("#search-form").addEventListener("submit", async (ev) => {
     $("#search-note").textContent = `${found.ranges.length} ranges · ${found.scanned} samples scanned in ${found.took_ms.toFixed(0)} ms`;
     $("#search-results").replaceChildren(...found.ranges.map((r) => {
       const st = (x) => (x === null || x === undefined ? "" : x.toFixed(1) + " s");
-      return el("div", { class: "result", "data-pipeline": r.pipeline, "data-start": r.start_stream_time, "data-end": r.end_stream_time },
+      // Opens the events of that stretch (a few seconds either side).
+      const open = () => {
+        $("#event-pipeline").value = r.pipeline;
+        $("#event-label").value = "";
+        $("#event-since").value = new Date(r.start_ms - 5000).toISOString();
+        $("#event-until").value = new Date(r.end_ms + 5000).toISOString();
+        location.hash = "#events";
+        loadEvents();
+      };
+      return el("div", { class: "result", title: "the events of this stretch", onclick: open, "data-pipeline": r.pipeline, "data-start": r.start_stream_time, "data-end": r.end_stream_time },
         r.thumbnail ? el("img", { src: r.thumbnail, alt: "best sample" }) : null,
         el("div", {}, el("b", {}, r.pipeline), " · score ", fmtNum(r.best_score)),
         el("div", { class: "range" }, fmtTime(r.start_ms), " → ", fmtTime(r.end_ms)),
