@@ -64,7 +64,9 @@ fn config(dir: &Path, args: &BenchArgs, port: u16, pipelines: usize) -> String {
     let mut text = format!(
         "state_dir = \"{}\"\nlisten = \"127.0.0.1:{port}\"\n\n[model]\npath = \"{}\"\nvariant = \"{}\"\n\n[[output]]\nname = \"log\"\ntype = \"jsonl\"\npath = \"{}\"\n",
         dir.join("state").display(),
-        args.model.model.display(),
+        std::path::absolute(&args.model.model)
+            .unwrap_or_else(|_| args.model.model.clone())
+            .display(),
         args.model.variant.name(),
         dir.join("events.jsonl").display(),
     );
@@ -122,13 +124,19 @@ pub fn section(args: &BenchArgs) -> anyhow::Result<Value> {
             .env("CLIPFILTER_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("daemon.log"))?)
             .spawn()
             .context("starting the daemon")?,
         dir,
     );
     let pid = daemon.0.id();
-    wait_running(port, n)?;
+    wait_running(port, n).with_context(|| {
+        let log = std::fs::read_to_string(daemon.1.join("daemon.log")).unwrap_or_default();
+        format!(
+            "the daemon: {}",
+            log.lines().rev().take(5).collect::<Vec<_>>().join("\n")
+        )
+    })?;
     let browser = Browser::start(1400, 1000)?;
     let url = format!("http://127.0.0.1:{port}/#pipelines");
     let ready = format!(

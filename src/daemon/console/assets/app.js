@@ -124,8 +124,11 @@ function renderStatus(s, dt) {
     } else {
       err.hidden = true;
     }
-    if (p.frames.inferred !== (b && b.frames.inferred)) {
-      card.querySelector("img.latest").src = `/api/pipelines/${encodeURIComponent(p.name)}/thumbnail?n=${p.frames.inferred}`;
+    // A new thumbnail when the pipeline inferred again, or when the last one did not load.
+    const img = card.querySelector("img.latest");
+    const failed = !img.getAttribute("src") || (img.complete && img.naturalWidth === 0);
+    if (failed || p.frames.inferred !== (b && b.frames.inferred)) {
+      img.src = `/api/pipelines/${encodeURIComponent(p.name)}/thumbnail?n=${p.frames.inferred}&t=${Date.now()}`;
     }
   }
 }
@@ -499,8 +502,10 @@ async function loadTimeline() {
   } catch (err) { /* the stream fills them */ }
 }
 
+let source = null;
 function connect() {
-  const source = new EventSource("/api/live");
+  if (source) source.close();
+  source = new EventSource("/api/live");
   const state = $("#live-state");
   source.onopen = () => { state.textContent = "live"; state.className = "badge live-on"; };
   source.onerror = () => { state.textContent = "reconnecting"; state.className = "badge live-off"; };
@@ -508,6 +513,11 @@ function connect() {
   source.addEventListener("scores", (m) => onScores(JSON.parse(m.data)));
   source.addEventListener("event", (m) => onEvent(JSON.parse(m.data)));
 }
+
+// A page left (or kept in the back/forward cache) must not hold its stream: browsers allow six
+// connections per server, and a stream kept open takes one for good.
+window.addEventListener("pagehide", () => { if (source) { source.close(); source = null; } });
+window.addEventListener("pageshow", (e) => { if (e.persisted) connect(); });
 
 show();
 loadTimeline().then(connect);
