@@ -5,6 +5,7 @@
 const $ = (sel) => document.querySelector(sel);
 const COLOURS = ["#58a6ff", "#3fb950", "#f0883e", "#d2a8ff", "#ff7b72", "#79c0ff", "#e3b341", "#56d4dd"];
 const WINDOW_S = 300; // seconds of score timeline shown
+const THUMBNAIL_MS = 5000; // a pipeline's latest thumbnail is asked at most this often
 
 function el(tag, attrs, ...children) {
   const e = document.createElement(tag);
@@ -124,11 +125,15 @@ function renderStatus(s, dt) {
     } else {
       err.hidden = true;
     }
-    // A new thumbnail when the pipeline inferred again, or when the last one did not load.
+    // A new thumbnail when the pipeline inferred again (at most every THUMBNAIL_MS), or when
+    // the last one did not load.
     const img = card.querySelector("img.latest");
     const failed = !img.getAttribute("src") || (img.complete && img.naturalWidth === 0);
-    if (failed || p.frames.inferred !== (b && b.frames.inferred)) {
-      img.src = `/api/pipelines/${encodeURIComponent(p.name)}/thumbnail?n=${p.frames.inferred}&t=${Date.now()}`;
+    const due = Date.now() - (t.thumbAt || 0) >= THUMBNAIL_MS && p.frames.inferred !== t.thumbInferred;
+    if (failed || due) {
+      t.thumbAt = Date.now();
+      t.thumbInferred = p.frames.inferred;
+      img.src = `/api/pipelines/${encodeURIComponent(p.name)}/thumbnail?n=${p.frames.inferred}&t=${t.thumbAt}`;
     }
   }
 }
