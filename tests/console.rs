@@ -185,6 +185,15 @@ fn the_console_shows_pipelines_events_search_and_edits_labels() {
     daemon.wait_pipeline("cam", "running", |p| p["state"] == "running");
     let browser = Browser::start();
     let port = s.port;
+    // Without a token, only loopback names are served (no DNS rebinding).
+    let (status, body) = request(
+        port,
+        "GET",
+        "/api/labels",
+        &[("host", "evil.example:80")],
+        None,
+    );
+    assert_eq!(status, 403, "{body}");
 
     // Pipelines: the running pipeline, and its timeline getting points live.
     open_page(&browser, port, "pipelines");

@@ -9,6 +9,9 @@
 //!   must come from the console's own origin: an `Origin` (or `Sec-Fetch-Site`) that says
 //!   another site answers 403, also on loopback, so that a web page the user visits cannot
 //!   post reviews or label files to the daemon on their machine.
+//! - Without a token, a request must name the server by a loopback name in `Host`
+//!   (`localhost`, `127.0.0.1`, `[::1]`), so that a page of another site resolved to
+//!   127.0.0.1 (DNS rebinding) reads nothing.
 
 use std::sync::{Arc, RwLock};
 
@@ -80,6 +83,19 @@ fn same_origin(headers: &HeaderMap) -> Result<(), String> {
     }
 }
 
+/// Whether a `Host` header names this machine's loopback (`localhost`, `127.0.0.1:9464`,
+/// `[::1]:9464`).
+fn loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 fn plain(status: StatusCode, text: String) -> Response {
     (
         status,
@@ -135,6 +151,15 @@ pub async fn guard(State(guard): State<Arc<Guard>>, request: Request, next: Next
         .unwrap_or_else(|p| p.into_inner())
         .clone();
     let Some(token) = token else {
+        // Without a token only this machine may ask, by a loopback name: a web page whose
+        // name an attacker points at 127.0.0.1 (DNS rebinding) is refused.
+        let host = header_text(request.headers(), header::HOST).unwrap_or_default();
+        if !loopback_host(host) {
+            return plain(
+                StatusCode::FORBIDDEN,
+                format!("host {host:?} is not a loopback name: set [http] token to serve others"),
+            );
+        }
         return next.run(request).await;
     };
     let want = token.expose().as_bytes();
@@ -187,6 +212,28 @@ mod tests {
         assert!(!same(b"abcdef", b"abcdeg"));
         assert!(!same(b"abc", b"abcdef"));
         assert!(!same(b"", b"a"));
+    }
+
+    #[test]
+    fn loopback_names() {
+        for host in [
+            "localhost:9464",
+            "127.0.0.1:9464",
+            "127.0.0.2",
+            "[::1]:9464",
+            "LOCALHOST",
+        ] {
+            assert!(loopback_host(host), "{host}");
+        }
+        for host in [
+            "evil.example:9464",
+            "10.0.0.1:9464",
+            "",
+            "[::2]:1",
+            "localhost.evil.example",
+        ] {
+            assert!(!loopback_host(host), "{host}");
+        }
     }
 
     #[test]
