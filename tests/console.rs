@@ -297,6 +297,26 @@ fn the_console_shows_pipelines_events_search_and_edits_labels() {
         "green"
     );
     let search_png = shot(&browser, "search.png");
+    // By example: a red picture finds red.
+    let red_png = s.dir.path().join("red.png");
+    image::RgbImage::from_pixel(32, 24, image::Rgb([250, 5, 5]))
+        .save(&red_png)
+        .unwrap();
+    browser.run(
+        "document.querySelector('#search-text').value = ''; document.querySelector('#search-results').replaceChildren(); return true",
+        json!([]),
+    );
+    browser.type_into("#search-image", red_png.to_str().unwrap());
+    browser.click("#search-form button");
+    let thumb = browser.wait(
+        "results by image",
+        "const i = document.querySelector('.result img'); return i && i.getAttribute('src')",
+        json!([]),
+    );
+    assert_eq!(
+        colour_name(jpeg_colour(port, thumb.as_str().unwrap())),
+        "red"
+    );
 
     // Labels: a broken edit shows the error with its line and changes nothing on disk.
     open_page(&browser, port, "labels");
