@@ -3,6 +3,7 @@
 mod util;
 
 mod calibrate;
+mod console;
 mod crops;
 mod daemon;
 mod daemon_config;

@@ -89,6 +89,7 @@ APT_PACKAGES=(
     libgstrtspserver-1.0-dev gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
     gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav mosquitto nats-server opencv-doc
     pkg-config unzip python3-venv ca-certificates systemd
+    chromium chromium-driver   # the web console's browser tests (tests/console.rs, WebDriver)
 )
 if [[ $DO_APT -eq 0 ]]; then
     info "skipped (--no-apt)"

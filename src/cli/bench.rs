@@ -18,6 +18,9 @@
 //! - `history` (not run by default): the sample history's ingest rate and bytes per sample, the
 //!   worker's images/s while it ingests, and one search over `--history-samples` stored samples
 //!   against a numpy brute-force baseline (see [`history`]);
+//! - `console` (not run by default): the daemon's CPU with one web-console tab open against
+//!   none, and the pipelines page's load time, with `--console-pipelines` live pipelines (see
+//!   [`console`]; needs chromium and chromium-driver);
 //! - `triton`, `nats`: through servers (`--triton`, `--nats`), see [`super::bench_remote`];
 //!   not in the default set;
 //! - peak RSS is always reported.
@@ -34,7 +37,9 @@ use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use serde_json::{Value, json};
 
+mod console;
 mod history;
+pub mod webdriver;
 
 use super::ModelArgs;
 use super::bench_session::{
@@ -64,6 +69,7 @@ pub enum Section {
     Crops,
     Triton,
     Nats,
+    Console,
 }
 
 /// Arguments of `bench`.
@@ -100,6 +106,10 @@ pub struct BenchArgs {
     /// Video for the `pipelines` section (default: the set-up's .local/media/video/vtest.avi).
     #[arg(long, value_name = "FILE")]
     pub video: Option<PathBuf>,
+
+    /// Live pipelines of the `console` section's daemon.
+    #[arg(long, default_value_t = 16)]
+    pub console_pipelines: usize,
 
     /// Stored samples the `history` section searches.
     #[arg(long, default_value_t = 1_000_000)]
@@ -722,6 +732,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<super::Outcome> {
 
     if has(Section::History) {
         report.insert("history", history::section(&args)?);
+    }
+    if has(Section::Console) {
+        report.insert("console", console::section(&args)?);
     }
 
     if has(Section::Baselines) {

@@ -22,11 +22,8 @@ pub fn check_file(path: &Path, text: &str) -> Result<String> {
     for (i, p) in config.pipelines.iter().enumerate() {
         let at = |f: &str| format!("pipeline[{i}].{f}");
         if let LabelSource::File(f) = &p.labels
-            && let Err(e) = LabelSet::from_file(f).and_then(|set| {
-                let regions = set.all_regions(&p.view.regions)?;
-                set.check_regions(&regions)?;
-                set.check_files(None)
-            })
+            && let Err(e) =
+                clipfilter::input::read_to_string(f).and_then(|text| check_labels(p, f, &text))
         {
             problems.push(problem(&at("labels"), e.to_string()));
         }
@@ -55,6 +52,17 @@ pub fn check_file(path: &Path, text: &str) -> Result<String> {
         config.outputs.len(),
         if config.outputs.len() == 1 { "" } else { "s" },
     ))
+}
+
+/// Checks the label-set `text` (for the file at `path`) as pipeline `p` would use it: the set
+/// itself, its regions with the pipeline's, and the files it names (probes, pictures). What
+/// `check` reports for a pipeline's labels, and what the web console checks before saving.
+pub fn check_labels(p: &PipelineConfig, path: &Path, text: &str) -> Result<LabelSet> {
+    let set = LabelSet::from_toml_str(text, path)?;
+    let regions = set.all_regions(&p.view.regions)?;
+    set.check_regions(&regions)?;
+    set.check_files(None)?;
+    Ok(set)
 }
 
 /// Checks that the probes of the pipelines' label sets were trained on the model in `dir` (the

@@ -117,6 +117,17 @@ impl HttpServer {
     /// Binds `addr` (such as `"127.0.0.1:9464"`; port 0 picks a free one) and serves `routes` on
     /// a thread named `http`.
     pub fn start(addr: &str, routes: Router) -> Result<HttpServer> {
+        HttpServer::start_wrapped(addr, routes, |app| app)
+    }
+
+    /// [`HttpServer::start`], with `wrap` applied to the whole application, the answers to
+    /// unknown paths and methods included (a layer every request goes through: the console's
+    /// token and origin checks).
+    pub fn start_wrapped(
+        addr: &str,
+        routes: Router,
+        wrap: impl FnOnce(Router) -> Router,
+    ) -> Result<HttpServer> {
         let bind_error = |message: String| Error::Bind {
             addr: addr.to_owned(),
             message,
@@ -140,9 +151,11 @@ impl HttpServer {
             let _guard = runtime.enter();
             tokio::net::TcpListener::from_std(listener).map_err(|e| bind_error(e.to_string()))?
         };
-        let app = routes
-            .fallback(not_found)
-            .method_not_allowed_fallback(method_not_allowed);
+        let app = wrap(
+            routes
+                .fallback(not_found)
+                .method_not_allowed_fallback(method_not_allowed),
+        );
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("http".into())
@@ -172,7 +185,7 @@ impl HttpServer {
                 runtime.shutdown_timeout(SHUTDOWN_GRACE);
             })
             .map_err(|e| bind_error(format!("cannot start thread: {e}")))?;
-        tracing::info!(addr = %bound, "HTTP listener ready (/metrics, /healthz, /status)");
+        tracing::info!(addr = %bound, "HTTP listener ready (the console at /, /metrics, /healthz, /status)");
         Ok(HttpServer {
             addr: bound,
             stop: Some(stop_tx),

@@ -7,6 +7,7 @@
 pub mod backoff;
 pub mod check;
 pub mod config;
+pub mod console;
 pub mod delivery;
 pub mod duration;
 pub mod event;

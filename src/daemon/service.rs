@@ -19,7 +19,10 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::select;
 
-use crate::daemon::config::{Config, ModelSource};
+use crate::daemon::config::{Config, ModelSource, PipelineConfig};
+use crate::daemon::console::auth::{self, Guard};
+use crate::daemon::console::live::Live;
+use crate::daemon::console::{self, ConsoleApi};
 use crate::daemon::delivery::{Delivery, EventOutputs};
 use crate::daemon::history::HistoryService;
 use crate::daemon::history_api::{self, HistoryApi};
@@ -60,6 +63,10 @@ struct View {
     pipelines: Arc<RwLock<Vec<Arc<PipelineStatus>>>>,
     events: Arc<EventOutputs>,
     main_beat: Heartbeat,
+    /// The pipelines as configured now (the console's label editor reads them).
+    configs: RwLock<Vec<PipelineConfig>>,
+    /// `[http] token`, read by the listener at each request.
+    token: Arc<RwLock<Option<crate::daemon::secret::Secret>>>,
 }
 
 impl View {
@@ -181,6 +188,7 @@ pub fn run(path: &Path) -> Result<()> {
         metrics: metrics.clone(),
         restart: RwLock::new(config.restart),
         history,
+        live: Live::new(),
     });
     let supervisor = Supervisor::new(shared);
     let view = Arc::new(View {
@@ -190,6 +198,8 @@ pub fn run(path: &Path) -> Result<()> {
         pipelines: supervisor.statuses(),
         events,
         main_beat: notifier.heartbeat("supervisor"),
+        configs: RwLock::new(config.pipelines.clone()),
+        token: Arc::new(RwLock::new(config.http_token.clone())),
     });
     let http = match config.listen {
         Some(addr) => Some(start_http(
@@ -298,20 +308,40 @@ fn start_http(
         move || health.health(),
         move || status.status(),
     );
+    let engine_view = view.clone();
+    let engine = move || {
+        engine_view
+            .engine
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .clone()
+    };
     if let Some(history) = &shared.history {
-        let view = view.clone();
         routes = routes.merge(history_api::routes(Arc::new(HistoryApi {
             dir: history.dir().clone(),
-            engine: Box::new(move || {
-                view.engine
-                    .read()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .1
-                    .clone()
-            }),
+            engine: Box::new(engine),
         })));
     }
-    HttpServer::start(addr, routes)
+    let (status, configs) = (view.clone(), view.clone());
+    routes = routes.merge(console::routes(Arc::new(ConsoleApi {
+        live: shared.live.clone(),
+        history: shared.history.as_ref().map(|h| h.dir().clone()),
+        status: Arc::new(move || status.status()),
+        pipelines: Box::new(move || {
+            configs
+                .configs
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+        }),
+    })));
+    let guard = Arc::new(Guard {
+        token: view.token.clone(),
+    });
+    HttpServer::start_wrapped(addr, routes, move |app| {
+        app.layer(axum::middleware::from_fn_with_state(guard, auth::guard))
+    })
 }
 
 impl Daemon {
@@ -473,6 +503,8 @@ impl Daemon {
             }
         }
         *shared.restart.write().unwrap_or_else(|p| p.into_inner()) = new.restart;
+        // The listener reads the token at each request: a new one applies at once.
+        *self.view.token.write().unwrap_or_else(|p| p.into_inner()) = new.http_token.clone();
         if new.listen != self.config.listen {
             match new.listen {
                 Some(addr) => match start_http(
@@ -489,6 +521,10 @@ impl Daemon {
                     Err(e) => {
                         tracing::error!(error = %e, "new listen address not used");
                         new.listen = self.config.listen;
+                        // The old address keeps the old token (it may need one).
+                        new.http_token = self.config.http_token.clone();
+                        *self.view.token.write().unwrap_or_else(|p| p.into_inner()) =
+                            new.http_token.clone();
                     }
                 },
                 None => {
@@ -518,6 +554,10 @@ impl Daemon {
         }
         let plan = self.supervisor.plan(&new.pipelines, &model);
         self.supervisor.apply(&plan);
+        *self.view.configs.write().unwrap_or_else(|p| p.into_inner()) = new.pipelines.clone();
+        shared
+            .live
+            .retain_pipelines(&new.pipelines.iter().map(|p| p.name.as_str()).collect());
         let outputs = diff::outputs(&self.config.output_configs, &new.output_configs);
         tracing::info!(changes = %format!("{plan}; {outputs}"), "configuration reloaded");
         self.config = new;

@@ -16,6 +16,7 @@
 //! This module knows nothing of the daemon: the command line reads a history without one.
 
 pub mod backtest;
+pub mod events;
 pub mod format;
 pub mod quant;
 pub mod query;

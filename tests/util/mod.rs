@@ -1,5 +1,6 @@
 //! Helpers shared by the integration tests.
 
+pub mod browser;
 pub mod daemon;
 pub mod rtsp;
 /// The Triton test harness of crates/triton (servers, model repositories, references).

@@ -26,6 +26,21 @@ pub fn read_to_string(path: &Path) -> Result<String> {
     })
 }
 
+/// Writes `text` to `path` through a temporary file of the same folder (`.<name>.<tag>~`)
+/// renamed over it, so that a watcher (the element's label reload) sees one whole change.
+pub fn write_atomically(path: &Path, text: &str, tag: &str) -> Result<()> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.{tag}~"));
+    std::fs::write(&tmp, text).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io(path, e)
+    })
+}
+
 /// [`read`] with another size limit.
 pub fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>> {
     // Checked before opening: opening a FIFO for reading waits for a writer.

@@ -61,3 +61,6 @@ pub fn describe<T: std::fmt::Display>(range: &RangeInclusive<T>) -> String {
 /// symbolic links), so that a FIFO, a device such as `/dev/zero` or a directory is refused at
 /// once instead of blocking or filling memory.
 pub const MAX_INPUT_FILE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Fewest characters of the daemon's `[http] token` (a shorter one is guessed too easily).
+pub const MIN_HTTP_TOKEN_CHARS: usize = 16;

@@ -261,7 +261,7 @@ pub fn run(args: CalibrateArgs) -> anyhow::Result<Outcome> {
         // The edited file must still be a valid label set before it replaces the old one.
         LabelSet::from_toml_str(&new, &args.labels)?;
         if new != text {
-            write_atomically(&args.labels, &new)?;
+            clipfilter::input::write_atomically(&args.labels, &new, "calibrate")?;
             written = true;
         }
     }
@@ -304,17 +304,6 @@ fn file_safe(name: &str) -> String {
             }
         })
         .collect()
-}
-
-/// Writes through a temporary file renamed over the target, so that a watcher sees one change.
-fn write_atomically(path: &Path, text: &str) -> Result<(), clipfilter::Error> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.calibrate~"));
-    std::fs::write(&tmp, text).map_err(|e| clipfilter::Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| clipfilter::Error::io(path, e))
 }
 
 /// The table: label, score kind, threshold before -> after, precision and recall before and

@@ -4,7 +4,14 @@
 //! # Relative paths anywhere in this file are relative to the folder of this file.
 //! state_dir = "/var/lib/clipfilter"   # outbox and snapshots (default: $STATE_DIRECTORY, else
 //!                                     # /var/lib/clipfilter)
-//! listen = "127.0.0.1:9464"           # /metrics, /healthz, /status ("" turns the server off)
+//! listen = "127.0.0.1:9464"           # the console, /api, /metrics, /healthz, /status ("" turns
+//!                                     # the server off); an address other than loopback needs
+//!                                     # a token (below)
+//!
+//! [http]
+//! # token = { file = "/etc/clipfilter/http.token" }   # asked of every request (a secret: see
+//! #                               # `crate::daemon::secret`): `Authorization: Bearer <token>`, or
+//! #                               # open the console once with `/?token=<token>` (a cookie)
 //!
 //! [model]
 //! repo = "Xenova/clip-vit-base-patch32"   # a model in the hub cache (`clipfilterd model fetch`)
@@ -169,6 +176,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// `None`: no HTTP server.
     pub listen: Option<SocketAddr>,
+    /// `[http] token`: what every HTTP request must carry (required off loopback).
+    pub http_token: Option<crate::daemon::secret::Secret>,
     pub model: ModelConfig,
     pub snapshots: SnapshotConfig,
     pub history: HistoryConfig,
@@ -193,6 +202,7 @@ impl Config {
         let raw = RawConfig::read(&cx)?;
         let state_dir = cx.keep(state_dir(&cx, &raw));
         let listen = cx.keep(listen(&cx, &raw));
+        let http_token = cx.keep(http_token(&cx, &raw, listen.flatten()));
         let model = raw.model.as_ref().and_then(|m| model::model(&cx, m));
         let snapshots = snapshots::snapshots(
             &cx,
@@ -213,6 +223,7 @@ impl Config {
                 path: path.to_path_buf(),
                 state_dir: state_dir?,
                 listen: listen?,
+                http_token: http_token?,
                 model: model?,
                 snapshots: snapshots?,
                 history: history?,
@@ -259,6 +270,37 @@ fn listen(cx: &Ctx<'_>, raw: &RawConfig) -> Result<Option<SocketAddr>> {
         Some(l) => Ok(Some(
             parse_addr(l.get_ref()).map_err(|m| cx.err(Some(l.span()), "listen", m))?,
         )),
+    }
+}
+
+/// `[http] token`; `Err` when `listen` is not a loopback address and there is none.
+fn http_token(
+    cx: &Ctx<'_>,
+    raw: &RawConfig,
+    listen: Option<SocketAddr>,
+) -> Result<Option<crate::daemon::secret::Secret>> {
+    let token = raw.http.token.as_ref();
+    if let Some(t) = token
+        && t.get_ref().expose().trim().len() < clipfilter::limits::MIN_HTTP_TOKEN_CHARS
+    {
+        return Err(cx.err(
+            Some(t.span()),
+            "http.token",
+            format!(
+                "too short: at least {} characters",
+                clipfilter::limits::MIN_HTTP_TOKEN_CHARS
+            ),
+        ));
+    }
+    match (listen, token) {
+        (Some(addr), None) if !addr.ip().is_loopback() => Err(cx.err(
+            raw.listen.as_ref().map(|l| l.span()),
+            "listen",
+            format!(
+                "{addr} is not a loopback address: anyone who reaches it could read the console and change label files; set `[http] token = {{ file = \"/etc/clipfilter/http.token\" }}` (or listen on 127.0.0.1 and use an SSH tunnel)"
+            ),
+        )),
+        (_, t) => Ok(t.map(|t| t.get_ref().clone())),
     }
 }
 
@@ -457,6 +499,35 @@ mod tests {
     }
 
     const MINIMAL: &str = "[model]\npath = \"models/clip\"\n";
+
+    #[test]
+    fn off_loopback_the_listener_needs_a_token() {
+        let e = parse(&format!("listen = \"0.0.0.0:9464\"\n{MINIMAL}"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("line 1") && e.contains("not a loopback address") && e.contains("token"),
+            "{e}"
+        );
+        let e = parse(&format!(
+            "listen = \"0.0.0.0:9464\"\n[http]\ntoken = \"short\"\n{MINIMAL}"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("line 3") && e.contains("http.token") && e.contains("too short"),
+            "{e}"
+        );
+        let c = parse(&format!(
+            "listen = \"[::]:9464\"\n[http]\ntoken = \"0123456789abcdef\"\n{MINIMAL}"
+        ))
+        .unwrap();
+        assert_eq!(c.http_token.unwrap().expose(), "0123456789abcdef");
+        // Loopback needs none; 127.0.0.0/8 is loopback.
+        let c = parse(&format!("listen = \"127.0.0.2:9464\"\n{MINIMAL}")).unwrap();
+        assert!(c.http_token.is_none());
+        assert!(format!("{c:?}").contains("http_token: None"));
+    }
 
     #[test]
     fn parses_a_full_config() {

@@ -16,6 +16,7 @@ use clipfilter::error::Result;
 const KEYS: &[&str] = &[
     "state_dir",
     "listen",
+    "http",
     "model",
     "snapshots",
     "history",
@@ -30,6 +31,7 @@ const KEYS: &[&str] = &[
 pub(super) struct RawConfig {
     pub state_dir: Option<Spanned<PathBuf>>,
     pub listen: Option<Spanned<String>>,
+    pub http: RawHttp,
     /// `None`: absent or unreadable (either is a recorded problem).
     pub model: Option<Spanned<RawModel>>,
     pub snapshots: RawSnapshots,
@@ -104,6 +106,12 @@ pub(super) struct RawHistory {
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
+pub(super) struct RawHttp {
+    pub token: Option<Spanned<crate::daemon::secret::Secret>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 pub(super) struct RawOutbox {
     pub max_pending: Option<Spanned<u64>>,
 }
@@ -167,6 +175,7 @@ impl RawConfig {
             match key.get_ref().as_ref() {
                 "state_dir" => raw.state_dir = one(cx, value),
                 "listen" => raw.listen = one(cx, value),
+                "http" => raw.http = table(cx, value),
                 "model" => {
                     has_model = true;
                     raw.model = one(cx, value);

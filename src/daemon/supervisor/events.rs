@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::daemon::console::live::LiveTap;
 use crate::daemon::event::Event;
 use crate::daemon::history::PipelineTap;
 use crate::daemon::metrics::LabelMetrics;
@@ -25,6 +26,8 @@ pub(super) struct Reporter {
     labels: HashMap<String, LabelMetrics>,
     /// What this pipeline records in the sample history, when on.
     history: Option<PipelineTap>,
+    /// What the console shows live.
+    live: LiveTap,
 }
 
 impl Reporter {
@@ -38,6 +41,7 @@ impl Reporter {
         let history = shared.history.as_ref().map(|h| h.tap(pipeline));
         Reporter {
             history,
+            live: shared.live.tap(pipeline),
             pipeline: pipeline.to_owned(),
             outputs,
             shared,
@@ -64,6 +68,7 @@ impl Reporter {
 
     /// The stream ended (end of stream, stop, failure).
     pub(super) fn stream_ended(&mut self) {
+        self.live.stream_ended();
         if let Some(tap) = &mut self.history {
             tap.stream_ended();
         }
@@ -80,9 +85,10 @@ impl Reporter {
                 for (label, score) in scores.labels.iter().zip(&scores.scores) {
                     self.label(label).observe_score(*score as f32);
                 }
+                let element = self.status.element();
+                self.live.scores(&scores, element.as_ref());
                 if let Some(tap) = &mut self.history {
                     let frame = self.status.frames_before().seen + scores.position.frame;
-                    let element = self.status.element();
                     tap.scores(&scores, frame, element.as_ref());
                 }
             }
@@ -142,6 +148,7 @@ impl Reporter {
             event_id = %event.id, "match {state}"
         );
         self.status.event_counted();
+        self.live.event(&event);
         if let Some(tap) = &mut self.history {
             tap.event(&event, &m);
         }

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 
 use crate::daemon::config::{PipelineConfig, RestartPolicy};
+use crate::daemon::console::live::Live;
 use crate::daemon::delivery::EventOutputs;
 use crate::daemon::history::HistoryService;
 use crate::daemon::metrics::{Metrics, PipelineState};
@@ -48,6 +49,8 @@ pub struct Shared {
     pub restart: RwLock<RestartPolicy>,
     /// The sample history, when on.
     pub history: Option<Arc<HistoryService>>,
+    /// The console's live feed.
+    pub live: Arc<Live>,
 }
 
 /// A running pipeline's thread, and what it was started with.

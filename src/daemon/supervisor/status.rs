@@ -227,6 +227,7 @@ impl PipelineStatus {
                 "sampled": frames.sampled,
                 "inferred": frames.inferred,
                 "dropped": frames.dropped,
+                "skipped": frames.skipped_by_gate,
             },
             "last_error": last_error.map(|(t, e)| serde_json::json!({"time": t.to_string(), "message": e})),
         })
