@@ -875,3 +875,192 @@ fn text_embeddings_are_cached_on_disk_across_encoders() {
     assert_eq!(rows, 600);
     let _ = Window::default();
 }
+
+/// `calibrate --from-reviews`: review marks posted to the running daemon (POST /api/review) on
+/// the samples of the recorded clips, by what the clip showed at each sample's stream time; the
+/// thresholds come from the marks' stored embeddings, scored as the live matcher scores them,
+/// and --write rewrites the label file. Bad input: no history, no marks in the window, too few
+/// marks for the precision, another model, marks of a label the file lacks.
+#[test]
+fn calibrate_from_review_marks() {
+    let r = record();
+    let history_dir = r.state.join("history");
+    // What each clip shows at a stream time (s); None within 0.15 s of a change.
+    let shown = |pipeline: &str, t: f64| -> Option<&'static str> {
+        let plan: &[(f64, &str)] = if pipeline == "cam-a" {
+            &[
+                (0.0, "red"),
+                (2.0, "green"),
+                (4.0, "blue"),
+                (6.0, "red"),
+                (8.0, "white"),
+            ]
+        } else {
+            &[(0.0, "green"), (3.0, "red")]
+        };
+        if plan.iter().skip(1).any(|(at, _)| (t - at).abs() < 0.15) {
+            return None;
+        }
+        plan.iter().rev().find(|(at, _)| t >= *at).map(|(_, c)| *c)
+    };
+    let history = History::open(&history_dir).unwrap();
+    let mut marked = 0;
+    let mut positives = [0usize; 2];
+    for id in 1..400 {
+        let Some(s) = history.sample(id).unwrap() else {
+            continue;
+        };
+        let Some(colour) = shown(&s.pipeline, s.stream_time.unwrap() as f64 / 1e9) else {
+            continue;
+        };
+        for (k, label) in ["red", "green"].into_iter().enumerate() {
+            // All four verdicts: positives are true positives (cam-a) or false negatives
+            // (cam-b), negatives false positives (the other label's colour) or true negatives.
+            let verdict = match (colour == label, s.pipeline.as_str()) {
+                (true, "cam-a") => "true_positive",
+                (true, _) => "false_negative",
+                (false, _) if colour == "red" || colour == "green" => "false_positive",
+                (false, _) => "true_negative",
+            };
+            positives[k] += usize::from(colour == label);
+            let body = serde_json::json!({"sample": id, "label": label, "verdict": verdict});
+            let (status, mark) = http(
+                r.port,
+                "POST",
+                "/api/review",
+                Some(body.to_string().as_bytes()),
+            );
+            assert_eq!(status, 201, "{mark}");
+            marked += 1;
+        }
+    }
+    assert!(positives.iter().all(|n| *n >= 10), "{positives:?}");
+    let after_marks = jiff::Timestamp::now().to_string();
+
+    let dir = tempfile::tempdir().unwrap();
+    let labels = dir.path().join("calibrated.toml");
+    let original = "# thresholds to calibrate\n[[label]]\nname = \"red\"\nmin_cosine = 0.2   # raw cosine\n\n[[label]]\nname = \"green\"\nmin_probability = 0.3\n\n[[label]]\nname = \"blue\"\nnegative = true\n";
+    std::fs::write(&labels, original).unwrap();
+    let oracle = oracle();
+    let calibrate = |extra: &[&str]| {
+        let mut args = vec![
+            "calibrate",
+            "-m",
+            oracle.to_str().unwrap(),
+            "--labels",
+            labels.to_str().unwrap(),
+            "--from-reviews",
+            "--history",
+            history_dir.to_str().unwrap(),
+            "--no-plots",
+        ];
+        args.extend_from_slice(extra);
+        cli(&args)
+    };
+    let out = calibrate(&["--precision", "0.9", "--write", "--json"]);
+    let report = stdout_json(&out);
+    assert_eq!(report["reviews"]["used"], marked, "{report:#}");
+    assert_eq!(report["written"], true, "{report:#}");
+    let rows = report["labels"].as_array().unwrap();
+    assert_eq!(
+        rows.len(),
+        2,
+        "the negative label is not calibrated: {report:#}"
+    );
+    for (row, kind, n) in [
+        (&rows[0], "cosine", positives[0]),
+        (&rows[1], "probability", positives[1]),
+    ] {
+        assert_eq!(row["score"], kind, "{row}");
+        assert_eq!(row["positives"], n, "{row}");
+        assert!(row["precision"].as_f64().unwrap() >= 0.9, "{row}");
+        assert!(
+            row["recall"].as_f64().unwrap() > 0.9,
+            "the oracle separates colours: {row}"
+        );
+    }
+    let written = std::fs::read_to_string(&labels).unwrap();
+    let numbers_out = |t: &str| -> String {
+        t.chars()
+            .map(|c| {
+                if c.is_ascii_digit() || c == '.' {
+                    '#'
+                } else {
+                    c
+                }
+            })
+            .collect::<String>()
+            .split('#')
+            .collect()
+    };
+    assert_eq!(
+        numbers_out(&written),
+        numbers_out(original),
+        "only the numbers change:\n{written}"
+    );
+    let parsed: toml::Table = written.parse().unwrap();
+    let value = |i: usize, key: &str| parsed["label"][i][key].as_float().unwrap();
+    for (i, key, before) in [(0, "min_cosine", 0.2), (1, "min_probability", 0.3)] {
+        let after = rows[i]["after"].as_f64().unwrap();
+        assert!(
+            (value(i, key) - after).abs() < 1e-6,
+            "{written}\n{report:#}"
+        );
+        assert!((after - before).abs() > 1e-3, "{report:#}");
+    }
+    // The table names the marks it used.
+    let out = calibrate(&[]);
+    let (stdout, _) = crate::util::text(&out);
+    assert!(
+        stdout.contains(&format!("reviews: {marked} of {marked} marks")),
+        "{stdout}"
+    );
+
+    let fails = |out: Output, want: &str| {
+        let (stdout, stderr) = crate::util::text(&out);
+        assert_eq!(out.status.code(), Some(2), "{stdout}\n{stderr}");
+        assert!(stderr.contains(want), "want `{want}`:\n{stderr}");
+    };
+    // Too few marks for precision 0.99 (100 positives): each label fails, same rule as examples.
+    fails(calibrate(&["--precision", "0.99"]), "too few examples");
+    fails(
+        calibrate(&["--since", &after_marks]),
+        &format!("no review marks since {after_marks}"),
+    );
+    fails(
+        cli(&[
+            "calibrate",
+            "-m",
+            model("digits").to_str().unwrap(),
+            "--labels",
+            labels.to_str().unwrap(),
+            "--from-reviews",
+            "--history",
+            history_dir.to_str().unwrap(),
+        ]),
+        "embedded by another model",
+    );
+    fails(
+        cli(&[
+            "calibrate",
+            "-m",
+            oracle.to_str().unwrap(),
+            "--labels",
+            labels.to_str().unwrap(),
+            "--from-reviews",
+            "--history",
+            dir.path().join("none").to_str().unwrap(),
+        ]),
+        "no sample history here",
+    );
+    let body = serde_json::json!({"sample": 1, "label": "yellow", "verdict": "true_positive"});
+    let (status, _) = http(
+        r.port,
+        "POST",
+        "/api/review",
+        Some(body.to_string().as_bytes()),
+    );
+    assert_eq!(status, 201);
+    fails(calibrate(&[]), "label `yellow` is not in");
+    assert!(r.daemon.stop());
+}
