@@ -1064,3 +1064,149 @@ fn calibrate_from_review_marks() {
     fails(calibrate(&[]), "label `yellow` is not in");
     assert!(r.daemon.stop());
 }
+
+/// A `videotestsrc` pattern of one solid colour, red at `level` (0..255): a scene's brightness.
+fn dim_red(level: u32) -> String {
+    format!(
+        "solid-color foreground-color={}",
+        0xff00_0000u32 | (level << 16)
+    )
+}
+
+/// `min_zscore`: two cameras whose scenes differ (a dim and a bright red background), the same
+/// event on both (the red brightening by a tenth for one second at 6 s), one label set. The
+/// label fires on each camera's event and never on its background, where no fixed `min_cosine`
+/// can do both (the bright background scores above the dim camera's event). The baselines live
+/// in the engine's matcher: a backtest of the same set replays the same episodes; they are
+/// saved under state_dir and outlive a `kill -9` and a restart.
+#[test]
+fn min_zscore_fires_on_each_cameras_event_where_no_fixed_cosine_can() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    // 10 fps: background 0-6 s, the event 6-7 s, background 7-9 s.
+    let scenes = [("dim", 128, 153), ("bright", 158, 179)];
+    let port = free_port();
+    let mut text = config_head(&state, port);
+    let labels = dir.path().join("labels.toml");
+    std::fs::write(
+        &labels,
+        "[[label]]\nname = \"red\"\nmin_zscore = 3.0\nzscore_window = 20\n",
+    )
+    .unwrap();
+    for (name, background, event) in scenes {
+        let clip = dir.path().join(format!("{name}.mp4"));
+        make_clip(
+            &clip,
+            &[
+                (dim_red(background).as_str(), 60),
+                (dim_red(event).as_str(), 10),
+                (dim_red(background).as_str(), 20),
+            ],
+        );
+        text.push_str(&format!(
+            "\n[[pipeline]]\nname = \"{name}\"\nsource = \"{}\"\ninterval = \"250ms\"\nlabels = \"{}\"\nsnapshots = false\n",
+            clip.display(),
+            labels.display()
+        ));
+    }
+    let config = dir.path().join("clipfilterd.toml");
+    std::fs::write(&config, &text).unwrap();
+    let out = cli(&["check", config.to_str().unwrap()]);
+    assert!(out.status.success(), "{:?}", crate::util::text(&out));
+
+    let starts = |daemon: &Daemon, pipeline: &str| -> Vec<Value> {
+        daemon
+            .events()
+            .into_iter()
+            .filter(|e| e["pipeline"] == pipeline && e["state"] == "start")
+            .collect()
+    };
+    let daemon = Daemon::start(&config, Some(port));
+    for (name, _, _) in scenes {
+        daemon.wait_pipeline(name, "finished", |p| p["finished"] == true);
+    }
+    let mut event_cosine = std::collections::HashMap::new();
+    for (name, _, _) in scenes {
+        let s = starts(&daemon, name);
+        assert_eq!(s.len(), 1, "{name}: one episode, at the event: {s:#?}");
+        let t = s[0]["stream_time"].as_f64().unwrap();
+        assert!((6.0..7.0).contains(&t), "{name}: started at {t} s: {s:#?}");
+        event_cosine.insert(name, s[0]["score"].as_f64().unwrap());
+    }
+    // The first samples could not match: the log says so, per pipeline.
+    let warming = daemon.logs(|m| m.contains("no match until the baseline is full"));
+    assert_eq!(warming.len(), 2, "{warming:#?}");
+    // Saved at the end of each file: a kill -9 keeps them (after the history's last write,
+    // at least every 250 ms).
+    std::thread::sleep(Duration::from_millis(800));
+    daemon.signal("KILL");
+    drop(daemon);
+    for (name, _, _) in scenes {
+        let saved = crate::util::json(&state.join("baselines").join(format!("{name}.json")));
+        let scores = saved["baselines"][0]["scores"].as_array().unwrap();
+        assert_eq!(scores.len(), 20, "{name}: {saved}");
+    }
+
+    // The same set replayed over the history: the engine's matcher, the same episodes.
+    let backtest = |set: &Path| {
+        stdout_json(&cli(&[
+            "backtest",
+            "--labels",
+            set.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--json",
+        ]))
+    };
+    let replayed = backtest(&labels);
+    assert_eq!(replayed["summary"]["same"], 2, "{replayed:#}");
+    for d in ["changed", "added", "removed"] {
+        assert_eq!(replayed["summary"][d], 0, "{replayed:#}");
+    }
+    // A fixed cosine low enough for the dim camera's event fires on the bright background from
+    // its first sample: no one min_cosine does both.
+    let fixed = dir.path().join("fixed.toml");
+    let dim_event = event_cosine["dim"];
+    std::fs::write(
+        &fixed,
+        format!(
+            "[[label]]\nname = \"red\"\nmin_cosine = {}\n",
+            dim_event - 1e-3
+        ),
+    )
+    .unwrap();
+    let with_fixed = backtest(&fixed);
+    let episodes = with_fixed["episodes"].as_array().unwrap();
+    let bright: Vec<&Value> = episodes
+        .iter()
+        .filter(|e| e["pipeline"] == "bright")
+        .collect();
+    assert!(
+        bright
+            .iter()
+            .any(|e| e["start"]["stream_time"].as_f64().unwrap() < 1.0),
+        "the bright background passes a cosine of {dim_event}: {with_fixed:#}"
+    );
+    let background = bright[0]["start"]["score"].as_f64().unwrap();
+    assert!(
+        background > dim_event && background < event_cosine["bright"],
+        "bright background {background}, dim event {dim_event}, bright event {}",
+        event_cosine["bright"]
+    );
+
+    // A restart: the baselines are read back, so the label needs no new warm-up and still
+    // fires on each event.
+    let daemon = Daemon::start(&config, Some(port));
+    for (name, _, _) in scenes {
+        daemon.wait_pipeline(name, "finished", |p| p["finished"] == true);
+        let s = starts(&daemon, name);
+        assert_eq!(s.len(), 1, "{name}: {s:#?}");
+    }
+    assert!(
+        daemon
+            .logs(|m| m.contains("no match until the baseline is full"))
+            .is_empty(),
+        "restored baselines are full"
+    );
+    assert!(daemon.stop());
+}

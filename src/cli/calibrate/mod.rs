@@ -390,6 +390,13 @@ pub fn run(args: CalibrateArgs) -> anyhow::Result<Outcome> {
         if label.negative {
             continue;
         }
+        if label.min_zscore.is_some() {
+            eprintln!(
+                "note: label `{}` is not calibrated: min_zscore is relative to each pipeline's recent scores, which examples do not have",
+                label.name
+            );
+            continue;
+        }
         let s = &split[i];
         let before = calibrate::evaluate(&s.positives, &s.negatives, value_of(label.threshold));
         let mut r = LabelReport {

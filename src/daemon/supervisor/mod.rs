@@ -48,6 +48,8 @@ pub struct Shared {
     pub restart: RwLock<RestartPolicy>,
     /// The sample history, when on.
     pub history: Option<Arc<HistoryService>>,
+    /// The folder of each pipeline's `min_zscore` baselines (the element's `baseline-file`).
+    pub baselines: std::path::PathBuf,
 }
 
 /// A running pipeline's thread, and what it was started with.

@@ -44,6 +44,13 @@ pub struct CompiledLabel {
     pub key: String,
     /// Regions whose crops the label is limited to (empty: every crop).
     pub regions: Vec<String>,
+    /// Matches only this many standard deviations above the stream's recent cosines of the
+    /// label (the [`crate::matcher::Matcher`]'s baseline), besides `threshold`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_zscore: Option<f32>,
+    /// Samples in that baseline.
+    #[serde(default)]
+    pub zscore_window: u32,
 }
 
 impl CompiledLabel {
@@ -72,6 +79,8 @@ fn resolve(set: &LabelSet, defaults: &LabelDefaults) -> Vec<CompiledLabel> {
             leave: l.leave.unwrap_or(defaults.leave),
             key: l.key(),
             regions: l.regions.clone(),
+            min_zscore: l.min_zscore,
+            zscore_window: l.zscore_window.unwrap_or(limits::DEFAULT_ZSCORE_WINDOW),
         })
         .collect()
 }

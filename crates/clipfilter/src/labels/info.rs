@@ -77,6 +77,8 @@ mod tests {
             leave: 1,
             key: texts_key(&["red".into()]),
             regions: Vec::new(),
+            min_zscore: None,
+            zscore_window: 0,
         };
         let d = LabelDefaults::default();
         let v = LabelSetInfo::version_of(100.0, &d, std::slice::from_ref(&label));
