@@ -105,6 +105,11 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1_000_000)]
     pub history_samples: usize,
 
+    /// Labels (80 templates each) of the set the `history` section loads with a cold and a
+    /// warm embedding cache.
+    #[arg(long, default_value_t = 1_000)]
+    pub label_cache_labels: usize,
+
     /// Also write the figures as JSON to this file.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,

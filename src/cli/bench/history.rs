@@ -441,6 +441,7 @@ pub(super) fn section(args: &BenchArgs) -> anyhow::Result<Value> {
         beside / alone
     );
     let search = search_figures(&model, args.history_samples)?;
+    let label_cache = label_cache_figures(args)?;
     Ok(json!({
         "int8_cosine_error_mean": int8.0,
         "int8_cosine_error_max": int8.1,
@@ -456,5 +457,73 @@ pub(super) fn section(args: &BenchArgs) -> anyhow::Result<Value> {
         "ingest_beside_inference_samples_per_s": stored_rate,
         "ingest_beside_inference_dropped": dropped,
         "search": search,
+        "label_cache": label_cache,
+    }))
+}
+
+/// Wall time of `clipfilterd classify` with a label set of `--label-cache-labels` labels x 80
+/// templates, in a fresh process each time (as a restarted daemon or another command would load
+/// it): with an empty on-disk embedding cache, then twice with the cache it filled (best of the
+/// two), and with a one-label set (what loading the model and classifying cost alone).
+fn label_cache_figures(args: &BenchArgs) -> anyhow::Result<Value> {
+    let n = args.label_cache_labels;
+    let dir = BenchDir::new()?;
+    let labels = dir.path().join("labels.toml");
+    let one = dir.path().join("one.toml");
+    let mut text = String::from("templates = \"imagenet80\"\n");
+    for i in 0..n {
+        text.push_str(&format!(
+            "\n[[label]]\nname = \"thing{i}\"\nprompts = [\"thing number {i}\"]\n"
+        ));
+    }
+    std::fs::write(&labels, text).with_context(|| format!("writing {}", labels.display()))?;
+    std::fs::write(
+        &one,
+        "templates = \"imagenet80\"\n\n[[label]]\nname = \"thing\"\nprompts = [\"a thing\"]\n",
+    )
+    .with_context(|| format!("writing {}", one.display()))?;
+    let image = dir.path().join("frame.png");
+    image::RgbImage::from_pixel(64, 64, image::Rgb([200, 30, 30]))
+        .save(&image)
+        .with_context(|| format!("writing {}", image.display()))?;
+    let cache = dir.path().join("cache");
+    let exe = std::env::current_exe().context("finding clipfilterd")?;
+    let run = |set: &Path| -> anyhow::Result<f64> {
+        let start = Instant::now();
+        let out = Command::new(&exe)
+            .arg("classify")
+            .arg("-m")
+            .arg(&args.model.model)
+            .arg("--variant")
+            .arg(args.model.variant.to_string())
+            .arg("--labels")
+            .arg(set)
+            .arg("--image")
+            .arg(&image)
+            .env(clipfilter::encoder::cache::CACHE_ENV, &cache)
+            .output()
+            .context("running clipfilterd classify")?;
+        if !out.status.success() {
+            bail!(
+                "clipfilterd classify failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(start.elapsed().as_secs_f64())
+    };
+    println!("  label set of {n} labels x 80 templates, loaded by a fresh `clipfilterd classify`:");
+    let cold = run(&labels)?;
+    let warm = run(&labels)?.min(run(&labels)?);
+    let base = run(&one)?.min(run(&one)?);
+    println!(
+        "    empty embedding cache {cold:.2} s, filled cache {warm:.2} s (cold/warm {:.1}x); one label: {base:.2} s",
+        cold / warm
+    );
+    Ok(json!({
+        "labels": n,
+        "templates": 80,
+        "cold_s": cold,
+        "warm_s": warm,
+        "one_label_s": base,
     }))
 }
