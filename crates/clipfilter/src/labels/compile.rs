@@ -48,8 +48,9 @@ pub struct CompiledLabel {
     /// label (the [`crate::matcher::Matcher`]'s baseline), besides `threshold`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_zscore: Option<f32>,
-    /// Samples in that baseline.
-    #[serde(default)]
+    /// Samples in that baseline (0 without `min_zscore`; left out of the JSON then, so that
+    /// the versions of label sets without it stay what they were).
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub zscore_window: u32,
 }
 
@@ -66,6 +67,10 @@ impl CompiledLabel {
     }
 }
 
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
 /// Every label's rules, the caller's defaults filling what the set leaves open.
 fn resolve(set: &LabelSet, defaults: &LabelDefaults) -> Vec<CompiledLabel> {
     set.labels
@@ -80,7 +85,10 @@ fn resolve(set: &LabelSet, defaults: &LabelDefaults) -> Vec<CompiledLabel> {
             key: l.key(),
             regions: l.regions.clone(),
             min_zscore: l.min_zscore,
-            zscore_window: l.zscore_window.unwrap_or(limits::DEFAULT_ZSCORE_WINDOW),
+            zscore_window: match l.min_zscore {
+                Some(_) => l.zscore_window.unwrap_or(limits::DEFAULT_ZSCORE_WINDOW),
+                None => 0,
+            },
         })
         .collect()
 }

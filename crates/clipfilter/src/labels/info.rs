@@ -86,6 +86,12 @@ mod tests {
         let mut other = label.clone();
         other.enter = 2;
         assert_ne!(v, LabelSetInfo::version_of(100.0, &d, &[other]));
+        // A label without min_zscore serialises as before it existed: versions stay.
+        assert!(!serde_json::to_string(&label).unwrap().contains("zscore"));
+        let mut relative = label.clone();
+        relative.min_zscore = Some(3.0);
+        relative.zscore_window = 600;
+        assert_ne!(v, LabelSetInfo::version_of(100.0, &d, &[relative]));
         assert_ne!(
             v,
             LabelSetInfo::version_of(50.0, &d, std::slice::from_ref(&label))
