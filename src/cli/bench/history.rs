@@ -186,11 +186,12 @@ fn ingest(model: &ModelInfo, thumbnails: bool) -> anyhow::Result<(f64, f64)> {
     ))
 }
 
-/// Worker images/s alone and while a recorder is fed [`FEED_RATE`] samples/s with thumbnails;
-/// and the samples/s it stored meanwhile.
+/// Worker images/s alone and while a recorder is fed [`FEED_RATE`] samples/s (with 160x120
+/// thumbnails to encode, or without); and the samples/s it stored meanwhile.
 fn inference_beside_ingest(
     args: &BenchArgs,
     model: &ModelInfo,
+    thumbnails: bool,
 ) -> anyhow::Result<(f64, f64, f64, u64)> {
     let engine = Engine::load(&engine_config(&args.model, 8, args.model.variant))?;
     let mut worker = WorkerBench::new(&engine)?;
@@ -200,7 +201,7 @@ fn inference_beside_ingest(
     let slice = args.seconds / ROUNDS as f64;
     for round in 0..ROUNDS {
         alone.add(worker.measure(slice, true)?);
-        let rec = Arc::new(recorder(dir.path(), true, 4096)?);
+        let rec = Arc::new(recorder(dir.path(), thumbnails, 4096)?);
         rec.record(Record::Model(model.clone()));
         let stop = Arc::new(AtomicBool::new(false));
         let feeder = {
@@ -215,7 +216,7 @@ fn inference_beside_ingest(
                         let time = 1_700_000_000_000 + (round * 1_000_000 + i) as i64;
                         rec.sample(
                             sample(i % 4, i, time, vectors.next()),
-                            Some(raw_thumbnail(i)),
+                            thumbnails.then(|| raw_thumbnail(i)),
                         );
                         i += 1;
                     }
@@ -435,10 +436,16 @@ pub(super) fn section(args: &BenchArgs) -> anyhow::Result<Value> {
     println!(
         "  ingest through the recorder: {rate_plain:.0} samples/s without thumbnails ({bytes_plain:.0} bytes/sample), {rate_thumb:.0} samples/s with 160 px JPEG thumbnails ({bytes_thumb:.0} bytes/sample)"
     );
-    let (alone, beside, stored_rate, dropped) = inference_beside_ingest(args, &model)?;
+    let (alone, beside, stored_rate, dropped) = inference_beside_ingest(args, &model, true)?;
     println!(
         "  worker end to end: {alone:.1} img/s alone, {beside:.1} img/s while the recorder stores {stored_rate:.0} samples/s with thumbnails ({dropped} dropped): ratio {:.3}",
         beside / alone
+    );
+    let (alone_plain, beside_plain, stored_plain, dropped_plain) =
+        inference_beside_ingest(args, &model, false)?;
+    println!(
+        "  worker end to end: {alone_plain:.1} img/s alone, {beside_plain:.1} img/s while the recorder stores {stored_plain:.0} samples/s without thumbnails ({dropped_plain} dropped): ratio {:.3}",
+        beside_plain / alone_plain
     );
     let search = search_figures(&model, args.history_samples)?;
     let label_cache = label_cache_figures(args)?;
@@ -456,6 +463,13 @@ pub(super) fn section(args: &BenchArgs) -> anyhow::Result<Value> {
         "beside_over_alone": beside / alone,
         "ingest_beside_inference_samples_per_s": stored_rate,
         "ingest_beside_inference_dropped": dropped,
+        "without_thumbnails": {
+            "worker_images_per_s_alone": alone_plain,
+            "worker_images_per_s_beside_ingest": beside_plain,
+            "beside_over_alone": beside_plain / alone_plain,
+            "ingest_beside_inference_samples_per_s": stored_plain,
+            "ingest_beside_inference_dropped": dropped_plain,
+        },
         "search": search,
         "label_cache": label_cache,
     }))
@@ -470,7 +484,7 @@ fn label_cache_figures(args: &BenchArgs) -> anyhow::Result<Value> {
     let dir = BenchDir::new()?;
     let labels = dir.path().join("labels.toml");
     let one = dir.path().join("one.toml");
-    let mut text = String::from("templates = \"imagenet80\"\n");
+    let mut text = String::from("[defaults]\ntemplates = \"imagenet80\"\n");
     for i in 0..n {
         text.push_str(&format!(
             "\n[[label]]\nname = \"thing{i}\"\nprompts = [\"thing number {i}\"]\n"
@@ -479,7 +493,7 @@ fn label_cache_figures(args: &BenchArgs) -> anyhow::Result<Value> {
     std::fs::write(&labels, text).with_context(|| format!("writing {}", labels.display()))?;
     std::fs::write(
         &one,
-        "templates = \"imagenet80\"\n\n[[label]]\nname = \"thing\"\nprompts = [\"a thing\"]\n",
+        "[defaults]\ntemplates = \"imagenet80\"\n\n[[label]]\nname = \"thing\"\nprompts = [\"a thing\"]\n",
     )
     .with_context(|| format!("writing {}", one.display()))?;
     let image = dir.path().join("frame.png");
@@ -498,7 +512,6 @@ fn label_cache_figures(args: &BenchArgs) -> anyhow::Result<Value> {
             .arg(args.model.variant.to_string())
             .arg("--labels")
             .arg(set)
-            .arg("--image")
             .arg(&image)
             .env(clipfilter::encoder::cache::CACHE_ENV, &cache)
             .output()
