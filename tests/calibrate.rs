@@ -993,3 +993,80 @@ fn a_playing_element_picks_up_calibrate_write() {
     assert_eq!(matching, !matched_before, "after calibrate --write");
     p.set_state(gst::State::Null).unwrap();
 }
+
+/// A playing element reloads its labels when only a label's picture changes, or a picture is
+/// added to a pattern's folder (the label file itself untouched), and uses the new pictures.
+#[test]
+fn a_playing_element_reloads_when_a_labels_picture_changes() {
+    use crate::element::{MS, element_message, left, pipeline};
+    use gst::prelude::*;
+    use gstclipfilter::clipfilter::messages::Message;
+    let tmp = tempfile::tempdir().unwrap();
+    let pics = tmp.path().join("pics");
+    std::fs::create_dir_all(&pics).unwrap();
+    let picture = |path: &Path, rgb: [u8; 3]| {
+        image::RgbImage::from_pixel(32, 32, image::Rgb(rgb))
+            .save(path)
+            .unwrap();
+    };
+    picture(&pics.join("a.png"), [255, 0, 0]);
+    let labels = tmp.path().join("labels.toml");
+    std::fs::write(
+        &labels,
+        "[[label]]\nname = \"look\"\nimages = [\"pics/*.png\"]\nmin_cosine = 0.9\n",
+    )
+    .unwrap();
+    let before = std::fs::read(&labels).unwrap();
+    let p = pipeline(&format!(
+        "videotestsrc is-live=true pattern=solid-color foreground-color=0xffff0000 \
+         ! video/x-raw,format=RGB,width=64,height=64,framerate=10/1 \
+         ! clipfilter name=cf model={} labels={} interval={} ! fakesink",
+        util::oracle().display(),
+        labels.display(),
+        100 * MS
+    ));
+    let bus = p.bus().unwrap();
+    p.set_state(gst::State::Playing).unwrap();
+    let deadline = std::time::Instant::now() + util::PATIENCE;
+    // The next `look` transition (true: started) and whether a reload came before it.
+    let next_look = || {
+        let mut reloaded = false;
+        loop {
+            let msg = bus
+                .timed_pop(left(deadline))
+                .expect("the expected messages in time");
+            if let gst::MessageView::Error(e) = msg.view() {
+                panic!("pipeline error: {}", e.error());
+            }
+            match element_message(&msg) {
+                Some(Message::Match(m)) if m.label == "look" => {
+                    return (
+                        m.transition == clipfilter::matcher::Transition::Start,
+                        reloaded,
+                    );
+                }
+                Some(Message::LabelsReloaded(r)) => {
+                    assert_eq!(r.path, labels);
+                    reloaded = true;
+                }
+                _ => {}
+            }
+        }
+    };
+    // A red picture on red frames: matches.
+    assert_eq!(next_look(), (true, false));
+    // The picture becomes green: the element reloads and the label stops matching.
+    picture(&pics.join("a.png"), [0, 255, 0]);
+    assert_eq!(next_look(), (false, true));
+    // A red picture added beside it: the label is the mean of red and green (cosine 0.71 < 0.9
+    // still), so swap the green one for a second red one: matching again after a reload.
+    picture(&pics.join("b.png"), [255, 0, 0]);
+    std::fs::remove_file(pics.join("a.png")).unwrap();
+    assert_eq!(next_look(), (true, true));
+    assert_eq!(
+        std::fs::read(&labels).unwrap(),
+        before,
+        "the label file was not touched"
+    );
+    p.set_state(gst::State::Null).unwrap();
+}

@@ -6,6 +6,7 @@ use super::{Action, Label, LabelSet, LabelSetInfo, Threshold};
 use crate::error::{Error, Result};
 use crate::limits;
 use crate::probe::{Probe, ProbeModel};
+use crate::watch::Watch;
 use crate::zeroshot::{ClassEmbeddings, Scores, ensemble, softmax_into};
 
 /// What labels that do not set their own rules get (the element's properties).
@@ -248,6 +249,45 @@ impl LabelSet {
                 )
             })?;
         Ok(Some((probe, class)))
+    }
+
+    /// The other files the set's scores come from, to watch beside the label file: each
+    /// probe, and the folders of each picture pattern (its literal folder and those of the
+    /// pictures it matches now).
+    pub fn dependencies(&self) -> Vec<Watch> {
+        let mut out = Vec::new();
+        for l in &self.labels {
+            if let Some(p) = &l.probe {
+                out.push(Watch::File(p.clone()));
+            }
+            for pattern in &l.images {
+                let literal: PathBuf = Path::new(pattern)
+                    .components()
+                    .take_while(|c| {
+                        !c.as_os_str()
+                            .to_string_lossy()
+                            .contains(['*', '?', '[', '{'])
+                    })
+                    .collect();
+                if let Some(dir) = if Path::new(pattern) == literal {
+                    literal.parent().map(Path::to_path_buf)
+                } else {
+                    Some(literal)
+                } {
+                    out.push(Watch::Folder(dir));
+                }
+                if let Ok(paths) = glob::glob(pattern) {
+                    out.extend(
+                        paths
+                            .flatten()
+                            .filter_map(|p| p.parent().map(|d| Watch::Folder(d.to_path_buf()))),
+                    );
+                }
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
     }
 
     /// Checks every label's probe (and, with `model`, that it belongs to that model) and that

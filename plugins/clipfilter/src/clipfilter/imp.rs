@@ -397,7 +397,7 @@ impl ClipFilter {
         let stream = engine.stream(StreamOptions::live());
         let (reload_tx, reloads) = crossbeam_channel::unbounded();
         let watcher = match &settings.labels {
-            Some(path) => Some(self.watch_labels(path, &engine, reload_tx)?),
+            Some(path) => Some(self.watch_labels(path, &set, &engine, reload_tx)?),
             None => None,
         };
         *lock(&self.counters.providers) = Some(engine.providers());
@@ -453,19 +453,21 @@ impl ClipFilter {
         })
     }
 
-    /// Watches the labels file; each change is parsed and compiled on the watcher's thread and
-    /// handed to the streaming thread, or reported as a warning.
+    /// Watches the labels file and the files its scores come from (`set`'s probes and
+    /// pictures); each change is parsed and compiled on the watcher's thread and handed to the
+    /// streaming thread, or reported as a warning.
     fn watch_labels(
         &self,
         path: &std::path::Path,
+        set: &LabelSet,
         engine: &Arc<Engine>,
         reloads: Sender<Reload>,
     ) -> Result<FileWatcher> {
         let weak = self.obj().downgrade();
         let engine = engine.clone();
         let file = path.to_path_buf();
-        FileWatcher::start(path, RELOAD_DEBOUNCE, move || {
-            let Some(obj) = weak.upgrade() else { return };
+        FileWatcher::start_following(path, set.dependencies(), RELOAD_DEBOUNCE, move || {
+            let obj = weak.upgrade()?;
             let imp = obj.imp();
             let settings = lock(&imp.settings).clone();
             let compiled = settings.label_defaults().and_then(|d| {
@@ -477,7 +479,9 @@ impl ClipFilter {
             match compiled {
                 Ok(reload) => {
                     gst::info!(CAT, imp = imp, "reloaded {}", file.display());
+                    let follow = reload.set.dependencies();
                     let _ = reloads.send(reload);
+                    Some(follow)
                 }
                 Err(e) => {
                     gst::warning!(CAT, imp = imp, "labels not reloaded: {e}");
@@ -486,6 +490,7 @@ impl ClipFilter {
                         gst::ResourceError::Read,
                         ("labels not reloaded, the previous set stays in use: {}", e)
                     );
+                    None
                 }
             }
         })
