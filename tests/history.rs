@@ -875,3 +875,477 @@ fn text_embeddings_are_cached_on_disk_across_encoders() {
     assert_eq!(rows, 600);
     let _ = Window::default();
 }
+
+/// `calibrate --from-reviews`: review marks posted to the running daemon (POST /api/review) on
+/// the samples of the recorded clips, by what the clip showed at each sample's stream time; the
+/// thresholds come from the marks' stored embeddings, scored as the live matcher scores them,
+/// and --write rewrites the label file. Bad input: no history, no marks in the window, too few
+/// marks for the precision, another model, marks of a label the file lacks.
+#[test]
+fn calibrate_from_review_marks() {
+    let r = record();
+    let history_dir = r.state.join("history");
+    // What each clip shows at a stream time (s); None within 0.15 s of a change.
+    let shown = |pipeline: &str, t: f64| -> Option<&'static str> {
+        let plan: &[(f64, &str)] = if pipeline == "cam-a" {
+            &[
+                (0.0, "red"),
+                (2.0, "green"),
+                (4.0, "blue"),
+                (6.0, "red"),
+                (8.0, "white"),
+            ]
+        } else {
+            &[(0.0, "green"), (3.0, "red")]
+        };
+        if plan.iter().skip(1).any(|(at, _)| (t - at).abs() < 0.15) {
+            return None;
+        }
+        plan.iter().rev().find(|(at, _)| t >= *at).map(|(_, c)| *c)
+    };
+    let history = History::open(&history_dir).unwrap();
+    let mut marked = 0;
+    let mut positives = [0usize; 2];
+    for id in 1..400 {
+        let Some(s) = history.sample(id).unwrap() else {
+            continue;
+        };
+        let Some(colour) = shown(&s.pipeline, s.stream_time.unwrap() as f64 / 1e9) else {
+            continue;
+        };
+        for (k, label) in ["red", "green"].into_iter().enumerate() {
+            // All four verdicts: positives are true positives (cam-a) or false negatives
+            // (cam-b), negatives false positives (the other label's colour) or true negatives.
+            let verdict = match (colour == label, s.pipeline.as_str()) {
+                (true, "cam-a") => "true_positive",
+                (true, _) => "false_negative",
+                (false, _) if colour == "red" || colour == "green" => "false_positive",
+                (false, _) => "true_negative",
+            };
+            positives[k] += usize::from(colour == label);
+            let body = serde_json::json!({"sample": id, "label": label, "verdict": verdict});
+            let (status, mark) = http(
+                r.port,
+                "POST",
+                "/api/review",
+                Some(body.to_string().as_bytes()),
+            );
+            assert_eq!(status, 201, "{mark}");
+            marked += 1;
+        }
+    }
+    assert!(positives.iter().all(|n| *n >= 10), "{positives:?}");
+    let after_marks = jiff::Timestamp::now().to_string();
+
+    let dir = tempfile::tempdir().unwrap();
+    let labels = dir.path().join("calibrated.toml");
+    let original = "# thresholds to calibrate\n[[label]]\nname = \"red\"\nmin_cosine = 0.2   # raw cosine\n\n[[label]]\nname = \"green\"\nmin_probability = 0.3\n\n[[label]]\nname = \"blue\"\nnegative = true\n";
+    std::fs::write(&labels, original).unwrap();
+    let oracle = oracle();
+    let calibrate = |extra: &[&str]| {
+        let mut args = vec![
+            "calibrate",
+            "-m",
+            oracle.to_str().unwrap(),
+            "--labels",
+            labels.to_str().unwrap(),
+            "--from-reviews",
+            "--history",
+            history_dir.to_str().unwrap(),
+            "--no-plots",
+        ];
+        args.extend_from_slice(extra);
+        cli(&args)
+    };
+    let out = calibrate(&["--precision", "0.9", "--write", "--json"]);
+    let report = stdout_json(&out);
+    assert_eq!(report["reviews"]["used"], marked, "{report:#}");
+    assert_eq!(report["written"], true, "{report:#}");
+    let rows = report["labels"].as_array().unwrap();
+    assert_eq!(
+        rows.len(),
+        2,
+        "the negative label is not calibrated: {report:#}"
+    );
+    for (row, kind, n) in [
+        (&rows[0], "cosine", positives[0]),
+        (&rows[1], "probability", positives[1]),
+    ] {
+        assert_eq!(row["score"], kind, "{row}");
+        assert_eq!(row["positives"], n, "{row}");
+        assert!(row["precision"].as_f64().unwrap() >= 0.9, "{row}");
+        assert!(
+            row["recall"].as_f64().unwrap() > 0.9,
+            "the oracle separates colours: {row}"
+        );
+    }
+    let written = std::fs::read_to_string(&labels).unwrap();
+    let numbers_out = |t: &str| -> String {
+        t.chars()
+            .map(|c| {
+                if c.is_ascii_digit() || c == '.' {
+                    '#'
+                } else {
+                    c
+                }
+            })
+            .collect::<String>()
+            .split('#')
+            .collect()
+    };
+    assert_eq!(
+        numbers_out(&written),
+        numbers_out(original),
+        "only the numbers change:\n{written}"
+    );
+    let parsed: toml::Table = written.parse().unwrap();
+    let value = |i: usize, key: &str| parsed["label"][i][key].as_float().unwrap();
+    for (i, key, before) in [(0, "min_cosine", 0.2), (1, "min_probability", 0.3)] {
+        let after = rows[i]["after"].as_f64().unwrap();
+        assert!(
+            (value(i, key) - after).abs() < 1e-6,
+            "{written}\n{report:#}"
+        );
+        assert!((after - before).abs() > 1e-3, "{report:#}");
+    }
+    // The table names the marks it used.
+    let out = calibrate(&[]);
+    let (stdout, _) = crate::util::text(&out);
+    assert!(
+        stdout.contains(&format!("reviews: {marked} of {marked} marks")),
+        "{stdout}"
+    );
+
+    let fails = |out: Output, want: &str| {
+        let (stdout, stderr) = crate::util::text(&out);
+        assert_eq!(out.status.code(), Some(2), "{stdout}\n{stderr}");
+        assert!(stderr.contains(want), "want `{want}`:\n{stderr}");
+    };
+    // Too few marks for precision 0.99 (100 positives): each label fails, same rule as examples.
+    fails(calibrate(&["--precision", "0.99"]), "too few examples");
+    fails(
+        calibrate(&["--since", &after_marks]),
+        &format!("no review marks since {after_marks}"),
+    );
+    fails(
+        cli(&[
+            "calibrate",
+            "-m",
+            model("digits").to_str().unwrap(),
+            "--labels",
+            labels.to_str().unwrap(),
+            "--from-reviews",
+            "--history",
+            history_dir.to_str().unwrap(),
+        ]),
+        "embedded by another model",
+    );
+    fails(
+        cli(&[
+            "calibrate",
+            "-m",
+            oracle.to_str().unwrap(),
+            "--labels",
+            labels.to_str().unwrap(),
+            "--from-reviews",
+            "--history",
+            dir.path().join("none").to_str().unwrap(),
+        ]),
+        "no sample history here",
+    );
+    let body = serde_json::json!({"sample": 1, "label": "yellow", "verdict": "true_positive"});
+    let (status, _) = http(
+        r.port,
+        "POST",
+        "/api/review",
+        Some(body.to_string().as_bytes()),
+    );
+    assert_eq!(status, 201);
+    fails(calibrate(&[]), "label `yellow` is not in");
+    assert!(r.daemon.stop());
+}
+
+/// `calibrate --from-reviews` on the digits model, whose scores overlap: its training pictures
+/// played as a lossless video (RGB in Matroska, one picture per 250 ms sample) by a real daemon,
+/// each sample marked over HTTP as its picture's folder says (true_positive for its digit,
+/// true_negative for the others). Calibrating on those marks gives what calibrating on the
+/// pictures themselves gives: the same examples per label, thresholds within 0.01, both at the
+/// asked precision.
+#[test]
+fn calibrate_from_reviews_of_the_digits_agrees_with_calibrate_on_their_pictures() {
+    let dir = tempfile::tempdir().unwrap();
+    let digits = model("digits");
+    let train = digits.join("examples").join("train");
+    let frames = dir.path().join("frames");
+    std::fs::create_dir(&frames).unwrap();
+    // A lead-in frame first: the first frame of a stream is not always sampled.
+    std::fs::copy(
+        train.join("none").join("000-zero.png"),
+        frames.join("0000.png"),
+    )
+    .unwrap();
+    let mut shown: Vec<&str> = vec!["lead-in"];
+    for folder in ["three", "seven", "eight", "none"] {
+        let mut pictures: Vec<PathBuf> = std::fs::read_dir(train.join(folder))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        pictures.sort();
+        for p in pictures {
+            std::fs::copy(&p, frames.join(format!("{:04}.png", shown.len()))).unwrap();
+            shown.push(folder);
+        }
+    }
+    let video = dir.path().join("digits.mkv");
+    crate::util::daemon::run_to_eos(
+        &format!(
+            "imagesequencesrc location={}/%04d.png start-index=0 stop-index={} framerate=4/1 ! pngdec ! videoconvert ! video/x-raw,format=RGB ! matroskamux ! filesink location={}",
+            frames.display(),
+            shown.len() - 1,
+            video.display()
+        ),
+        &video,
+    );
+    let labels = dir.path().join("labels.toml");
+    std::fs::copy(digits.join("labels.toml"), &labels).unwrap();
+    let state = dir.path().join("state");
+    let port = free_port();
+    let text = config_head(&state, port).replace(
+        &format!("path = \"{}\"", oracle().display()),
+        &format!("path = \"{}\"", digits.display()),
+    ) + &format!(
+        "\n[[pipeline]]\nname = \"digits\"\nsource = \"{}\"\ninterval = \"250ms\"\nlabels = \"{}\"\nsnapshots = false\n",
+        video.display(),
+        labels.display()
+    );
+    assert!(text.contains(&digits.display().to_string()), "{text}");
+    let config = dir.path().join("clipfilterd.toml");
+    std::fs::write(&config, text).unwrap();
+    let daemon = Daemon::start(&config, Some(port));
+    daemon.wait_pipeline("digits", "finished", |p| p["finished"] == true);
+    std::thread::sleep(Duration::from_millis(800));
+
+    let history_dir = state.join("history");
+    let history = History::open(&history_dir).unwrap();
+    let mut sampled = vec![0; shown.len()];
+    for id in 1..1000 {
+        let Some(s) = history.sample(id).unwrap() else {
+            continue;
+        };
+        let i = (s.stream_time.unwrap() as f64 / 0.25e9).round() as usize;
+        sampled[i] += 1;
+        if i == 0 {
+            continue;
+        }
+        for label in ["three", "seven", "eight"] {
+            let verdict = if shown[i] == label {
+                "true_positive"
+            } else {
+                "true_negative"
+            };
+            let body = serde_json::json!({"sample": id, "label": label, "verdict": verdict});
+            let (status, mark) = http(
+                port,
+                "POST",
+                "/api/review",
+                Some(body.to_string().as_bytes()),
+            );
+            assert_eq!(status, 201, "{mark}");
+        }
+    }
+    assert!(
+        sampled[1..].iter().all(|n| *n == 1),
+        "one sample per picture: {sampled:?}"
+    );
+    assert!(daemon.stop());
+
+    let calibrate = |source: &[&str]| {
+        let mut args = vec![
+            "calibrate",
+            "-m",
+            digits.to_str().unwrap(),
+            "--labels",
+            labels.to_str().unwrap(),
+            "--precision",
+            "0.9",
+            "--no-plots",
+            "--json",
+        ];
+        args.extend_from_slice(source);
+        stdout_json(&cli(&args))
+    };
+    let reviews = calibrate(&["--from-reviews", "--history", history_dir.to_str().unwrap()]);
+    let pictures = calibrate(&["--examples", train.to_str().unwrap()]);
+    let (r, p) = (
+        reviews["labels"].as_array().unwrap(),
+        pictures["labels"].as_array().unwrap(),
+    );
+    assert_eq!(r.len(), 3);
+    for (r, p) in r.iter().zip(p) {
+        assert_eq!(r["label"], p["label"]);
+        assert_eq!(
+            (&r["positives"], &r["negatives"]),
+            (&p["positives"], &p["negatives"]),
+            "{r}\n{p}"
+        );
+        assert_eq!(r["before"], p["before"]);
+        let (a, b) = (r["after"].as_f64().unwrap(), p["after"].as_f64().unwrap());
+        // Measured: 0.4823/0.4804, 0.2939/0.2933, 0.6392/0.6391 (the stored embeddings are int8).
+        assert!(
+            (a - b).abs() <= 0.01,
+            "{}: {a} from reviews, {b} from pictures",
+            r["label"]
+        );
+        assert!(r["precision"].as_f64().unwrap() >= 0.9, "{r}");
+        assert!(
+            (r["recall"].as_f64().unwrap() - p["recall"].as_f64().unwrap()).abs() <= 0.1,
+            "{r}\n{p}"
+        );
+    }
+}
+
+/// A `videotestsrc` pattern of one solid colour, red at `level` (0..255): a scene's brightness.
+fn dim_red(level: u32) -> String {
+    format!(
+        "solid-color foreground-color={}",
+        0xff00_0000u32 | (level << 16)
+    )
+}
+
+/// `min_zscore`: two cameras whose scenes differ (a dim and a bright red background), the same
+/// event on both (the red brightening by a tenth for one second at 6 s), one label set. The
+/// label fires on each camera's event and never on its background, where no fixed `min_cosine`
+/// can do both (the bright background scores above the dim camera's event). The baselines live
+/// in the engine's matcher: a backtest of the same set replays the same episodes; they are
+/// saved under state_dir and outlive a `kill -9` and a restart.
+#[test]
+fn min_zscore_fires_on_each_cameras_event_where_no_fixed_cosine_can() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    // 10 fps: background 0-6 s, the event 6-7 s, background 7-9 s.
+    let scenes = [("dim", 128, 153), ("bright", 158, 179)];
+    let port = free_port();
+    let mut text = config_head(&state, port);
+    let labels = dir.path().join("labels.toml");
+    std::fs::write(
+        &labels,
+        "[[label]]\nname = \"red\"\nmin_zscore = 3.0\nzscore_window = 20\n",
+    )
+    .unwrap();
+    for (name, background, event) in scenes {
+        let clip = dir.path().join(format!("{name}.mp4"));
+        make_clip(
+            &clip,
+            &[
+                (dim_red(background).as_str(), 60),
+                (dim_red(event).as_str(), 10),
+                (dim_red(background).as_str(), 20),
+            ],
+        );
+        text.push_str(&format!(
+            "\n[[pipeline]]\nname = \"{name}\"\nsource = \"{}\"\ninterval = \"250ms\"\nlabels = \"{}\"\nsnapshots = false\n",
+            clip.display(),
+            labels.display()
+        ));
+    }
+    let config = dir.path().join("clipfilterd.toml");
+    std::fs::write(&config, &text).unwrap();
+    let out = cli(&["check", config.to_str().unwrap()]);
+    assert!(out.status.success(), "{:?}", crate::util::text(&out));
+
+    let starts = |daemon: &Daemon, pipeline: &str| -> Vec<Value> {
+        daemon
+            .events()
+            .into_iter()
+            .filter(|e| e["pipeline"] == pipeline && e["state"] == "start")
+            .collect()
+    };
+    let daemon = Daemon::start(&config, Some(port));
+    for (name, _, _) in scenes {
+        daemon.wait_pipeline(name, "finished", |p| p["finished"] == true);
+    }
+    let mut event_cosine = std::collections::HashMap::new();
+    for (name, _, _) in scenes {
+        let s = starts(&daemon, name);
+        assert_eq!(s.len(), 1, "{name}: one episode, at the event: {s:#?}");
+        let t = s[0]["stream_time"].as_f64().unwrap();
+        assert!((6.0..7.0).contains(&t), "{name}: started at {t} s: {s:#?}");
+        event_cosine.insert(name, s[0]["score"].as_f64().unwrap());
+    }
+    // The first samples could not match: the log says so, per pipeline.
+    let warming = daemon.logs(|m| m.contains("no match until the baseline is full"));
+    assert_eq!(warming.len(), 2, "{warming:#?}");
+    // Saved at the end of each file: a kill -9 keeps them (after the history's last write,
+    // at least every 250 ms).
+    std::thread::sleep(Duration::from_millis(800));
+    daemon.signal("KILL");
+    drop(daemon);
+    for (name, _, _) in scenes {
+        let saved = crate::util::json(&state.join("baselines").join(format!("{name}.json")));
+        let scores = saved["baselines"][0]["scores"].as_array().unwrap();
+        assert_eq!(scores.len(), 20, "{name}: {saved}");
+    }
+
+    // The same set replayed over the history: the engine's matcher, the same episodes.
+    let backtest = |set: &Path| {
+        stdout_json(&cli(&[
+            "backtest",
+            "--labels",
+            set.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--json",
+        ]))
+    };
+    let replayed = backtest(&labels);
+    assert_eq!(replayed["summary"]["same"], 2, "{replayed:#}");
+    for d in ["changed", "added", "removed"] {
+        assert_eq!(replayed["summary"][d], 0, "{replayed:#}");
+    }
+    // A fixed cosine low enough for the dim camera's event fires on the bright background from
+    // its first sample: no one min_cosine does both.
+    let fixed = dir.path().join("fixed.toml");
+    let dim_event = event_cosine["dim"];
+    std::fs::write(
+        &fixed,
+        format!(
+            "[[label]]\nname = \"red\"\nmin_cosine = {}\n",
+            dim_event - 1e-3
+        ),
+    )
+    .unwrap();
+    let with_fixed = backtest(&fixed);
+    let episodes = with_fixed["episodes"].as_array().unwrap();
+    let bright: Vec<&Value> = episodes
+        .iter()
+        .filter(|e| e["pipeline"] == "bright")
+        .collect();
+    assert!(
+        bright
+            .iter()
+            .any(|e| e["start"]["stream_time"].as_f64().unwrap() < 1.0),
+        "the bright background passes a cosine of {dim_event}: {with_fixed:#}"
+    );
+    let background = bright[0]["start"]["score"].as_f64().unwrap();
+    assert!(
+        background > dim_event && background < event_cosine["bright"],
+        "bright background {background}, dim event {dim_event}, bright event {}",
+        event_cosine["bright"]
+    );
+
+    // A restart: the baselines are read back, so the label needs no new warm-up and still
+    // fires on each event.
+    let daemon = Daemon::start(&config, Some(port));
+    for (name, _, _) in scenes {
+        daemon.wait_pipeline(name, "finished", |p| p["finished"] == true);
+        let s = starts(&daemon, name);
+        assert_eq!(s.len(), 1, "{name}: {s:#?}");
+    }
+    assert!(
+        daemon
+            .logs(|m| m.contains("no match until the baseline is full"))
+            .is_empty(),
+        "restored baselines are full"
+    );
+    assert!(daemon.stop());
+}

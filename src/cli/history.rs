@@ -43,6 +43,19 @@ pub struct Opened {
 impl HistoryArgs {
     /// Opens the history and loads the model (the configuration's, else the one recorded).
     pub fn open(&self) -> anyhow::Result<Opened> {
+        let (history, configured) = self.open_history()?;
+        let engine_config = match configured {
+            Some(c) => c,
+            None => recorded_model(&history)?,
+        };
+        let engine = Engine::load(&engine_config)
+            .with_context(|| format!("loading the model {}", engine_config.model_dir.display()))?;
+        Ok(Opened { history, engine })
+    }
+
+    /// Opens the history, with the configuration's model when --config (or the default
+    /// configuration) says where it is.
+    pub fn open_history(&self) -> anyhow::Result<(History, Option<EngineConfig>)> {
         let config = match (&self.config, &self.state_dir, &self.history) {
             (Some(c), _, _) => Some(c.clone()),
             (None, None, None) => Some(PathBuf::from(DEFAULT_CONFIG_PATH)),
@@ -75,27 +88,7 @@ impl HistoryArgs {
                 None,
             ),
         };
-        let history = History::open(&dir)?;
-        let engine_config = match engine_config {
-            Some(c) => c,
-            None => {
-                let model = history.latest_model()?.ok_or_else(|| {
-                    Error::invalid(
-                        "history",
-                        format!("{}: no samples stored yet", dir.display()),
-                    )
-                })?;
-                let mut c = EngineConfig::new(&model.dir);
-                c.variant = model
-                    .variant
-                    .parse()
-                    .map_err(|e: clipfilter::Error| Error::from(e))?;
-                c
-            }
-        };
-        let engine = Engine::load(&engine_config)
-            .with_context(|| format!("loading the model {}", engine_config.model_dir.display()))?;
-        Ok(Opened { history, engine })
+        Ok((History::open(&dir)?, engine_config))
     }
 
     /// Where thumbnails are written.
@@ -107,6 +100,22 @@ impl HistoryArgs {
                 .join("thumbnails")
         })
     }
+}
+
+/// The model the newest samples of `history` were embedded with.
+pub fn recorded_model(history: &History) -> anyhow::Result<EngineConfig> {
+    let model = history.latest_model()?.ok_or_else(|| {
+        Error::invalid(
+            "history",
+            format!("{}: no samples stored yet", history.dir().display()),
+        )
+    })?;
+    let mut c = EngineConfig::new(&model.dir);
+    c.variant = model
+        .variant
+        .parse()
+        .map_err(|e: clipfilter::Error| Error::from(e))?;
+    Ok(c)
 }
 
 /// "12:00:03Z – 12:00:09Z (6.0 s)".

@@ -182,6 +182,8 @@ pub fn run(path: &Path) -> Result<()> {
         h.set_model(&engine);
         metrics.register_collector(h.collector());
     }
+    /// Where each pipeline's `min_zscore` baselines are kept (`<pipeline>.json`).
+    const BASELINES_DIR: &str = "baselines";
     let shared = Arc::new(Shared {
         events: events.clone(),
         snapshots: RwLock::new(Some(Arc::new(snapshots))),
@@ -189,6 +191,7 @@ pub fn run(path: &Path) -> Result<()> {
         restart: RwLock::new(config.restart),
         history,
         live: Live::new(),
+        baselines: config.state_dir.join(BASELINES_DIR),
     });
     let supervisor = Supervisor::new(shared);
     let view = Arc::new(View {

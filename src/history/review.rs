@@ -37,6 +37,12 @@ impl Verdict {
         }
     }
 
+    /// The label should fire on this sample (true positive, false negative): a positive example
+    /// of the label for calibration; else a negative one.
+    pub fn is_positive(self) -> bool {
+        matches!(self, Verdict::TruePositive | Verdict::FalseNegative)
+    }
+
     fn from_name(name: &str) -> Option<Verdict> {
         match name {
             "true_positive" => Some(Verdict::TruePositive),
@@ -227,4 +233,63 @@ pub fn list(history: &History, since_ms: Option<i64>) -> Result<Vec<Review>> {
         })
         .map_err(&err)?;
     rows.collect::<std::result::Result<_, _>>().map_err(&err)
+}
+
+/// The marks `calibrate --from-reviews` can use, and why the others cannot.
+#[derive(Debug, Clone, Default)]
+pub struct Usable {
+    /// The latest mark of each (sample or event, label), with an embedding of the model asked for.
+    pub marks: Vec<Review>,
+    /// Marks in the window, before anything was left out.
+    pub total: usize,
+    /// Earlier marks of the same sample and label that a later one replaced.
+    pub replaced: usize,
+    /// Marks without an embedding (an event whose start sample was never stored).
+    pub without_embedding: usize,
+    /// Marks of samples embedded by other models: their image-tower fingerprints, with counts.
+    pub other_models: Vec<(String, usize)>,
+}
+
+/// The marks made since `since_ms` whose embedding `model` (an image-tower fingerprint) made; of
+/// several marks of the same sample (or event) and label, the latest counts (a person changed
+/// their mind).
+pub fn usable(history: &History, since_ms: Option<i64>, model: &str) -> Result<Usable> {
+    let all = list(history, since_ms)?;
+    let mut out = Usable {
+        total: all.len(),
+        ..Usable::default()
+    };
+    let mut latest: std::collections::HashMap<(Option<i64>, Option<String>, String), usize> =
+        std::collections::HashMap::new();
+    let mut kept: Vec<Option<Review>> = Vec::new();
+    for r in all {
+        match (&r.model, &r.embedding) {
+            (Some(m), Some(_)) if m == model => {}
+            (Some(m), Some(_)) => {
+                match out.other_models.iter_mut().find(|(f, _)| f == m) {
+                    Some((_, n)) => *n += 1,
+                    None => out.other_models.push((m.clone(), 1)),
+                }
+                continue;
+            }
+            _ => {
+                out.without_embedding += 1;
+                continue;
+            }
+        }
+        // A mark of an event is a mark of its start sample.
+        let key = (
+            r.sample,
+            r.sample.is_none().then(|| r.event.clone()).flatten(),
+            r.label.clone(),
+        );
+        if let Some(&i) = latest.get(&key) {
+            kept[i] = None;
+            out.replaced += 1;
+        }
+        latest.insert(key, kept.len());
+        kept.push(Some(r));
+    }
+    out.marks = kept.into_iter().flatten().collect();
+    Ok(out)
 }

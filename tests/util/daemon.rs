@@ -413,8 +413,14 @@ pub fn make_clip(path: &Path, parts: &[(&str, u32)]) {
             " videotestsrc pattern={pattern} num-buffers={frames} ! video/x-raw,format=I420,width=64,height=64,framerate=10/1 ! c."
         ));
     }
+    run_to_eos(&description, path);
+}
+
+/// Runs a gst-launch `description` that makes `path` until its end of stream.
+pub fn run_to_eos(description: &str, path: &Path) {
+    gst::init().unwrap();
     use gst::prelude::*;
-    let pipeline = gst::parse::launch(&description).unwrap();
+    let pipeline = gst::parse::launch(description).unwrap();
     pipeline.set_state(gst::State::Playing).unwrap();
     let bus = pipeline.bus().unwrap();
     for msg in bus.iter_timed(gst::ClockTime::from_seconds(60)) {

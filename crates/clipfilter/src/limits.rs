@@ -25,6 +25,16 @@ pub const SCENE_GATE: RangeInclusive<f64> = 0.0..=255.0;
 /// Precision a calibration may ask for (`calibrate --precision`): above 0.99 it would need more
 /// than 100 positive examples (see `calibrate::Target::positives_needed`).
 pub const CALIBRATION_PRECISION: RangeInclusive<f32> = 0.5..=0.99;
+/// A label's `min_zscore`: standard deviations above its pipeline's recent scores (above 0).
+pub const MIN_ZSCORE: RangeInclusive<f32> = 0.0..=1000.0;
+/// A label's `zscore_window`: the recent samples its baseline holds (and needs before it
+/// matches).
+pub const ZSCORE_WINDOW: RangeInclusive<u32> = 10..=10_000;
+/// Default `zscore_window`: 10 minutes at one sample per second.
+pub const DEFAULT_ZSCORE_WINDOW: u32 = 600;
+/// The smallest standard deviation a baseline divides by: a still scene's scores barely move,
+/// and without a floor the encoder's noise alone would be many deviations away.
+pub const ZSCORE_MIN_STD: f32 = 0.01;
 /// Fewest positive examples of a label that calibration takes.
 pub const MIN_CALIBRATION_POSITIVES: usize = 10;
 /// Fewest negative examples (every other folder) that calibration takes.

@@ -1,8 +1,10 @@
-//! `clipfilterd calibrate`: thresholds from example pictures.
+//! `clipfilterd calibrate`: thresholds from example pictures and from review marks in the
+//! sample history.
 //!
 //! The engine does the work (`clipfilter::calibrate`: the label set's live scoring on every
-//! example, PR curves, the threshold choice; `clipfilter::labels::edit`: rewriting the file);
-//! this module reads the arguments, shows progress, prints the table, draws the plots.
+//! example and reviewed embedding, PR curves, the threshold choice; `clipfilter::labels::edit`:
+//! rewriting the file); this module reads the arguments, shows progress, prints the table,
+//! draws the plots.
 
 mod plot;
 
@@ -13,15 +15,18 @@ use anyhow::Context;
 use clap::Args;
 use serde::Serialize;
 
+use super::history::HistoryArgs;
 use super::{ModelArgs, Outcome};
 use crate::error::Error;
-use clipfilter::calibrate::{self, Examples, PrPoint, Target, examples::NONE};
+use crate::history::{History, review};
+use clipfilter::calibrate::{self, Examples, LabelScores, Marked, PrPoint, Target, examples::NONE};
 use clipfilter::engine::Engine;
 use clipfilter::labels::{LabelDefaults, LabelSet, Threshold, edit};
 
 /// Arguments of `calibrate`.
 #[derive(Debug, Args)]
 pub struct CalibrateArgs {
+    /// The model (with --from-reviews, the one that embedded the reviewed samples).
     #[command(flatten)]
     pub model: ModelArgs,
 
@@ -31,8 +36,21 @@ pub struct CalibrateArgs {
 
     /// Folder of example pictures: one folder per label (pictures where it should fire) and
     /// none/ (pictures where no label should fire).
-    #[arg(long, value_name = "DIR")]
-    pub examples: PathBuf,
+    #[arg(long, value_name = "DIR", required_unless_present = "from_reviews")]
+    pub examples: Option<PathBuf>,
+
+    /// Calibrate on the review marks of the sample history (POST /api/review): a label's
+    /// positives are the samples marked true_positive or false_negative for it, its negatives
+    /// those marked false_positive or true_negative. With --examples, both count.
+    #[arg(long)]
+    pub from_reviews: bool,
+
+    /// Only marks made since then: an age ("30d") or a time.
+    #[arg(long, value_name = "WHEN", requires = "from_reviews")]
+    pub since: Option<String>,
+
+    #[command(flatten)]
+    pub history: HistoryArgs,
 
     /// Choose, per label, the threshold with the most recall at this precision or more.
     #[arg(
@@ -88,11 +106,29 @@ pub struct LabelReport {
     pub plot: Option<PathBuf>,
 }
 
+/// What the review marks gave (`--from-reviews`).
+#[derive(Debug, Serialize)]
+pub struct ReviewsUsed {
+    pub history: PathBuf,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    /// Marks in the window.
+    pub total: usize,
+    /// Marks used (the latest of each sample and label).
+    pub used: usize,
+    pub replaced: usize,
+    pub without_embedding: usize,
+    pub other_models: usize,
+}
+
 /// The whole result (`--json`).
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub labels_file: PathBuf,
-    pub examples: PathBuf,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub examples: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reviews: Option<ReviewsUsed>,
     pub target: String,
     pub written: bool,
     pub labels: Vec<LabelReport>,
@@ -142,6 +178,133 @@ fn check_folders(set: &LabelSet, examples: &Examples, labels_file: &Path) -> Res
     }
 }
 
+/// Checks that every reviewed label is a label of the set that can fire.
+fn check_review_labels(
+    set: &LabelSet,
+    marks: &[review::Review],
+    labels_file: &Path,
+    history: &Path,
+) -> Result<(), Error> {
+    let mut problems: Vec<String> = Vec::new();
+    for m in marks {
+        let problem = match set.labels.iter().find(|l| l.name == m.label) {
+            None => format!(
+                "label `{}` is not in {} (labels: {})",
+                m.label,
+                labels_file.display(),
+                set.labels
+                    .iter()
+                    .filter(|l| !l.negative)
+                    .map(|l| l.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Some(l) if l.negative => format!(
+                "label `{}` is a negative label of {}, which never fires",
+                m.label,
+                labels_file.display()
+            ),
+            Some(_) => continue,
+        };
+        if !problems.contains(&problem) {
+            problems.push(problem);
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            format!("reviews in {}", history.display()),
+            format!(
+                "{} (calibrate the label file the reviews were made with, or --since a later time)",
+                problems.join("; ")
+            ),
+        ))
+    }
+}
+
+/// The review marks to calibrate on: the history, the marks of the engine's model, what they give.
+fn read_reviews(
+    args: &CalibrateArgs,
+    history: &History,
+    engine: &Engine,
+    set: &LabelSet,
+) -> anyhow::Result<(Vec<review::Review>, ReviewsUsed)> {
+    let now = crate::history::record::now_ms();
+    let since_ms = crate::history::query::parse_when("since", args.since.as_deref(), now)?;
+    let model = engine.image_fingerprint()?;
+    let usable = review::usable(history, since_ms, &model)?;
+    let window = match &args.since {
+        Some(s) => format!(" since {s}"),
+        None => String::new(),
+    };
+    if usable.total == 0 {
+        return Err(Error::invalid(
+            "reviews",
+            format!(
+                "{}: no review marks{window} (mark samples or events with POST /api/review: {{\"sample\": ID, \"label\": ..., \"verdict\": \"true_positive\"}})",
+                history.dir().display()
+            ),
+        )
+        .into());
+    }
+    let other: usize = usable.other_models.iter().map(|(_, n)| n).sum();
+    if usable.marks.is_empty() {
+        let why = if other > 0 {
+            format!(
+                "{other} are of samples embedded by another model (image tower {}) than {} ({}): calibrate with that model (-m DIR), or review samples of this one",
+                usable
+                    .other_models
+                    .iter()
+                    .map(|(f, _)| short(f))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                engine.model().dir.display(),
+                short(&model)
+            )
+        } else {
+            "none has an embedding (marks of events whose sample was never stored)".to_string()
+        };
+        return Err(Error::invalid(
+            "reviews",
+            format!(
+                "{}: {} review marks{window}, none usable: {why}",
+                history.dir().display(),
+                usable.total
+            ),
+        )
+        .into());
+    }
+    if other > 0 {
+        eprintln!(
+            "warning: {other} review marks skipped: their samples were embedded by another model than {}",
+            engine.model().dir.display()
+        );
+    }
+    if usable.without_embedding > 0 {
+        eprintln!(
+            "warning: {} review marks skipped: no embedding (their sample was never stored)",
+            usable.without_embedding
+        );
+    }
+    check_review_labels(set, &usable.marks, &args.labels, history.dir())?;
+    let used = ReviewsUsed {
+        history: history.dir().to_path_buf(),
+        since: args.since.clone(),
+        total: usable.total,
+        used: usable.marks.len(),
+        replaced: usable.replaced,
+        without_embedding: usable.without_embedding,
+        other_models: other,
+    };
+    Ok((usable.marks, used))
+}
+
+/// The first 12 characters of a fingerprint.
+fn short(fingerprint: &str) -> &str {
+    fingerprint.get(..12).unwrap_or(fingerprint)
+}
+
 /// Runs `calibrate`.
 pub fn run(args: CalibrateArgs) -> anyhow::Result<Outcome> {
     let target = if args.max_f1 {
@@ -162,23 +325,60 @@ pub fn run(args: CalibrateArgs) -> anyhow::Result<Outcome> {
         Target::Precision(args.precision)
     };
     let set = LabelSet::from_file(&args.labels)?;
-    let examples = Examples::scan(&args.examples)?;
-    for s in &examples.skipped {
-        eprintln!("warning: skipping {}: not a picture", s.display());
-    }
-    check_folders(&set, &examples, &args.labels)?;
-
-    let engine = Engine::shared(&args.model.engine_config())?;
+    let examples = match &args.examples {
+        Some(dir) => {
+            let examples = Examples::scan(dir)?;
+            for s in &examples.skipped {
+                eprintln!("warning: skipping {}: not a picture", s.display());
+            }
+            check_folders(&set, &examples, &args.labels)?;
+            Some(examples)
+        }
+        None => None,
+    };
+    let history = if args.from_reviews {
+        Some(args.history.open_history()?.0)
+    } else {
+        None
+    };
+    let engine_config = args.model.engine_config();
+    let engine = Engine::shared(&engine_config)?;
+    let reviews = match &history {
+        Some(h) => Some(read_reviews(&args, h, &engine, &set)?),
+        None => None,
+    };
     let defaults = LabelDefaults::default();
     let compiled = engine
         .compile_labels(&set, &defaults)
         .context("embedding the labels")?;
-    let bar = super::progress_bar(examples.examples.len() as u64, "pictures");
-    let embeddings = calibrate::embed_examples(&engine, &examples.examples, |done| {
-        bar.set_position(done as u64)
-    })?;
-    bar.finish_and_clear();
-    let split = calibrate::split_scores(&compiled, &examples.examples, &embeddings)?;
+    let mut split = vec![LabelScores::default(); compiled.labels.len()];
+    if let Some(examples) = &examples {
+        let bar = super::progress_bar(examples.examples.len() as u64, "pictures");
+        let embeddings = calibrate::embed_examples(&engine, &examples.examples, |done| {
+            bar.set_position(done as u64)
+        })?;
+        bar.finish_and_clear();
+        split = calibrate::split_scores(&compiled, &examples.examples, &embeddings)?;
+    }
+    if let Some((marks, _)) = &reviews {
+        let marked: Vec<Marked<'_>> = marks
+            .iter()
+            .filter_map(|m| {
+                Some(Marked {
+                    label: &m.label,
+                    positive: m.verdict.is_positive(),
+                    embedding: m.embedding.as_deref()?,
+                })
+            })
+            .collect();
+        for (all, more) in split
+            .iter_mut()
+            .zip(calibrate::split_marked(&compiled, &marked)?)
+        {
+            all.positives.extend(more.positives);
+            all.negatives.extend(more.negatives);
+        }
+    }
 
     if !args.no_plots {
         std::fs::create_dir_all(&args.plots)
@@ -188,6 +388,13 @@ pub fn run(args: CalibrateArgs) -> anyhow::Result<Outcome> {
     let mut changes = Vec::new();
     for (i, label) in compiled.labels.iter().enumerate() {
         if label.negative {
+            continue;
+        }
+        if label.min_zscore.is_some() {
+            eprintln!(
+                "note: label `{}` is not calibrated: min_zscore is relative to each pipeline's recent scores, which examples do not have",
+                label.name
+            );
             continue;
         }
         let s = &split[i];
@@ -207,11 +414,21 @@ pub fn run(args: CalibrateArgs) -> anyhow::Result<Outcome> {
             plot: None,
         };
         let chosen = if s.positives.is_empty() {
-            r.error = Some(format!(
-                "no examples: add a folder {}/{}/ with pictures where it should fire",
-                examples.dir.display(),
-                label.name
-            ));
+            let mut ways = Vec::new();
+            if let Some(examples) = &examples {
+                ways.push(format!(
+                    "add a folder {}/{}/ with pictures where it should fire",
+                    examples.dir.display(),
+                    label.name
+                ));
+            }
+            if reviews.is_some() {
+                ways.push(
+                    "mark samples where it should fire true_positive or false_negative (POST /api/review)"
+                        .to_string(),
+                );
+            }
+            r.error = Some(format!("no positive examples: {}", ways.join(", or ")));
             None
         } else {
             match calibrate::choose(
@@ -269,6 +486,7 @@ pub fn run(args: CalibrateArgs) -> anyhow::Result<Outcome> {
     let report = Report {
         labels_file: args.labels.clone(),
         examples: args.examples.clone(),
+        reviews: reviews.map(|(_, used)| used),
         target: target.to_string(),
         written,
         labels: reports,
@@ -309,12 +527,19 @@ fn file_safe(name: &str) -> String {
 /// The table: label, score kind, threshold before -> after, precision and recall before and
 /// after, examples used.
 pub fn print_table(out: &mut impl Write, report: &Report) -> std::io::Result<()> {
-    writeln!(
-        out,
-        "target: {}  (examples: {})",
-        report.target,
-        report.examples.display()
-    )?;
+    let mut sources = Vec::new();
+    if let Some(e) = &report.examples {
+        sources.push(format!("examples: {}", e.display()));
+    }
+    if let Some(r) = &report.reviews {
+        sources.push(format!(
+            "reviews: {} of {} marks in {}",
+            r.used,
+            r.total,
+            r.history.display()
+        ));
+    }
+    writeln!(out, "target: {}  ({})", report.target, sources.join("; "))?;
     let width = report
         .labels
         .iter()

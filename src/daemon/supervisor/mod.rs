@@ -51,6 +51,8 @@ pub struct Shared {
     pub history: Option<Arc<HistoryService>>,
     /// The console's live feed.
     pub live: Arc<Live>,
+    /// The folder of each pipeline's `min_zscore` baselines (the element's `baseline-file`).
+    pub baselines: std::path::PathBuf,
 }
 
 /// A running pipeline's thread, and what it was started with.

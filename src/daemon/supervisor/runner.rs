@@ -184,6 +184,27 @@ impl Runner {
                 };
             }
         };
+        // Baselines survive restarts of the pipeline and of the daemon.
+        let file: String = self
+            .config
+            .name
+            .chars()
+            .map(|c| {
+                if c.is_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        built.filter.set_property(
+            gstclipfilter::clipfilter::properties::BASELINE_FILE,
+            self.shared
+                .baselines
+                .join(format!("{file}.json"))
+                .display()
+                .to_string(),
+        );
         let (tx, rx) = crossbeam_channel::unbounded();
         let Some(bus) = built.pipeline.bus() else {
             return AttemptEnd::Failed {

@@ -300,6 +300,38 @@ pub fn split_scores(
     Ok(out)
 }
 
+/// One marked embedding: a person said whether `label` should fire on it (review marks).
+#[derive(Debug, Clone, Copy)]
+pub struct Marked<'a> {
+    pub label: &'a str,
+    /// It should fire here (the label's positive), or it should not (its negative).
+    pub positive: bool,
+    /// The normalised image embedding.
+    pub embedding: &'a [f32],
+}
+
+/// Scores every marked embedding against the compiled labels (the live matcher's scoring, as
+/// [`split_scores`]) and adds the score of its label to that label's positives or negatives;
+/// other labels do not see it (a mark says nothing about them). A mark of a label the set does
+/// not have is ignored (callers check the names first).
+pub fn split_marked(labels: &CompiledLabels, marked: &[Marked<'_>]) -> Result<Vec<LabelScores>> {
+    let mut out = vec![LabelScores::default(); labels.labels.len()];
+    let mut scores = Scores::default();
+    for m in marked {
+        let Some(i) = labels.index_of(m.label) else {
+            continue;
+        };
+        labels.score_into(m.embedding, &mut scores)?;
+        let s = score_of(labels.labels[i].threshold, &scores, i);
+        if m.positive {
+            out[i].positives.push(s);
+        } else {
+            out[i].negatives.push(s);
+        }
+    }
+    Ok(out)
+}
+
 /// Normalised embeddings of example pictures through `engine`, `chunk` at a time, calling
 /// `progress` with the number done; a picture that cannot be decoded is an error naming it.
 pub fn embed_examples(

@@ -105,6 +105,8 @@ mod tests {
             leave: 1,
             regions: regions.iter().map(|r| r.to_string()).collect(),
             key: crate::labels::texts_key(&[name.to_string()]),
+            min_zscore: None,
+            zscore_window: 0,
         }
     }
 

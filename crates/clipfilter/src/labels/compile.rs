@@ -45,6 +45,14 @@ pub struct CompiledLabel {
     pub key: String,
     /// Regions whose crops the label is limited to (empty: every crop).
     pub regions: Vec<String>,
+    /// Matches only this many standard deviations above the stream's recent cosines of the
+    /// label (the [`crate::matcher::Matcher`]'s baseline), besides `threshold`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_zscore: Option<f32>,
+    /// Samples in that baseline (0 without `min_zscore`; left out of the JSON then, so that
+    /// the versions of label sets without it stay what they were).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub zscore_window: u32,
 }
 
 impl CompiledLabel {
@@ -60,6 +68,10 @@ impl CompiledLabel {
     }
 }
 
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
 /// Every label's rules, the caller's defaults filling what the set leaves open.
 fn resolve(set: &LabelSet, defaults: &LabelDefaults) -> Vec<CompiledLabel> {
     set.labels
@@ -73,6 +85,11 @@ fn resolve(set: &LabelSet, defaults: &LabelDefaults) -> Vec<CompiledLabel> {
             leave: l.leave.unwrap_or(defaults.leave),
             key: l.key(),
             regions: l.regions.clone(),
+            min_zscore: l.min_zscore,
+            zscore_window: match l.min_zscore {
+                Some(_) => l.zscore_window.unwrap_or(limits::DEFAULT_ZSCORE_WINDOW),
+                None => 0,
+            },
         })
         .collect()
 }

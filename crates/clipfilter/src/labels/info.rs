@@ -77,6 +77,8 @@ mod tests {
             leave: 1,
             key: texts_key(&["red".into()]),
             regions: Vec::new(),
+            min_zscore: None,
+            zscore_window: 0,
         };
         let d = LabelDefaults::default();
         let v = LabelSetInfo::version_of(100.0, &d, std::slice::from_ref(&label));
@@ -84,6 +86,12 @@ mod tests {
         let mut other = label.clone();
         other.enter = 2;
         assert_ne!(v, LabelSetInfo::version_of(100.0, &d, &[other]));
+        // A label without min_zscore serialises as before it existed: versions stay.
+        assert!(!serde_json::to_string(&label).unwrap().contains("zscore"));
+        let mut relative = label.clone();
+        relative.min_zscore = Some(3.0);
+        relative.zscore_window = 600;
+        assert_ne!(v, LabelSetInfo::version_of(100.0, &d, &[relative]));
         assert_ne!(
             v,
             LabelSetInfo::version_of(50.0, &d, std::slice::from_ref(&label))

@@ -155,6 +155,12 @@ pub struct Label {
     /// A linear probe file (relative paths joined to the label file's folder): the label's
     /// score is the probe's probability of the class named like the label.
     pub probe: Option<PathBuf>,
+    /// Matches only when its cosine is this many standard deviations above the pipeline's
+    /// recent cosines of the label (see [`crate::matcher`]).
+    pub min_zscore: Option<f32>,
+    /// Samples in that baseline (`None`: the set's default, else
+    /// [`limits::DEFAULT_ZSCORE_WINDOW`]).
+    pub zscore_window: Option<u32>,
 }
 
 impl Label {
@@ -199,6 +205,7 @@ struct RawDefaults {
     action: Option<Spanned<String>>,
     enter: Option<Spanned<u32>>,
     leave: Option<Spanned<u32>>,
+    zscore_window: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize)]
@@ -217,6 +224,8 @@ struct RawLabel {
     regions: Option<Spanned<Vec<String>>>,
     images: Option<Spanned<Vec<String>>>,
     probe: Option<Spanned<String>>,
+    min_zscore: Option<Spanned<f32>>,
+    zscore_window: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize)]
@@ -373,6 +382,22 @@ impl Ctx<'_> {
         })
     }
 
+    fn zscore_window(&self, raw: &Option<Spanned<u32>>, field: String) -> Result<Option<u32>> {
+        match raw {
+            Some(n) if !limits::ZSCORE_WINDOW.contains(n.get_ref()) => self.err(
+                Some(n.span()),
+                field,
+                format!(
+                    "{} samples: must be {}",
+                    n.get_ref(),
+                    limits::describe(&limits::ZSCORE_WINDOW)
+                ),
+            ),
+            Some(n) => Ok(Some(*n.get_ref())),
+            None => Ok(None),
+        }
+    }
+
     fn count(&self, raw: &Option<Spanned<u32>>, field: String) -> Result<Option<u32>> {
         match raw {
             Some(n) if *n.get_ref() == 0 => self.err(Some(n.span()), field, "must be at least 1"),
@@ -406,6 +431,7 @@ impl LabelSet {
         let default_action = cx.action(&d.action, "defaults.action".into())?;
         let default_enter = cx.count(&d.enter, "defaults.enter".into())?;
         let default_leave = cx.count(&d.leave, "defaults.leave".into())?;
+        let default_window = cx.zscore_window(&d.zscore_window, "defaults.zscore_window".into())?;
 
         let mut regions: Vec<Region> = Vec::with_capacity(raw.region.len());
         for (i, r) in raw.region.iter().enumerate() {
@@ -528,6 +554,40 @@ impl LabelSet {
                 None => default_templates.clone(),
             };
             let threshold = cx.threshold(&l.min_probability, &l.min_cosine, &at)?;
+            let min_zscore = match &l.min_zscore {
+                Some(z) => {
+                    let v = *z.get_ref();
+                    let why = if l.negative {
+                        Some("a negative label never fires, so it takes no min_zscore".to_string())
+                    } else if probe.is_some() {
+                        Some("a probe's probability is already calibrated on examples: threshold it with min_probability, not relative to the scene".to_string())
+                    } else if !(v.is_finite()
+                        && v > *limits::MIN_ZSCORE.start()
+                        && v <= *limits::MIN_ZSCORE.end())
+                    {
+                        Some(format!(
+                            "{v}: must be above {} and at most {} (standard deviations)",
+                            limits::MIN_ZSCORE.start(),
+                            limits::MIN_ZSCORE.end()
+                        ))
+                    } else {
+                        None
+                    };
+                    if let Some(why) = why {
+                        return cx.err(Some(z.span()), format!("{at}min_zscore"), why);
+                    }
+                    Some(v)
+                }
+                None => None,
+            };
+            let zscore_window = cx.zscore_window(&l.zscore_window, format!("{at}zscore_window"))?;
+            if let (Some(w), None) = (&l.zscore_window, min_zscore) {
+                return cx.err(
+                    Some(w.span()),
+                    format!("{at}zscore_window"),
+                    "only a label with min_zscore has a baseline window",
+                );
+            }
             let action = cx.action(&l.action, format!("{at}action"))?;
             let (label_regions, regions_location) = match &l.regions {
                 Some(r) if r.get_ref().is_empty() => {
@@ -569,6 +629,9 @@ impl LabelSet {
                 templates,
                 threshold: if l.negative {
                     None
+                } else if min_zscore.is_some() {
+                    // Relative alone, unless the label also sets an absolute threshold of its own.
+                    Some(threshold.unwrap_or(Threshold::Cosine(-1.0)))
                 } else {
                     threshold.or(default_threshold)
                 },
@@ -584,6 +647,12 @@ impl LabelSet {
                 regions_location,
                 images,
                 probe,
+                min_zscore,
+                zscore_window: min_zscore.map(|_| {
+                    zscore_window
+                        .or(default_window)
+                        .unwrap_or(limits::DEFAULT_ZSCORE_WINDOW)
+                }),
             });
         }
         let set = LabelSet {
@@ -634,6 +703,8 @@ impl LabelSet {
                 regions_location: None,
                 images: vec![glob::Pattern::escape(&path.to_string_lossy())],
                 probe: None,
+                min_zscore: None,
+                zscore_window: None,
             });
         }
         for p in prompts.iter().map(|p| p.trim()).filter(|p| !p.is_empty()) {
@@ -656,6 +727,8 @@ impl LabelSet {
                 regions_location: None,
                 images: Vec::new(),
                 probe: None,
+                min_zscore: None,
+                zscore_window: None,
             });
         }
         if labels.is_empty() {
@@ -825,6 +898,49 @@ templates = ["a photo of {}.", "{}"]
         let street = &set.labels[1];
         assert!(street.negative);
         assert_eq!(street.texts(), vec!["a photo of street.", "street"]);
+    }
+
+    #[test]
+    fn min_zscore_is_checked_and_relative_alone() {
+        let set = parse("[defaults]\nmin_probability = 0.6\nzscore_window = 50\n\n[[label]]\nname = \"a\"\nmin_zscore = 3\n\n[[label]]\nname = \"b\"\nmin_zscore = 2.5\nmin_cosine = 0.2\nzscore_window = 20\n\n[[label]]\nname = \"c\"\n").unwrap();
+        // Alone: no absolute threshold (not the default probability); with one: both hold.
+        assert_eq!(set.labels[0].threshold, Some(Threshold::Cosine(-1.0)));
+        assert_eq!(
+            (set.labels[0].min_zscore, set.labels[0].zscore_window),
+            (Some(3.0), Some(50))
+        );
+        assert_eq!(set.labels[1].threshold, Some(Threshold::Cosine(0.2)));
+        assert_eq!(set.labels[1].zscore_window, Some(20));
+        assert_eq!(
+            (set.labels[2].min_zscore, set.labels[2].zscore_window),
+            (None, None)
+        );
+        for (bad, want) in [
+            ("min_zscore = 0", "must be above 0"),
+            ("min_zscore = -1.0", "must be above 0"),
+            ("min_zscore = nan", "must be above 0"),
+            ("min_zscore = inf", "must be above 0"),
+            (
+                "min_zscore = 3.0\nzscore_window = 5",
+                "must be between 10 and 10000",
+            ),
+            ("zscore_window = 100", "only a label with min_zscore"),
+            (
+                "min_zscore = 3.0\nnegative = true",
+                "negative label never fires",
+            ),
+            (
+                "min_zscore = 3.0\nprobe = \"p.json\"",
+                "probe's probability",
+            ),
+        ] {
+            let err = parse(&format!(
+                "[[label]]\nname = \"a\"\n{bad}\n[[label]]\nname = \"b\"\n"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains(want) && err.contains("line "), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -329,6 +329,8 @@ impl ClipFilter {
         state.pending.clear();
         let ended = state.matcher.end_all();
         state.end_messages(ended, Reason::Eos, posts);
+        // A file that ended is a good moment: the process may be killed before stop().
+        state.save_baselines(posts);
     }
 
     fn paint(
@@ -399,8 +401,29 @@ impl ClipFilter {
             None => None,
         };
         *lock(&self.counters.providers) = Some(engine.providers());
+        let mut matcher = Matcher::new(&labels);
+        if let Some(path) = &settings.baseline_file {
+            match clipfilter::matcher::load_baselines(path) {
+                Ok(saved) => {
+                    let n = matcher.restore(&labels, saved);
+                    gst::info!(
+                        CAT,
+                        imp = self,
+                        "{n} baselines restored from {}",
+                        path.display()
+                    );
+                }
+                // A damaged file costs a new baseline, not the stream.
+                Err(e) => gst::warning!(CAT, imp = self, "{e}: starting new baselines"),
+            }
+        }
         Ok(State {
-            matcher: Matcher::new(&labels),
+            baselines: settings
+                .baseline_file
+                .clone()
+                .map(|path| (path, std::time::Instant::now())),
+            warming_told: false,
+            matcher,
             last: vec![(0.0, 0.0); labels.labels.len()],
             places: vec![None; labels.labels.len()],
             crops: Crops::new(spec),
@@ -622,6 +645,11 @@ impl ObjectImpl for ClipFilter {
                     .default_value(props::DEFAULT_SYNC_TIMEOUT.nseconds())
                     .mutable_playing()
                     .build(),
+                glib::ParamSpecString::builder(props::BASELINE_FILE)
+                    .nick("Baseline file")
+                    .blurb("File where the recent scores of labels with min_zscore are kept (read at start, written every few seconds and at stop), so that a restart does not wait for a new baseline; unset: kept in memory only")
+                    .mutable_ready()
+                    .build(),
                 glib::ParamSpecString::builder(props::TENSORRT_CACHE)
                     .nick("TensorRT engine cache")
                     .blurb("Folder where TensorRT keeps the engines it builds (minutes each), so that later starts load them; see `clipfilterd model prepare`")
@@ -839,6 +867,14 @@ impl ObjectImpl for ClipFilter {
             props::ACTION_SCOPE => {
                 s.action_scope = value.get().unwrap_or(props::DEFAULT_ACTION_SCOPE)
             }
+            props::BASELINE_FILE => {
+                s.baseline_file = value
+                    .get::<Option<String>>()
+                    .ok()
+                    .flatten()
+                    .filter(|p| !p.is_empty())
+                    .map(PathBuf::from)
+            }
             props::TENSORRT_CACHE => {
                 s.tensorrt_cache = value
                     .get::<Option<String>>()
@@ -927,6 +963,11 @@ impl ObjectImpl for ClipFilter {
             props::TILE_OVERLAP => s.tile_overlap.to_value(),
             props::WHOLE_FRAME => s.whole_frame.to_value(),
             props::ACTION_SCOPE => s.action_scope.to_value(),
+            props::BASELINE_FILE => s
+                .baseline_file
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .to_value(),
             props::TENSORRT_CACHE => s
                 .tensorrt_cache
                 .as_ref()
@@ -1056,6 +1097,7 @@ impl BaseTransformImpl for ClipFilter {
             let mut posts = Vec::new();
             let ended = state.matcher.end_all();
             state.end_messages(ended, Reason::Stop, &mut posts);
+            state.save_baselines(&mut posts);
             // Joins the watcher; releases the stream and, with the last user, the engine.
             drop(state);
             self.post_all(posts);

@@ -42,6 +42,7 @@ pub const MAX_BATCH: &str = "max-batch";
 pub const THREADS: &str = "threads";
 pub const SYNC_TIMEOUT: &str = "sync-timeout";
 pub const TENSORRT_CACHE: &str = "tensorrt-cache";
+pub const BASELINE_FILE: &str = "baseline-file";
 pub const SCENE_GATE: &str = "scene-gate";
 pub const MAX_FRAME_PIXELS: &str = "max-frame-pixels";
 pub const FIT: &str = "fit";
@@ -146,6 +147,8 @@ pub(super) struct Settings {
     pub(super) scene_gate: f64,
     pub(super) max_frame_pixels: u64,
     pub(super) tensorrt_cache: Option<PathBuf>,
+    /// Where the `min_zscore` baselines are kept across restarts.
+    pub(super) baseline_file: Option<PathBuf>,
     pub(super) fit: ClipFilterFit,
     pub(super) regions: Option<String>,
     pub(super) tiles: String,
@@ -268,6 +271,7 @@ impl Default for Settings {
             scene_gate: DEFAULT_SCENE_GATE,
             max_frame_pixels: limits::DEFAULT_FRAME_PIXELS,
             tensorrt_cache: None,
+            baseline_file: None,
             fit: DEFAULT_FIT,
             regions: None,
             tiles: DEFAULT_TILES.to_string(),

@@ -108,6 +108,9 @@ impl Crops {
     }
 }
 
+/// How often the `min_zscore` baselines are written (a `kill -9` loses at most this much).
+const BASELINE_SAVE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Something to post once the state lock is released.
 pub(super) enum Post {
     Element(gst::Structure),
@@ -123,6 +126,11 @@ pub(super) struct State {
     pub(super) set: LabelSet,
     pub(super) labels: CompiledLabels,
     pub(super) matcher: Matcher,
+    /// Where the matcher's `min_zscore` baselines are saved (`baseline-file`), and when they
+    /// last were.
+    pub(super) baselines: Option<(std::path::PathBuf, std::time::Instant)>,
+    /// Whether the labels whose baselines are still filling were named in a warning.
+    pub(super) warming_told: bool,
     pub(super) crops: Crops,
     /// The last sample's scores over its crops.
     pub(super) scores: CropScores,
@@ -297,6 +305,7 @@ impl State {
             .zip(self.places.iter().cloned())
             .collect();
         let ended = self.matcher.rebind(&reload.labels);
+        self.warming_told = false;
         let position = self.last_position.clone();
         for c in ended {
             let (cosine, probability) = old
@@ -487,6 +496,23 @@ impl State {
         None
     }
 
+    /// Writes the matcher's baselines to `baseline-file` (when set and a label has one).
+    pub(super) fn save_baselines(&mut self, posts: &mut Vec<Post>) {
+        let Some((path, at)) = &mut self.baselines else {
+            return;
+        };
+        *at = std::time::Instant::now();
+        let baselines = self.matcher.baselines();
+        if baselines.is_empty() {
+            return;
+        }
+        if let Err(e) = clipfilter::matcher::save_baselines(path, &baselines) {
+            posts.push(Post::Warning(format!(
+                "saving the min_zscore baselines: {e}"
+            )));
+        }
+    }
+
     /// Feeds `self.scores` (the verdict for the sample at `position`) to the matcher and posts
     /// what changed; `inference` says what was inferred for it.
     fn apply_scores(
@@ -512,7 +538,30 @@ impl State {
                 .copied()
                 .zip(scores.probability.iter().copied()),
         );
-        for c in self.matcher.update(&self.labels, scores) {
+        let changes = self.matcher.update(&self.labels, scores);
+        if !self.warming_told {
+            self.warming_told = true;
+            let warming = self.matcher.warming(&self.labels);
+            if !warming.is_empty() {
+                posts.push(Post::Warning(format!(
+                    "min_zscore: no match until the baseline is full: {}",
+                    warming
+                        .iter()
+                        .map(|w| format!("`{}` has {} of {} samples", w.label, w.samples, w.needed))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+        }
+        if self
+            .baselines
+            .as_ref()
+            .is_some_and(|(_, at)| at.elapsed() >= BASELINE_SAVE_EVERY)
+        {
+            self.save_baselines(posts);
+        }
+        let scores = &self.scores.scores;
+        for c in changes {
             let (cosine, probability) = c
                 .index
                 .and_then(|i| self.last.get(i).copied())
