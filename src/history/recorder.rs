@@ -100,9 +100,11 @@ impl std::fmt::Debug for Recorder {
 }
 
 impl Recorder {
-    /// Starts the thread (it opens the folder itself: a folder that cannot be opened pauses the
-    /// recorder, it does not fail the caller).
+    /// Opens the folder (creating the history, so that readers find one from the start) and
+    /// starts the thread. A folder that cannot be opened pauses the recorder, it does not fail
+    /// the caller: the thread tries again later.
     pub fn start(config: RecorderConfig) -> std::io::Result<Recorder> {
+        let opened = Writer::open(&config.dir, config.limits);
         let (sample_tx, sample_rx) = crossbeam_channel::bounded(config.queue.max(1));
         let (control_tx, control_rx) = crossbeam_channel::unbounded();
         let stats = Arc::new(RecorderStats::default());
@@ -112,7 +114,12 @@ impl Recorder {
             .name("history".into())
             .spawn(move || {
                 clipfilter::encoder::set_thread_nice(NICE);
-                Loop::new(config, st).run(&sample_rx, &control_rx);
+                let mut l = Loop::new(config, st);
+                match opened {
+                    Ok(w) => l.writer = Some(w),
+                    Err(e) => l.pause(&format!("{e:#}")),
+                }
+                l.run(&sample_rx, &control_rx);
             })?;
         Ok(Recorder {
             samples: Some(sample_tx),
@@ -389,5 +396,30 @@ pub fn encode_jpeg(raw: &RawThumbnail, quality: u8) -> Option<Vec<u8>> {
             tracing::debug!(error = %e, "thumbnail not encoded");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Readers (the console's `/api/events`, `search`) find a history as soon as the recorder
+    /// has started, before its first sample.
+    #[test]
+    fn a_started_recorder_has_created_its_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let history = dir.path().join("history");
+        let recorder = Recorder::start(RecorderConfig {
+            dir: history.clone(),
+            limits: Limits {
+                keep: None,
+                max_bytes: 1 << 30,
+            },
+            queue: 16,
+            thumbnails: None,
+        })
+        .unwrap();
+        crate::history::History::open(&history).expect("a history to read");
+        recorder.shutdown();
     }
 }
