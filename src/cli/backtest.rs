@@ -61,20 +61,10 @@ pub fn run(args: BacktestArgs) -> anyhow::Result<Outcome> {
         &window,
     )?;
     let dir = args.history.thumbnail_dir();
-    let thumbnail = |id: i64| {
-        opened
-            .history
-            .export_thumbnail(id, &dir)
-            .ok()
-            .flatten()
-            .map(|p| p.display().to_string())
-    };
+    let thumbnail = |id: i64| opened.thumbnail_path(id, &dir);
     if args.json {
         let value = query::report_json(&report, &thumbnail);
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&value).context("writing JSON")?
-        );
+        super::history::print_json(&value)?;
         return Ok(Outcome::Ok);
     }
     let counts = report.counts();

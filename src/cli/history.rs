@@ -40,6 +40,26 @@ pub struct Opened {
     pub engine: Engine,
 }
 
+impl Opened {
+    /// The path of sample `id`'s thumbnail exported under `dir`, if it has one.
+    pub fn thumbnail_path(&self, id: i64, dir: &std::path::Path) -> Option<String> {
+        self.history
+            .export_thumbnail(id, dir)
+            .ok()
+            .flatten()
+            .map(|p| p.display().to_string())
+    }
+}
+
+/// Prints `value` as pretty JSON on stdout (the commands' `--json`).
+pub fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).context("writing JSON")?
+    );
+    Ok(())
+}
+
 impl HistoryArgs {
     /// Opens the history and loads the model (the configuration's, else the one recorded).
     pub fn open(&self) -> anyhow::Result<Opened> {

@@ -92,20 +92,10 @@ pub fn run(args: SearchArgs) -> anyhow::Result<Outcome> {
     };
     let found = query::search(&opened.history, &opened.engine, &req)?;
     let dir = args.history.thumbnail_dir();
-    let thumbnail = |id: i64| {
-        opened
-            .history
-            .export_thumbnail(id, &dir)
-            .ok()
-            .flatten()
-            .map(|p| p.display().to_string())
-    };
+    let thumbnail = |id: i64| opened.thumbnail_path(id, &dir);
     if args.json {
         let value = query::found_json(&found, &thumbnail);
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&value).context("writing JSON")?
-        );
+        super::history::print_json(&value)?;
         return Ok(Outcome::Ok);
     }
     if found.ranges.is_empty() {

@@ -220,7 +220,14 @@ pub fn list(history: &History, since_ms: Option<i64>) -> Result<Vec<Review>> {
                 event: r.get(3)?,
                 pipeline: r.get(4)?,
                 label: r.get(5)?,
-                verdict: Verdict::from_name(&verdict).unwrap_or(Verdict::FalsePositive),
+                // A mark this version does not know is an error, not silently another verdict.
+                verdict: Verdict::from_name(&verdict).ok_or_else(|| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        6,
+                        rusqlite::types::Type::Text,
+                        format!("unknown review verdict `{verdict}`").into(),
+                    )
+                })?,
                 note: r.get(7)?,
                 sample_time_ms: r.get(8)?,
                 model: r.get(9)?,

@@ -109,8 +109,8 @@ pub trait Embedder {
 /// Where a label's score comes from.
 #[derive(Debug, Clone, PartialEq)]
 enum Slot {
-    /// Row of the zero-shot class embeddings.
-    ZeroShot,
+    /// This row of the zero-shot class embeddings.
+    ZeroShot(usize),
     /// A linear probe: its probability is both the cosine and the probability score.
     Probe(LabelProbe),
 }
@@ -310,7 +310,7 @@ impl CompiledLabels {
         let defaults = LabelDefaults::default();
         CompiledLabels {
             version: LabelSetInfo::version_of(classes.logit_scale(), &defaults, &labels),
-            slots: labels.iter().map(|_| Slot::ZeroShot).collect(),
+            slots: (0..labels.len()).map(Slot::ZeroShot).collect(),
             labels,
             dim: classes.dim(),
             logit_scale: classes.logit_scale(),
@@ -390,8 +390,8 @@ impl CompiledLabels {
             }
             let row = ensemble(&group);
             keys.push((!label.images.is_empty()).then(|| scoring_key(label, Some(&row), None)));
+            slots.push(Slot::ZeroShot(rows.len()));
             rows.push(row);
-            slots.push(Slot::ZeroShot);
         }
         let zero_shot = if rows.is_empty() {
             None
@@ -476,13 +476,7 @@ impl CompiledLabels {
     /// probe's probability; `None` when `i` is out of range or the width differs.
     pub fn label_score(&self, i: usize, image: &[f32]) -> Option<f32> {
         match self.slots.get(i)? {
-            Slot::ZeroShot => {
-                let row = self.slots[..i]
-                    .iter()
-                    .filter(|s| matches!(s, Slot::ZeroShot))
-                    .count();
-                self.zero_shot.as_ref()?.cosine(row, image)
-            }
+            Slot::ZeroShot(row) => self.zero_shot.as_ref()?.cosine(*row, image),
             Slot::Probe(p) => (image.len() == self.dim).then(|| p.probability(image)),
         }
     }
@@ -490,14 +484,14 @@ impl CompiledLabels {
     /// Probabilities from per-label scores (as [`CompiledLabels::score_into`] gives them):
     /// the softmax over the zero-shot labels; probe labels keep their score.
     pub fn probabilities_into(&self, scores: &[f32], probability: &mut Vec<f32>) {
-        if self.slots.iter().all(|s| matches!(s, Slot::ZeroShot)) {
+        if self.slots.iter().all(|s| matches!(s, Slot::ZeroShot(_))) {
             softmax_into(self.logit_scale, scores, probability);
             return;
         }
         let zero: Vec<f32> = scores
             .iter()
             .zip(&self.slots)
-            .filter(|(_, s)| matches!(s, Slot::ZeroShot))
+            .filter(|(_, s)| matches!(s, Slot::ZeroShot(_)))
             .map(|(c, _)| *c)
             .collect();
         let mut soft = Vec::new();
@@ -506,7 +500,7 @@ impl CompiledLabels {
         probability.clear();
         for (c, s) in scores.iter().zip(&self.slots) {
             probability.push(match s {
-                Slot::ZeroShot => soft.next().unwrap_or(0.0),
+                Slot::ZeroShot(_) => soft.next().unwrap_or(0.0),
                 Slot::Probe(_) => *c,
             });
         }
